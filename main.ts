@@ -1,0 +1,136 @@
+/**
+ * cdc-egress entry point: parses arguments, dispatches to
+ * `src/commands/<name>.ts` and maps errors to exit codes.
+ *
+ * Exit codes: 0 success, 1 failure at run time (or `verify` found
+ * inconsistencies), 2 bad usage or configuration (or `verify` could not run).
+ */
+
+import { parseArgs } from "node:util";
+import { type Config, loadConfig, SETTINGS } from "./src/config.ts";
+import { CdcError } from "./src/errors.ts";
+import { redact } from "./src/source/connect.ts";
+
+const VERSION = "0.1.0";
+
+interface CommandSpec {
+  summary: string;
+  usage: string;
+  flags: Record<string, { type: "boolean" | "string"; help: string; multiple?: boolean }>;
+  run: (config: Config, flags: Record<string, unknown>, positionals: string[]) => Promise<number>;
+}
+
+const COMMANDS: Record<string, CommandSpec> = {
+  init: {
+    summary: "check the server, create the registry, publication, DDL trigger and slot",
+    usage: "cdc-egress init [--dry-run] [settings]",
+    flags: { "dry-run": { type: "boolean", help: "print what would be done, change nothing" } },
+    run: async (config, flags) => {
+      const { initCommand } = await import("./src/commands/init.ts");
+      await initCommand(config, { dryRun: Boolean(flags["dry-run"]) });
+      return 0;
+    },
+  },
+  stream: {
+    summary: "export and stream changes into files until SIGTERM/SIGINT",
+    usage: "cdc-egress stream [settings]",
+    flags: {},
+    run: async (config) => {
+      const { streamCommand } = await import("./src/commands/stream.ts");
+      await streamCommand(config);
+      return 0;
+    },
+  },
+};
+
+function settingOptions() {
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
+    config: { type: "string" },
+    help: { type: "boolean" },
+  };
+  for (const s of SETTINGS) options[s.flag] = { type: "string" };
+  return options;
+}
+
+function usage(): string {
+  const lines = [
+    `cdc-egress ${VERSION}: PostgreSQL changes into registered gzip CSV files`,
+    "",
+    "Usage: cdc-egress <command> [flags]",
+    "",
+    "Commands:",
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`),
+    "",
+    "Settings (flag / environment variable / YAML key):",
+    "  --config FILE                 CDC_CONFIG             YAML file with the settings below",
+    ...SETTINGS.map((s) =>
+      `  --${(s.flag + " VALUE").padEnd(27)} ${s.env.padEnd(22)} ${s.help} [${s.yaml}]`
+    ),
+  ];
+  return lines.join("\n");
+}
+
+function commandUsage(spec: CommandSpec): string {
+  const own = Object.entries(spec.flags).map(([flag, f]) =>
+    `  --${(flag + (f.type === "string" ? " VALUE" : "")).padEnd(20)} ${f.help}`
+  );
+  return [`Usage: ${spec.usage}`, "", spec.summary, ...(own.length ? ["", ...own] : [])].join(
+    "\n",
+  );
+}
+
+/** Runs the CLI and returns the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    console.log(usage());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "version") {
+    console.log(VERSION);
+    return 0;
+  }
+  const spec = COMMANDS[name];
+  if (!spec) {
+    console.error(`error: unknown command "${name}" (try: cdc-egress --help)`);
+    return 2;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      options: { ...settingOptions(), ...spec.flags },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (error) {
+    console.error(`error: ${(error as Error).message.split("\n")[0]}`);
+    return 2;
+  }
+  if (parsed.values.help) {
+    console.log(commandUsage(spec));
+    return 0;
+  }
+  let config: Config;
+  try {
+    config = await loadConfig(parsed.values as Record<string, string | boolean | undefined>);
+  } catch (error) {
+    console.error(`error: ${redact((error as Error).message)}`);
+    return 2;
+  }
+  try {
+    return await spec.run(config, parsed.values, parsed.positionals);
+  } catch (error) {
+    const urls = [config.sourceUrl, config.registryUrl];
+    let message = error instanceof Error ? error.message : String(error);
+    for (const url of urls) message = redact(message, url);
+    console.error(`error: ${message.split("\n")[0]}`);
+    if (error instanceof CdcError) return error.code === "config" ? 2 : 1;
+    if (error instanceof TypeError || error instanceof SyntaxError) return 2;
+    return 1;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,159 @@
+/**
+ * `cdc-egress stream`: the long-running service. Checks everything that can
+ * be checked before touching the slot, repairs the data dir after a crash,
+ * then runs the pipeline until SIGTERM/SIGINT, when it flushes, registers,
+ * acknowledges and returns.
+ */
+
+import { join, resolve } from "node:path";
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import type { Config } from "../config.ts";
+import { CdcError } from "../errors.ts";
+import { Logger } from "../log.ts";
+import { type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
+import { recoverDataDir } from "../pipeline/recovery.ts";
+import { SchemaLookup } from "../pipeline/relation_catalog.ts";
+import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
+import { Registry } from "../registry/registry.ts";
+import { connect } from "../source/connect.ts";
+import { ReplicationStream } from "../source/replication_stream.ts";
+import { checkServer } from "../source/server_check.ts";
+import { DIR_MODE } from "../write/atomic_file.ts";
+
+/** Makes sure the data dir exists, is a directory and is writable. */
+export async function prepareDataDir(dataDir: string): Promise<string> {
+  const dir = resolve(dataDir);
+  try {
+    const info = await Deno.stat(dir);
+    if (!info.isDirectory) {
+      throw new CdcError("data_dir", `Cannot use data dir "${dataDir}": not a directory`);
+    }
+  } catch (error) {
+    if (error instanceof CdcError) throw error;
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new CdcError(
+        "data_dir",
+        `Cannot use data dir "${dataDir}": ${(error as Error).message}`,
+      );
+    }
+    try {
+      await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
+    } catch (e) {
+      throw new CdcError(
+        "data_dir",
+        `Cannot create data dir "${dataDir}": ${(e as Error).message}`,
+      );
+    }
+  }
+  const probe = join(dir, `.tmp-probe-${crypto.randomUUID()}`);
+  try {
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (error) {
+    throw new CdcError(
+      "data_dir",
+      `Cannot write to data dir "${dataDir}": ${(error as Error).message.split(":")[0]}`,
+    );
+  }
+  return dir;
+}
+
+async function slotState(source: pg.Client, slot: string, publication: string): Promise<Lsn> {
+  const res = await source.query(
+    `SELECT confirmed_flush_lsn::text AS lsn, active_pid FROM pg_replication_slots
+     WHERE slot_name = $1`,
+    [slot],
+  );
+  if (res.rowCount === 0) {
+    throw new CdcError(
+      "not_initialized",
+      `Cannot stream: replication slot "${slot}" does not exist; run "cdc-egress init" first`,
+    );
+  }
+  if (res.rows[0].active_pid) {
+    throw new CdcError(
+      "slot_active",
+      `Cannot stream from slot "${slot}": it is active in process ${res.rows[0].active_pid}`,
+    );
+  }
+  const pub = await source.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication]);
+  if (pub.rowCount === 0) {
+    throw new CdcError(
+      "not_initialized",
+      `Cannot stream: publication "${publication}" does not exist; run "cdc-egress init" first`,
+    );
+  }
+  return res.rows[0].lsn ? parseLsn(res.rows[0].lsn) : ZERO_LSN;
+}
+
+/** Runs `stream` until a signal asks it to stop. */
+export async function streamCommand(config: Config): Promise<void> {
+  const logger = new Logger({ level: config.logLevel, format: config.logFormat });
+  const dataDir = await prepareDataDir(config.dataDir);
+  const source = await connect(config.sourceUrl, { role: "source" });
+  const clients: pg.Client[] = [source];
+  let stream: ReplicationStream | null = null;
+  let pipeline: StreamPipeline | null = null;
+  const onSignal = () => {
+    logger.info("stopping: flushing open batches");
+    pipeline?.stop();
+  };
+  try {
+    const registryClient = config.registryUrl
+      ? await connect(config.registryUrl, { role: "registry" })
+      : await connect(config.sourceUrl, { role: "source" });
+    clients.push(registryClient);
+    const registry = new Registry(registryClient, config.slot);
+    const info = await checkServer(source, config.slot);
+    await registry.assertInitialized();
+    const holder = await registry.lockSlot();
+    if (holder !== null) {
+      throw new CdcError(
+        "slot_active",
+        `Cannot stream from slot "${config.slot}": it is active in process ${holder}`,
+      );
+    }
+    const startLsn = await slotState(source, config.slot, config.publication);
+    const states = await registry.tableStates();
+    const positions = new Map(
+      [...states].map(([k, s]) => [k, { last: s.last, lastBatchTs: s.lastBatchTs }]),
+    );
+    await recoverDataDir(dataDir, await registry.registeredPaths(), logger);
+    const protocol = info.major >= 16 ? 4 : 2;
+    stream = await ReplicationStream.start(config.sourceUrl, {
+      slot: config.slot,
+      publication: config.publication,
+      protocol,
+      streaming: true,
+      startLsn,
+    });
+    logger.info("streaming", { slot: config.slot, protocol, start_lsn: startLsn.toString(16) });
+    pipeline = new StreamPipeline(registry, new SchemaLookup(source), stream, {
+      dataDir,
+      protocol,
+      limits: {
+        maxRows: config.batchMaxRows,
+        maxBytes: config.batchMaxBytes,
+        intervalMs: config.batchIntervalMs,
+      },
+      startLsn,
+      positions,
+      logger,
+    });
+    Deno.addSignalListener("SIGTERM", onSignal);
+    Deno.addSignalListener("SIGINT", onSignal);
+    try {
+      await pipeline.run();
+    } catch (error) {
+      await pipeline.discard();
+      throw error;
+    }
+    logger.info("stopped", pipeline.stats as unknown as Record<string, unknown>);
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    Deno.removeSignalListener("SIGINT", onSignal);
+    await stream?.close();
+    for (const c of clients) await c.end().catch(() => {});
+  }
+}

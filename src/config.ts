@@ -1,0 +1,330 @@
+/**
+ * Settings: flags win over `CDC_*` environment variables, which win over the
+ * YAML file (`--config` / `CDC_CONFIG`), which wins over defaults.
+ */
+
+import { parse as parseYaml } from "yaml";
+
+/** Resolved settings shared by every command. */
+export interface Config {
+  /** Connection URL of the source; undefined means libpq's PG* variables. */
+  sourceUrl: string | undefined;
+  dataDir: string;
+  slot: string;
+  publication: string;
+  tables: string[];
+  exclude: string[];
+  batchIntervalMs: number;
+  batchMaxBytes: number;
+  batchMaxRows: number;
+  exportWorkers: number;
+  /** Registry connection URL; undefined means the source. */
+  registryUrl: string | undefined;
+  metricsAddr: string;
+  logFormat: "auto" | "json" | "text";
+  logLevel: "debug" | "info" | "warn" | "error";
+}
+
+interface Setting {
+  key: keyof Config;
+  flag: string;
+  env: string;
+  yaml: string;
+  parse: (raw: string, origin: string) => unknown;
+  help: string;
+}
+
+function text(raw: string): string {
+  return raw;
+}
+
+function identifier(raw: string, origin: string): string {
+  if (raw.length === 0 || new TextEncoder().encode(raw).length > 63) {
+    throw new TypeError(`Cannot use ${origin} "${raw}": expected a name of 1 to 63 bytes`);
+  }
+  return raw;
+}
+
+function patterns(raw: string): string[] {
+  return raw.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+function positiveInt(raw: string, origin: string): number {
+  const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new TypeError(`Cannot use ${origin} "${raw}": expected a positive integer`);
+  }
+  return n;
+}
+
+const BYTE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+};
+
+/** Parses a byte size: `1048576`, `64MiB`, `10MB`. */
+export function parseByteSize(raw: string, origin = "size"): number {
+  const m = /^\s*(\d+)\s*([a-zA-Z]*)\s*$/.exec(raw);
+  const unit = m ? BYTE_UNITS[m[2].toLowerCase()] : undefined;
+  const n = m && unit !== undefined ? Number(m[1]) * unit : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new TypeError(
+      `Cannot use ${origin} "${raw}": expected a positive size such as 64MiB or 1048576`,
+    );
+  }
+  return n;
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses a duration such as `500ms`, `90s`, `5m`, `1h`, or `1m30s`, in milliseconds. */
+export function parseDuration(raw: string, origin = "duration"): number {
+  const s = raw.trim();
+  let total = 0;
+  let rest = s;
+  const part = /^(\d+(?:\.\d+)?)(ms|s|m|h)/;
+  while (rest.length > 0) {
+    const m = part.exec(rest);
+    if (!m) {
+      total = NaN;
+      break;
+    }
+    total += Number(m[1]) * DURATION_UNITS[m[2]];
+    rest = rest.slice(m[0].length);
+  }
+  if (s.length === 0 || !Number.isFinite(total) || total < 1) {
+    throw new TypeError(
+      `Cannot use ${origin} "${raw}": expected a duration such as 90s, 5m or 1h`,
+    );
+  }
+  return Math.round(total);
+}
+
+function hostPort(raw: string, origin: string): string {
+  if (!/^[^\s:]*:\d{1,5}$/.test(raw) && !/^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(raw)) {
+    throw new TypeError(`Cannot use ${origin} "${raw}": expected HOST:PORT`);
+  }
+  const port = Number(raw.slice(raw.lastIndexOf(":") + 1));
+  if (port > 65535) throw new TypeError(`Cannot use ${origin} "${raw}": port out of range`);
+  return raw;
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (raw: string, origin: string): T => {
+    if (!values.includes(raw as T)) {
+      throw new TypeError(`Cannot use ${origin} "${raw}": expected one of ${values.join(", ")}`);
+    }
+    return raw as T;
+  };
+}
+
+/** Every setting, with its flag, environment variable and YAML key. */
+export const SETTINGS: readonly Setting[] = [
+  {
+    key: "sourceUrl",
+    flag: "source",
+    env: "CDC_SOURCE_URL",
+    yaml: "source",
+    parse: text,
+    help: "source PostgreSQL URL (else libpq PG* variables)",
+  },
+  {
+    key: "dataDir",
+    flag: "data-dir",
+    env: "CDC_DATA_DIR",
+    yaml: "data_dir",
+    parse: text,
+    help: "directory for output files (default ./data)",
+  },
+  {
+    key: "slot",
+    flag: "slot",
+    env: "CDC_SLOT",
+    yaml: "slot",
+    parse: identifier,
+    help: "replication slot name (default cdc_egress)",
+  },
+  {
+    key: "publication",
+    flag: "publication",
+    env: "CDC_PUBLICATION",
+    yaml: "publication",
+    parse: identifier,
+    help: "publication name (default cdc_egress)",
+  },
+  {
+    key: "tables",
+    flag: "tables",
+    env: "CDC_TABLES",
+    yaml: "tables",
+    parse: patterns,
+    help: "comma-separated table patterns, e.g. public.*,sales.orders (default all)",
+  },
+  {
+    key: "exclude",
+    flag: "exclude",
+    env: "CDC_EXCLUDE",
+    yaml: "exclude",
+    parse: patterns,
+    help: "comma-separated table patterns to leave out",
+  },
+  {
+    key: "batchIntervalMs",
+    flag: "batch-interval",
+    env: "CDC_BATCH_INTERVAL",
+    yaml: "batch_interval",
+    parse: parseDuration,
+    help: "close a table's batch after this long (default 5m)",
+  },
+  {
+    key: "batchMaxBytes",
+    flag: "batch-max-bytes",
+    env: "CDC_BATCH_MAX_BYTES",
+    yaml: "batch_max_bytes",
+    parse: parseByteSize,
+    help: "close a batch at this much uncompressed CSV (default 256MiB)",
+  },
+  {
+    key: "batchMaxRows",
+    flag: "batch-max-rows",
+    env: "CDC_BATCH_MAX_ROWS",
+    yaml: "batch_max_rows",
+    parse: positiveInt,
+    help: "close a batch at this many rows (default 1000000)",
+  },
+  {
+    key: "exportWorkers",
+    flag: "export-workers",
+    env: "CDC_EXPORT_WORKERS",
+    yaml: "export_workers",
+    parse: positiveInt,
+    help: "parallel table exports (default 4)",
+  },
+  {
+    key: "registryUrl",
+    flag: "registry-url",
+    env: "CDC_REGISTRY_URL",
+    yaml: "registry_url",
+    parse: text,
+    help: "registry PostgreSQL URL (default the source)",
+  },
+  {
+    key: "metricsAddr",
+    flag: "metrics-addr",
+    env: "CDC_METRICS_ADDR",
+    yaml: "metrics_addr",
+    parse: hostPort,
+    help: "HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9187)",
+  },
+  {
+    key: "logFormat",
+    flag: "log-format",
+    env: "CDC_LOG_FORMAT",
+    yaml: "log_format",
+    parse: oneOf(["auto", "json", "text"] as const),
+    help: "auto (text on a TTY, JSON otherwise), json or text",
+  },
+  {
+    key: "logLevel",
+    flag: "log-level",
+    env: "CDC_LOG_LEVEL",
+    yaml: "log_level",
+    parse: oneOf(["debug", "info", "warn", "error"] as const),
+    help: "debug, info, warn or error (default info)",
+  },
+];
+
+/** Defaults for every setting. */
+export const DEFAULTS: Config = {
+  sourceUrl: undefined,
+  dataDir: "./data",
+  slot: "cdc_egress",
+  publication: "cdc_egress",
+  tables: [],
+  exclude: [],
+  batchIntervalMs: 5 * 60_000,
+  batchMaxBytes: 256 * 1024 * 1024,
+  batchMaxRows: 1_000_000,
+  exportWorkers: 4,
+  registryUrl: undefined,
+  metricsAddr: "127.0.0.1:9187",
+  logFormat: "auto",
+  logLevel: "info",
+};
+
+/** Reads the YAML config file into raw strings keyed by setting. */
+async function readConfigFile(path: string): Promise<Map<keyof Config, string>> {
+  let content: string;
+  try {
+    content = await Deno.readTextFile(path);
+  } catch (error) {
+    const why = error instanceof Deno.errors.NotFound ? "no such file" : (error as Error).message;
+    throw new TypeError(`Cannot read config file "${path}": ${why}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(content);
+  } catch (error) {
+    const first = String((error as Error).message).split("\n")[0];
+    throw new SyntaxError(`Cannot parse config file "${path}": ${first}`);
+  }
+  if (doc === null || doc === undefined) return new Map();
+  if (typeof doc !== "object" || Array.isArray(doc)) {
+    throw new SyntaxError(`Cannot parse config file "${path}": expected a mapping of settings`);
+  }
+  const out = new Map<keyof Config, string>();
+  for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
+    const setting = SETTINGS.find((s) => s.yaml === key);
+    if (!setting) {
+      throw new TypeError(`Cannot use config file "${path}": unknown setting "${key}"`);
+    }
+    if (Array.isArray(value) && (setting.key === "tables" || setting.key === "exclude")) {
+      out.set(setting.key, value.map(String).join(","));
+    } else if (typeof value === "string" || typeof value === "number") {
+      out.set(setting.key, String(value));
+    } else {
+      throw new TypeError(
+        `Cannot use config file "${path}": setting "${key}" must be a string or number`,
+      );
+    }
+  }
+  return out;
+}
+
+/**
+ * Resolves the configuration from parsed flags (`--data-dir` as `data-dir`),
+ * the environment and the optional YAML file.
+ */
+export async function loadConfig(
+  flags: Record<string, string | boolean | undefined>,
+  env: (name: string) => string | undefined = (name) => Deno.env.get(name),
+): Promise<Config> {
+  const configPath = (flags["config"] as string | undefined) ?? env("CDC_CONFIG");
+  const file = configPath ? await readConfigFile(configPath) : new Map<keyof Config, string>();
+  const config: Record<string, unknown> = { ...DEFAULTS };
+  for (const setting of SETTINGS) {
+    const fromFlag = flags[setting.flag];
+    const fromEnv = env(setting.env);
+    const fromFile = file.get(setting.key);
+    let raw: string | undefined;
+    let origin: string;
+    if (typeof fromFlag === "string") {
+      raw = fromFlag;
+      origin = `--${setting.flag}`;
+    } else if (fromEnv !== undefined && fromEnv !== "") {
+      raw = fromEnv;
+      origin = setting.env;
+    } else {
+      raw = fromFile;
+      origin = `config "${setting.yaml}"`;
+    }
+    if (raw !== undefined) config[setting.key] = setting.parse(raw, origin);
+  }
+  return config as unknown as Config;
+}

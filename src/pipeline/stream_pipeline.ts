@@ -1,0 +1,501 @@
+/**
+ * The stream process's core: replication frames in, registered files out,
+ * acknowledgements back.
+ *
+ * Exactly-once rests on three rules:
+ * 1. Every change has a position (commit LSN, seq); a table's registry
+ *    state holds the position of its last registered row, and changes at or
+ *    before it are skipped when PostgreSQL sends them again.
+ * 2. A file is fsynced before the registry transaction that records it and
+ *    the table's new position; it is renamed to its final name after.
+ * 3. The slot is acknowledged only up to the checkpoint, the end of the
+ *    newest transaction that has nothing left in an open batch, and only
+ *    after the registry holds that checkpoint.
+ */
+
+import { join } from "node:path";
+import { flushDecision, type FlushReason } from "../batch/flush_policy.ts";
+import { STREAMING_FILE, TableBatch } from "../batch/table_batch.ts";
+import { TransactionSpool } from "../batch/transaction_spool.ts";
+import { decodeCopyFrame } from "../decode/copy_frame.ts";
+import {
+  formatCommitTime,
+  PgoutputDecoder,
+  type PgoutputMessage,
+  type PgoutputProtocol,
+  type TupleData,
+  UNCHANGED_TOAST,
+} from "../decode/pgoutput.ts";
+import { CdcError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { compareLsn, formatLsn, type Lsn, maxLsn, minLsn } from "../lsn.ts";
+import type {
+  FileRecord,
+  Registry,
+  TablePosition,
+  TableStateUpdate,
+} from "../registry/registry.ts";
+import type { ReplicationStream } from "../source/replication_stream.ts";
+import { writeFileAtomic } from "../write/atomic_file.ts";
+import { renderSchemaYml } from "../write/schema_yml.ts";
+import { batchTimestamp } from "../write/table_dir.ts";
+import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
+
+/** Settings of the pipeline. */
+export interface PipelineOptions {
+  dataDir: string;
+  protocol: PgoutputProtocol;
+  limits: { maxRows: number; maxBytes: number; intervalMs: number };
+  /** The slot's confirmed_flush_lsn at start: everything before it is done. */
+  startLsn: Lsn;
+  /** Per-table position of the last registered row, keyed by tableKey(). */
+  positions: Map<string, { last: TablePosition | null; lastBatchTs: string | null }>;
+  logger: Logger;
+}
+
+interface Txn {
+  commitLsn: Lsn;
+  xid: number;
+  seq: number;
+  lsnBytes: Uint8Array;
+  tsBytes: Uint8Array;
+  xidBytes: Uint8Array;
+}
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+const OP = {
+  I: textEncoder.encode("I"),
+  U: textEncoder.encode("U"),
+  D: textEncoder.encode("D"),
+  T: textEncoder.encode("T"),
+};
+const STATUS_INTERVAL_MS = 10_000;
+const IDLE_CHECKPOINT_INTERVAL_MS = 10_000;
+
+/** Counters the pipeline exposes (status, metrics, tests). */
+export interface PipelineStats {
+  rowsWritten: number;
+  rowsSkipped: number;
+  filesWritten: number;
+  bytesWritten: number;
+  transactions: number;
+}
+
+/** Compares two positions. */
+function comparePosition(a: TablePosition, b: TablePosition): number {
+  return compareLsn(a.lsn, b.lsn) || a.seq - b.seq;
+}
+
+/** Runs the replication stream into files until stopped. */
+export class StreamPipeline {
+  readonly stats: PipelineStats = {
+    rowsWritten: 0,
+    rowsSkipped: 0,
+    filesWritten: 0,
+    bytesWritten: 0,
+    transactions: 0,
+  };
+  #opts: PipelineOptions;
+  #registry: Registry;
+  #schemas: SchemaLookup;
+  #stream: ReplicationStream;
+  #decoder: PgoutputDecoder;
+  #replayDecoder: PgoutputDecoder;
+  #spool: TransactionSpool;
+  #relations = new Map<number, RelationInfo>();
+  #batches = new Map<string, TableBatch>();
+  #txn: Txn | null = null;
+  #streamXid: number | null = null;
+  /** End LSN of the newest fully processed transaction. */
+  #lastCommitEnd: Lsn;
+  /** Newest server position known to have no unsent changes for us (keepalive). */
+  #lastWalEnd: Lsn;
+  /** The checkpoint the registry holds and the slot was told. */
+  #durable: Lsn;
+  #lastStatusAt = 0;
+  #lastIdleSaveAt = 0;
+  #stopping = false;
+
+  constructor(
+    registry: Registry,
+    schemas: SchemaLookup,
+    stream: ReplicationStream,
+    options: PipelineOptions,
+  ) {
+    this.#opts = options;
+    this.#registry = registry;
+    this.#schemas = schemas;
+    this.#stream = stream;
+    this.#decoder = new PgoutputDecoder({ protocol: options.protocol });
+    this.#replayDecoder = new PgoutputDecoder({ protocol: options.protocol });
+    // Spooled records were read inside a stream block, where data messages
+    // carry an xid; put the replay decoder into that state once.
+    if (options.protocol >= 2) this.#replayDecoder.decode(Uint8Array.of(0x53, 0, 0, 0, 0, 1));
+    this.#spool = new TransactionSpool(join(options.dataDir, ".spool"));
+    this.#lastCommitEnd = options.startLsn;
+    this.#lastWalEnd = options.startLsn;
+    this.#durable = options.startLsn;
+  }
+
+  /** The LSN the registry holds and the slot was acknowledged to. */
+  get durableLsn(): Lsn {
+    return this.#durable;
+  }
+
+  /** Asks the loop to flush, acknowledge and return. */
+  stop(): void {
+    this.#stopping = true;
+  }
+
+  /** Processes frames until {@linkcode stop}; flushes everything on the way out. */
+  async run(): Promise<void> {
+    await this.#spool.reset();
+    try {
+      while (!this.#stopping) {
+        const frame = await this.#stream.next(1000);
+        if (frame) {
+          await this.#onFrame(frame);
+          // Drain what is already queued without timers.
+          let more: Uint8Array | undefined;
+          let n = 0;
+          while (!this.#stopping && n++ < 10_000 && (more = this.#stream.poll())) {
+            await this.#onFrame(more);
+          }
+        }
+        await this.#tick();
+      }
+      await this.#flushAll("shutdown");
+      this.#sendStatus(true);
+    } finally {
+      await this.#spool.close();
+    }
+  }
+
+  /** Aborts open batches without registering them (after a failure). */
+  async discard(): Promise<void> {
+    for (const batch of this.#batches.values()) await batch.abort().catch(() => {});
+    this.#batches.clear();
+    await this.#spool.close().catch(() => {});
+  }
+
+  async #onFrame(bytes: Uint8Array): Promise<void> {
+    const frame = decodeCopyFrame(bytes);
+    if (frame.type === "keepalive") {
+      if (frame.walEnd > this.#lastWalEnd) this.#lastWalEnd = frame.walEnd;
+      if (frame.replyRequested) this.#sendStatus(true);
+      return;
+    }
+    const data = frame.data;
+    const msg = this.#decoder.decode(data);
+    if (this.#streamXid !== null && msg.type !== "streamStop" && msg.type !== "streamStart") {
+      // Inside a stream block: keep the change until its transaction commits.
+      if (msg.type === "streamAbort" || msg.type === "streamCommit") {
+        throw new CdcError("protocol", `Unexpected ${msg.type} inside a stream block`);
+      }
+      const subXid = "xid" in msg && typeof msg.xid === "number" ? msg.xid : this.#streamXid;
+      await this.#spool.append(this.#streamXid, subXid, data);
+      return;
+    }
+    await this.#onMessage(msg);
+  }
+
+  async #onMessage(msg: PgoutputMessage): Promise<void> {
+    switch (msg.type) {
+      case "begin":
+        this.#beginTxn(msg.finalLsn, msg.commitTime, msg.xid);
+        return;
+      case "commit":
+        await this.#commitTxn(msg.endLsn);
+        return;
+      case "relation":
+        this.#onRelation(msg);
+        return;
+      case "insert":
+      case "update":
+      case "delete":
+      case "truncate":
+        await this.#onChange(msg);
+        return;
+      case "streamStart":
+        this.#streamXid = msg.xid;
+        return;
+      case "streamStop":
+        this.#streamXid = null;
+        return;
+      case "streamAbort":
+        await this.#spool.abort(msg.xid, msg.subXid);
+        return;
+      case "streamCommit": {
+        this.#beginTxn(msg.commitLsn, msg.commitTime, msg.xid);
+        for await (const record of this.#spool.replay(msg.xid)) {
+          const inner = this.#replayDecoder.decode(record.bytes);
+          await this.#onMessage(inner);
+        }
+        await this.#commitTxn(msg.endLsn);
+        return;
+      }
+      default:
+        // Origin, Type and logical messages carry nothing we write yet.
+        return;
+    }
+  }
+
+  #beginTxn(commitLsn: Lsn, commitTime: bigint, xid: number): void {
+    const lsnText = formatLsn(commitLsn);
+    this.#txn = {
+      commitLsn,
+      xid,
+      seq: 0,
+      lsnBytes: textEncoder.encode(lsnText),
+      tsBytes: textEncoder.encode(formatCommitTime(commitTime)),
+      xidBytes: textEncoder.encode(String(xid)),
+    };
+  }
+
+  async #commitTxn(endLsn: Lsn): Promise<void> {
+    this.#txn = null;
+    this.stats.transactions++;
+    if (endLsn > this.#lastCommitEnd) this.#lastCommitEnd = endLsn;
+    await this.#flushDue(false);
+  }
+
+  #onRelation(msg: Extract<PgoutputMessage, { type: "relation" }>): void {
+    this.#relations.set(msg.relationId, relationInfo(msg));
+  }
+
+  async #onChange(
+    msg: Extract<PgoutputMessage, { type: "insert" | "update" | "delete" | "truncate" }>,
+  ): Promise<void> {
+    const txn = this.#txn;
+    if (!txn) throw new CdcError("protocol", `Received ${msg.type} outside a transaction`);
+    const relIds = msg.type === "truncate" ? msg.relationIds : [msg.relationId];
+    for (const relId of relIds) {
+      const seq = txn.seq++;
+      const rel = this.#relations.get(relId);
+      if (!rel) {
+        throw new CdcError("protocol", `Received ${msg.type} for unknown relation ${relId}`);
+      }
+      if (!rel.captured) continue;
+      const pos: TablePosition = { lsn: txn.commitLsn, seq };
+      const known = this.#opts.positions.get(rel.key)?.last;
+      if (known && comparePosition(pos, known) <= 0) {
+        this.stats.rowsSkipped++;
+        continue;
+      }
+      const batch = await this.#batchFor(rel);
+      this.#writeRow(batch, msg, txn, seq);
+      batch.noteRow(pos);
+      this.stats.rowsWritten++;
+      await batch.maybeDrain();
+      if (batch.rows >= this.#opts.limits.maxRows || batch.bytes >= this.#opts.limits.maxBytes) {
+        await this.#flush([rel.key], batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes");
+      }
+    }
+  }
+
+  async #batchFor(rel: RelationInfo): Promise<TableBatch> {
+    const open = this.#batches.get(rel.key);
+    if (open && open.relation.fingerprint === rel.fingerprint) return open;
+    // A new column set starts a new folder with its own schema.yml.
+    if (open) await this.#flush([rel.key], "schema");
+    const state = this.#opts.positions.get(rel.key);
+    const batchTs = batchTimestamp(new Date(), state?.lastBatchTs ?? undefined);
+    const batch = await TableBatch.open(rel, batchTs, this.#opts.dataDir, this.#checkpoint());
+    this.#batches.set(rel.key, batch);
+    this.#opts.positions.set(rel.key, { last: state?.last ?? null, lastBatchTs: batchTs });
+    return batch;
+  }
+
+  #writeRow(
+    batch: TableBatch,
+    msg: Extract<PgoutputMessage, { type: "insert" | "update" | "delete" | "truncate" }>,
+    txn: Txn,
+    seq: number,
+  ): void {
+    const csv = batch.encoder;
+    const rel = batch.relation;
+    let values: TupleData | null;
+    let old: TupleData | undefined;
+    let op: Uint8Array;
+    switch (msg.type) {
+      case "insert":
+        op = OP.I;
+        values = msg.newTuple;
+        break;
+      case "update":
+        op = OP.U;
+        values = msg.newTuple;
+        old = msg.keyTuple ?? msg.oldTuple;
+        break;
+      case "delete":
+        op = OP.D;
+        values = msg.keyTuple ?? msg.oldTuple ?? null;
+        break;
+      case "truncate":
+        op = OP.T;
+        values = null;
+        break;
+    }
+    csv.field(op);
+    csv.field(txn.lsnBytes);
+    csv.fieldText(String(seq));
+    csv.field(txn.tsBytes);
+    csv.field(txn.xidBytes);
+    // _cdc_unchanged_cols
+    let unchanged: string[] | null = null;
+    if (values) {
+      for (let i = 0; i < values.length; i++) {
+        if (values[i] === UNCHANGED_TOAST) (unchanged ??= []).push(rel.columnNames[i]);
+      }
+    }
+    csv.fieldText(unchanged ? JSON.stringify(unchanged) : null);
+    // _cdc_old_key: the key columns of a 'K' tuple, every sent column of an 'O' tuple.
+    if (old) {
+      const keyOnly = msg.type === "update" && msg.keyTuple !== undefined;
+      const obj: Record<string, string | null> = {};
+      for (let i = 0; i < old.length; i++) {
+        const v = old[i];
+        if (v === UNCHANGED_TOAST) continue;
+        if (keyOnly && !rel.keyColumns.includes(i)) continue;
+        obj[rel.columnNames[i]] = v === null ? null : textDecoder.decode(v);
+      }
+      csv.fieldText(JSON.stringify(obj));
+    } else {
+      csv.fieldText(null);
+    }
+    const n = rel.columnNames.length;
+    for (let i = 0; i < n; i++) {
+      const v = values ? values[i] : null;
+      csv.field(v === UNCHANGED_TOAST || v === undefined ? null : v);
+    }
+    csv.endRow();
+  }
+
+  /** The newest LSN whose transactions have nothing in an open batch. */
+  #checkpoint(): Lsn {
+    let cp = this.#lastCommitEnd;
+    if (
+      this.#txn === null && this.#streamXid === null && this.#spool.openCount === 0 &&
+      this.#batches.size === 0
+    ) {
+      cp = maxLsn(cp, this.#lastWalEnd);
+    }
+    for (const batch of this.#batches.values()) cp = minLsn(cp, batch.safeBefore);
+    return maxLsn(cp, this.#durable);
+  }
+
+  async #flushDue(shuttingDown: boolean): Promise<void> {
+    const now = Date.now();
+    const due: string[] = [];
+    let reason: FlushReason | null = null;
+    for (const [key, batch] of this.#batches) {
+      const r = flushDecision(
+        { rows: batch.rows, bytes: batch.bytes, ageMs: now - batch.openedAt, shuttingDown },
+        this.#opts.limits,
+      );
+      if (r) {
+        due.push(key);
+        reason ??= r;
+      }
+    }
+    if (due.length > 0) await this.#flush(due, reason!);
+  }
+
+  async #flushAll(reason: FlushReason): Promise<void> {
+    if (this.#batches.size > 0) await this.#flush([...this.#batches.keys()], reason);
+    else await this.#advanceIdle(true);
+  }
+
+  /**
+   * Seals the batches of `keys`, registers them with the new checkpoint in
+   * one transaction, publishes the files and acknowledges.
+   */
+  async #flush(keys: string[], reason: FlushReason | "schema"): Promise<void> {
+    const started = performance.now();
+    const batches = keys.map((k) => this.#batches.get(k)!).filter((b) => b && b.rows > 0);
+    const files: FileRecord[] = [];
+    const states: TableStateUpdate[] = [];
+    for (const batch of batches) {
+      const sealed = await batch.seal();
+      const schema = await this.#schemas.describe(batch.relation);
+      await writeFileAtomic(
+        join(batch.absDir, "schema.yml"),
+        textEncoder.encode(
+          renderSchemaYml({ ...schema, validFromLsn: formatLsn(batch.first!.lsn) }),
+        ),
+      );
+      files.push({
+        schema: batch.relation.schema,
+        table: batch.relation.table,
+        tableDir: batch.relation.tableDir,
+        batchTs: batch.batchTs,
+        path: `${batch.relDir}/${STREAMING_FILE}`,
+        fileType: "streaming",
+        startLsn: batch.first!.lsn,
+        endLsn: batch.last!.lsn,
+        startSeq: batch.first!.seq,
+        endSeq: batch.last!.seq,
+        rowCount: batch.rows,
+        byteSize: sealed.byteSize,
+        sha256: sealed.sha256,
+        hasDdl: false,
+      });
+      states.push({
+        schema: batch.relation.schema,
+        table: batch.relation.table,
+        tableDir: batch.relation.tableDir,
+        relationOid: batch.relation.message.relationId,
+        last: batch.last!,
+        lastBatchTs: batch.batchTs,
+      });
+    }
+    for (const key of keys) this.#batches.delete(key);
+    const checkpoint = this.#checkpoint();
+    await this.#registry.commitFlush(files, states, checkpoint);
+    for (const batch of batches) await batch.publish();
+    for (const s of states) {
+      this.#opts.positions.set(
+        `${s.schema}\0${s.table}`,
+        { last: s.last, lastBatchTs: s.lastBatchTs },
+      );
+    }
+    for (const f of files) {
+      this.stats.filesWritten++;
+      this.stats.bytesWritten += f.byteSize;
+      this.#opts.logger.info("batch registered", {
+        table: `${f.schema}.${f.table}`,
+        path: f.path,
+        rows: f.rowCount,
+        bytes: f.byteSize,
+        reason,
+        ms: Math.round(performance.now() - started),
+      });
+    }
+    this.#durable = maxLsn(this.#durable, checkpoint);
+    this.#sendStatus(true);
+  }
+
+  /** Periodic work between frames: interval flushes, idle checkpoints, status. */
+  async #tick(): Promise<void> {
+    await this.#flushDue(false);
+    await this.#advanceIdle(false);
+    if (Date.now() - this.#lastStatusAt >= STATUS_INTERVAL_MS) this.#sendStatus(false);
+  }
+
+  /** With nothing open, moves the checkpoint to the newest known position. */
+  async #advanceIdle(force: boolean): Promise<void> {
+    const cp = this.#checkpoint();
+    if (cp <= this.#durable) return;
+    if (!force && Date.now() - this.#lastIdleSaveAt < IDLE_CHECKPOINT_INTERVAL_MS) return;
+    this.#lastIdleSaveAt = Date.now();
+    await this.#registry.saveCheckpoint(cp);
+    this.#durable = cp;
+    this.#sendStatus(false);
+  }
+
+  #sendStatus(_force: boolean): void {
+    this.#stream.sendStatus(this.#durable);
+    this.#lastStatusAt = Date.now();
+  }
+}

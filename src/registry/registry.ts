@@ -1,0 +1,242 @@
+/**
+ * The registry as the stream process uses it: per-table positions, the
+ * checkpoint LSN, and one transaction per flush that records files, table
+ * state and checkpoint together.
+ */
+
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import { CdcError } from "../errors.ts";
+import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import { appliedMigrations, MIGRATIONS } from "./migrations.ts";
+
+/** Position of the last registered row of a table: (commit LSN, seq). */
+export interface TablePosition {
+  lsn: Lsn;
+  seq: number;
+}
+
+/** What the registry holds about a table. */
+export interface TableState {
+  schema: string;
+  table: string;
+  tableDir: string;
+  mode: string;
+  reloadLsn: Lsn | null;
+  last: TablePosition | null;
+  lastBatchTs: string | null;
+}
+
+/** A file to record in `file_log`. */
+export interface FileRecord {
+  schema: string;
+  table: string;
+  tableDir: string;
+  batchTs: string;
+  /** Relative to the data dir, with `/` separators. */
+  path: string;
+  fileType: "streaming" | "full_reload" | "ddl";
+  startLsn: Lsn;
+  endLsn: Lsn;
+  startSeq: number | null;
+  endSeq: number | null;
+  rowCount: number;
+  byteSize: number;
+  sha256: string;
+  hasDdl: boolean;
+}
+
+/** The table-state change that goes with a file. */
+export interface TableStateUpdate {
+  schema: string;
+  table: string;
+  tableDir: string;
+  relationOid: number | null;
+  last: TablePosition;
+  lastBatchTs: string;
+}
+
+/** Registry access bound to one slot. */
+export class Registry {
+  readonly client: pg.Client;
+  readonly slot: string;
+
+  constructor(client: pg.Client, slot: string) {
+    this.client = client;
+    this.slot = slot;
+  }
+
+  /** Throws not_initialized unless every migration is applied. */
+  async assertInitialized(): Promise<void> {
+    let applied: number[];
+    try {
+      applied = await appliedMigrations(this.client);
+    } catch (error) {
+      throw new CdcError("registry", `Cannot read the registry: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    const missing = MIGRATIONS.filter((m) => !applied.includes(m.version));
+    if (missing.length > 0) {
+      throw new CdcError(
+        "not_initialized",
+        `Cannot use the registry: ${
+          applied.length === 0 ? "schema cdc_registry does not exist" : "migrations are missing"
+        }; run "cdc-egress init" first`,
+      );
+    }
+  }
+
+  /**
+   * Takes the session advisory lock that makes this process the only
+   * stream for the slot; returns the pid of the holder when taken.
+   */
+  async lockSlot(): Promise<number | null> {
+    const res = await this.client.query(
+      "SELECT pg_try_advisory_lock(hashtext('cdc-egress stream'), hashtext($1)) AS ok",
+      [this.slot],
+    );
+    if (res.rows[0].ok) return null;
+    const holder = await this.client.query(
+      `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+         AND classid = hashtext('cdc-egress stream')::oid AND objid = hashtext($1)::oid LIMIT 1`,
+      [this.slot],
+    );
+    return holder.rows[0]?.pid ?? -1;
+  }
+
+  /** The checkpoint LSN, or null before the first one. */
+  async checkpoint(): Promise<Lsn | null> {
+    const res = await this.client.query(
+      "SELECT checkpoint_lsn::text AS lsn FROM cdc_registry.checkpoint WHERE slot_name = $1",
+      [this.slot],
+    );
+    return res.rows[0] ? parseLsn(res.rows[0].lsn) : null;
+  }
+
+  /** Every table's state for this slot, keyed by `schema\0table`. */
+  async tableStates(): Promise<Map<string, TableState>> {
+    const res = await this.client.query(
+      `SELECT schema_name, table_name, table_dir, mode, reload_lsn::text AS reload_lsn,
+              last_lsn::text AS last_lsn, last_seq, last_batch_ts
+       FROM cdc_registry.table_state WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const out = new Map<string, TableState>();
+    for (const r of res.rows) {
+      out.set(tableKey(r.schema_name, r.table_name), {
+        schema: r.schema_name,
+        table: r.table_name,
+        tableDir: r.table_dir,
+        mode: r.mode,
+        reloadLsn: r.reload_lsn ? parseLsn(r.reload_lsn) : null,
+        last: r.last_lsn ? { lsn: parseLsn(r.last_lsn), seq: Number(r.last_seq ?? 0) } : null,
+        lastBatchTs: r.last_batch_ts,
+      });
+    }
+    return out;
+  }
+
+  /** Paths of every registered file of this slot (relative to the data dir). */
+  async registeredPaths(): Promise<Set<string>> {
+    const res = await this.client.query(
+      "SELECT path FROM cdc_registry.file_log WHERE slot_name = $1",
+      [this.slot],
+    );
+    return new Set(res.rows.map((r) => r.path as string));
+  }
+
+  /**
+   * Records files, table positions and the checkpoint in one transaction.
+   * The checkpoint only moves forward.
+   */
+  async commitFlush(
+    files: FileRecord[],
+    states: TableStateUpdate[],
+    checkpoint: Lsn,
+  ): Promise<void> {
+    const c = this.client;
+    await c.query("BEGIN");
+    try {
+      for (const f of files) {
+        await c.query(
+          `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir, batch_ts,
+             path, file_type, start_lsn, end_lsn, start_seq, end_seq, row_count, byte_size, sha256, has_ddl)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8::pg_lsn,$9::pg_lsn,$10,$11,$12,$13,$14,$15)`,
+          [
+            this.slot,
+            f.schema,
+            f.table,
+            f.tableDir,
+            f.batchTs,
+            f.path,
+            f.fileType,
+            formatLsn(f.startLsn),
+            formatLsn(f.endLsn),
+            f.startSeq,
+            f.endSeq,
+            f.rowCount,
+            f.byteSize,
+            f.sha256,
+            f.hasDdl,
+          ],
+        );
+      }
+      for (const s of states) {
+        await c.query(
+          `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir,
+             relation_oid, mode, last_lsn, last_seq, last_batch_ts, updated_at)
+           VALUES ($1,$2,$3,$4,$5,'streaming',$6::pg_lsn,$7,$8,now())
+           ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET
+             table_dir = EXCLUDED.table_dir,
+             relation_oid = COALESCE(EXCLUDED.relation_oid, table_state.relation_oid),
+             last_lsn = EXCLUDED.last_lsn, last_seq = EXCLUDED.last_seq,
+             last_batch_ts = EXCLUDED.last_batch_ts, updated_at = now()`,
+          [
+            this.slot,
+            s.schema,
+            s.table,
+            s.tableDir,
+            s.relationOid,
+            formatLsn(s.last.lsn),
+            s.last.seq,
+            s.lastBatchTs,
+          ],
+        );
+      }
+      await this.#saveCheckpoint(checkpoint);
+      await c.query("COMMIT");
+    } catch (error) {
+      await c.query("ROLLBACK").catch(() => {});
+      throw new CdcError("registry", `Cannot register files: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  /** Moves the checkpoint forward (never back) on its own. */
+  async saveCheckpoint(lsn: Lsn): Promise<void> {
+    try {
+      await this.#saveCheckpoint(lsn);
+    } catch (error) {
+      throw new CdcError("registry", `Cannot save the checkpoint: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  async #saveCheckpoint(lsn: Lsn): Promise<void> {
+    await this.client.query(
+      `INSERT INTO cdc_registry.checkpoint (slot_name, checkpoint_lsn) VALUES ($1, $2::pg_lsn)
+       ON CONFLICT (slot_name) DO UPDATE
+         SET checkpoint_lsn = GREATEST(checkpoint.checkpoint_lsn, EXCLUDED.checkpoint_lsn),
+             updated_at = now()`,
+      [this.slot, formatLsn(lsn)],
+    );
+  }
+}
+
+/** Map key for a table. */
+export function tableKey(schema: string, table: string): string {
+  return `${schema}\0${table}`;
+}

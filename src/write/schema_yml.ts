@@ -1,0 +1,103 @@
+/**
+ * Renders `schema.yml`, the description of a table's columns that sits next
+ * to every batch's data files.
+ *
+ * @module
+ */
+
+import { stringify } from "yaml";
+
+/** One column of a {@linkcode TableSchema}, in table order. */
+export interface ColumnSchema {
+  /** Column name, exactly as in the catalog. */
+  name: string;
+  /** `format_type(atttypid, atttypmod)`, e.g. `character varying(20)`. */
+  type: string;
+  /** `pg_type` oid. */
+  typeOid: number;
+  /** `atttypmod` (-1 when none). */
+  typeModifier: number;
+  /** Whether the column may hold NULL. */
+  nullable: boolean;
+  /** Whether the column is part of the replica identity key. */
+  isKey: boolean;
+}
+
+/** A table's shape as it was from one LSN on. */
+export interface TableSchema {
+  /** Schema (namespace) name. */
+  schema: string;
+  /** Table name. */
+  table: string;
+  /** `pg_class` oid. */
+  relationOid: number;
+  /** pg_lsn text of the first change the description applies to. */
+  validFromLsn: string;
+  /** `relreplident`, spelled out. */
+  replicaIdentity: "default" | "nothing" | "full" | "index";
+  /** Primary key columns in key order; empty when the table has none. */
+  primaryKey: string[];
+  /** Columns in table order (dropped columns excluded). */
+  columns: ColumnSchema[];
+}
+
+/**
+ * Renders a {@linkcode TableSchema} as YAML, deterministically: fixed key
+ * order, snake_case keys, every string double-quoted (so names with `:`, `#`,
+ * quotes, newlines, leading spaces or words like `yes`/`null` read back
+ * exactly), no line folding.
+ *
+ * @example
+ * ```yaml
+ * schema: "public"
+ * table: "orders"
+ * relation_oid: 16384
+ * valid_from_lsn: "0/16B3748"
+ * replica_identity: "default"
+ * primary_key:
+ *   - "id"
+ * columns:
+ *   - name: "id"
+ *     type: "integer"
+ *     type_oid: 23
+ *     type_modifier: -1
+ *     nullable: false
+ *     is_key: true
+ * ```
+ */
+export function renderSchemaYml(schema: TableSchema): string {
+  const doc = {
+    schema: schema.schema,
+    table: schema.table,
+    relation_oid: schema.relationOid,
+    valid_from_lsn: schema.validFromLsn,
+    replica_identity: schema.replicaIdentity,
+    primary_key: [...schema.primaryKey],
+    columns: schema.columns.map((c) => ({
+      name: c.name,
+      type: c.type,
+      type_oid: c.typeOid,
+      type_modifier: c.typeModifier,
+      nullable: c.nullable,
+      is_key: c.isKey,
+    })),
+  };
+  const yaml = stringify(doc, {
+    defaultStringType: "QUOTE_DOUBLE",
+    defaultKeyType: "PLAIN",
+    lineWidth: 0,
+    indentSeq: true,
+    // JSON-style escapes (\u0001, not \x01) read back in every YAML parser.
+    doubleQuotedAsJSON: true,
+  });
+  // The library writes DEL, C1 controls, U+2028/2029 and noncharacters raw,
+  // but YAML only allows "printable" characters in a stream and strict
+  // parsers (libyaml) reject the rest. Every string is double-quoted, so any
+  // such character sits inside a double-quoted scalar, where an escape means
+  // the same thing.
+  return yaml.replace(NOT_PRINTABLE, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+
+/** Characters YAML 1.2 does not allow unescaped (besides C0 controls, which the library escapes). */
+const NOT_PRINTABLE =
+  /[\u007f-\u009f\u2028\u2029\ufeff\ufffe\uffff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
