@@ -43,14 +43,24 @@ export interface ClusterOptions {
   keep?: boolean;
 }
 
-/** The PostgreSQL major selected by `CDC_TEST_PG` (default 18). */
+/**
+ * The PostgreSQL majors integration tests run against: `CDC_TEST_PG`, a
+ * comma-separated list (default "18,14", the newest and oldest we support).
+ */
+export function testMajors(): PgMajor[] {
+  const raw = Deno.env.get("CDC_TEST_PG") ?? "18,14";
+  return raw.split(",").map((part) => {
+    const n = Number(part.trim());
+    if (![14, 15, 16, 17, 18].includes(n)) {
+      throw new RangeError(`Cannot use CDC_TEST_PG="${raw}": expected 14, 15, 16, 17 or 18`);
+    }
+    return n as PgMajor;
+  });
+}
+
+/** The first of {@linkcode testMajors}, for the demo and single-version runs. */
 export function selectedMajor(): PgMajor {
-  const raw = Deno.env.get("CDC_TEST_PG") ?? "18";
-  const n = Number(raw);
-  if (![14, 15, 16, 17, 18].includes(n)) {
-    throw new RangeError(`Cannot use CDC_TEST_PG="${raw}": expected 14, 15, 16, 17 or 18`);
-  }
-  return n as PgMajor;
+  return testMajors()[0];
 }
 
 async function packageBinaries(version: PgMajor): Promise<{ initdb: string; pg_ctl: string }> {

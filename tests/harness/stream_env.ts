@@ -1,0 +1,93 @@
+/**
+ * One integration-test world: a fresh cluster, a database client, a data
+ * dir, the CLI environment, and helpers to run `init` and `stream` and wait
+ * until the stream has registered everything written so far.
+ */
+
+// @ts-types="npm:@types/pg@8.23.1"
+import pg from "pg";
+import { type Cluster, type PgMajor, startCluster } from "../../scripts/embedded_postgres.ts";
+import { CliProcess, runCli, waitFor } from "./cli.ts";
+import { liveRows, replayedRows } from "./replay_check.ts";
+
+/** A cluster plus what a test needs around it. */
+export interface StreamEnv {
+  cluster: Cluster;
+  db: pg.Client;
+  dataDir: string;
+  env: Record<string, string>;
+  /** Runs `init`; throws with its stderr unless it exits 0. */
+  init(): Promise<void>;
+  /** Starts `stream` (extra env merged in). */
+  stream(extra?: Record<string, string>): CliProcess;
+  /** Waits until the slot's confirmed LSN reaches the current WAL position. */
+  caughtUp(timeoutMs?: number): Promise<void>;
+  /** Asserts replay of the files equals the live table. */
+  assertReplayEquals(schema: string, table: string): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Starts a cluster of `version` with a client and a temp data dir. */
+export async function streamEnv(
+  version: PgMajor,
+  settings: Record<string, string | number> = {},
+): Promise<StreamEnv> {
+  const cluster = await startCluster({ version, settings });
+  const db = new pg.Client({ connectionString: cluster.url() });
+  await db.connect();
+  const dataDir = await Deno.makeTempDir({ prefix: "cdc-data-" });
+  const env: Record<string, string> = {
+    CDC_SOURCE_URL: cluster.url(),
+    CDC_DATA_DIR: dataDir,
+    CDC_BATCH_INTERVAL: "1s",
+  };
+  const processes: CliProcess[] = [];
+  const world: StreamEnv = {
+    cluster,
+    db,
+    dataDir,
+    env,
+    async init() {
+      const r = await runCli(["init"], env);
+      if (r.code !== 0) throw new Error(`init failed (${r.code}): ${r.stderr}${r.stdout}`);
+    },
+    stream(extra = {}) {
+      const p = new CliProcess(["stream"], { ...env, ...extra });
+      processes.push(p);
+      return p;
+    },
+    async caughtUp(timeoutMs = 90_000) {
+      const target = (await db.query("SELECT pg_current_wal_lsn()::text AS l")).rows[0].l;
+      await waitFor(
+        `the slot to confirm ${target}`,
+        async () =>
+          (await db.query(
+            `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots
+             WHERE slot_name = 'cdc_egress'`,
+            [target],
+          )).rows[0]?.ok,
+        timeoutMs,
+      );
+    },
+    async assertReplayEquals(schema, table) {
+      const replayed = await replayedRows(db, dataDir, schema, table);
+      const live = await liveRows(db, schema, table);
+      if (JSON.stringify(replayed) !== JSON.stringify(live)) {
+        const missing = live.filter((r) => !replayed.includes(r)).slice(0, 3);
+        const extra = replayed.filter((r) => !live.includes(r)).slice(0, 3);
+        throw new Error(
+          `Replay of ${schema}.${table} differs: ${replayed.length} rows replayed, ${live.length} live; missing ${
+            JSON.stringify(missing)
+          }; extra ${JSON.stringify(extra)}`,
+        );
+      }
+    },
+    async [Symbol.asyncDispose]() {
+      for (const p of processes) await p.stop("SIGKILL");
+      await db.end().catch(() => {});
+      await cluster.destroy();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    },
+  };
+  return world;
+}
