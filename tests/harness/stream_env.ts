@@ -73,8 +73,10 @@ export async function streamEnv(
       const replayed = await replayedRows(db, dataDir, schema, table);
       const live = await liveRows(db, schema, table);
       if (JSON.stringify(replayed) !== JSON.stringify(live)) {
-        const missing = live.filter((r) => !replayed.includes(r)).slice(0, 3);
-        const extra = replayed.filter((r) => !live.includes(r)).slice(0, 3);
+        const r = new Set(replayed);
+        const l = new Set(live);
+        const missing = live.filter((x) => !r.has(x)).slice(0, 3);
+        const extra = replayed.filter((x) => !l.has(x)).slice(0, 3);
         throw new Error(
           `Replay of ${schema}.${table} differs: ${replayed.length} rows replayed, ${live.length} live; missing ${
             JSON.stringify(missing)
