@@ -11,7 +11,7 @@ import type pg from "pg";
 import type { Config } from "../config.ts";
 import { CdcError } from "../errors.ts";
 import { Logger } from "../log.ts";
-import { type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
+import { formatLsn, type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
 import { recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
@@ -128,7 +128,7 @@ export async function streamCommand(config: Config): Promise<void> {
       streaming: true,
       startLsn,
     });
-    logger.info("streaming", { slot: config.slot, protocol, start_lsn: startLsn.toString(16) });
+    logger.info("streaming", { slot: config.slot, protocol, start_lsn: formatLsn(startLsn) });
     pipeline = new StreamPipeline(registry, new SchemaLookup(source), stream, {
       dataDir,
       protocol,
