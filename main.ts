@@ -32,7 +32,7 @@ const COMMANDS: Record<string, CommandSpec> = {
     },
   },
   stream: {
-    summary: "export and stream changes into files until SIGTERM/SIGINT",
+    summary: "stream changes into registered files until SIGTERM/SIGINT",
     usage: "cdc-egress stream [settings]",
     flags: {},
     run: async (config) => {

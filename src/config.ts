@@ -204,7 +204,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_EXPORT_WORKERS",
     yaml: "export_workers",
     parse: positiveInt,
-    help: "parallel table exports (default 4)",
+    help: "parallel table exports (default 4; reserved: the initial export is not built yet)",
   },
   {
     key: "registryUrl",
@@ -220,7 +220,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_METRICS_ADDR",
     yaml: "metrics_addr",
     parse: hostPort,
-    help: "HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9187)",
+    help: "HOST:PORT for metrics (default 127.0.0.1:9187; reserved: not served yet)",
   },
   {
     key: "logFormat",
