@@ -14,6 +14,7 @@ import { Logger } from "../log.ts";
 import { formatLsn, type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
 import { recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
+import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
 import { Registry } from "../registry/registry.ts";
 import { connect } from "../source/connect.ts";
@@ -34,7 +35,7 @@ export async function prepareDataDir(dataDir: string): Promise<string> {
     if (!(error instanceof Deno.errors.NotFound)) {
       throw new CdcError(
         "data_dir",
-        `Cannot use data dir "${dataDir}": ${(error as Error).message}`,
+        `Cannot use data dir "${dataDir}": ${(error as Error).message.split(":")[0]}`,
       );
     }
     try {
@@ -139,8 +140,21 @@ export async function streamCommand(config: Config): Promise<void> {
       },
       startLsn,
       positions,
+      boundaries: new Map(
+        [...states].flatMap(([k, s]) => s.reloadLsn !== null ? [[k, s.reloadLsn]] : []),
+      ),
       logger,
     });
+    pipeline.attachReloads((host) =>
+      new ReloadCoordinator(registry, source, host, {
+        sourceUrl: config.sourceUrl,
+        publication: config.publication,
+        slot: config.slot,
+        dataDir,
+        workers: config.exportWorkers,
+        logger,
+      })
+    );
     Deno.addSignalListener("SIGTERM", onSignal);
     Deno.addSignalListener("SIGINT", onSignal);
     try {

@@ -40,6 +40,7 @@ import { writeFileAtomic } from "../write/atomic_file.ts";
 import { renderSchemaYml } from "../write/schema_yml.ts";
 import { batchTimestamp } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
+import type { ReloadCoordinator, ReloadHost } from "./reload_coordinator.ts";
 
 /** Settings of the pipeline. */
 export interface PipelineOptions {
@@ -50,6 +51,8 @@ export interface PipelineOptions {
   startLsn: Lsn;
   /** Per-table position of the last registered row, keyed by tableKey(). */
   positions: Map<string, { last: TablePosition | null; lastBatchTs: string | null }>;
+  /** Per-table LSN of the newest registered export: earlier changes are in it. */
+  boundaries: Map<string, Lsn>;
   logger: Logger;
 }
 
@@ -116,6 +119,9 @@ export class StreamPipeline {
   #lastStatusAt = 0;
   #lastIdleSaveAt = 0;
   #stopping = false;
+  /** Tables being exported: their batches stay open until the export is registered. */
+  #held = new Set<string>();
+  #reloads: ReloadCoordinator | null = null;
 
   constructor(
     registry: Registry,
@@ -143,6 +149,28 @@ export class StreamPipeline {
     return this.#durable;
   }
 
+  /** Attaches the coordinator that runs exports between frames. */
+  attachReloads(make: (host: ReloadHost) => ReloadCoordinator): void {
+    this.#reloads = make({
+      cut: async (keys) => {
+        const open = keys.filter((k) => this.#batches.has(k));
+        if (open.length > 0) await this.#flush(open, "reload");
+      },
+      hold: (key, boundary) => {
+        this.#held.add(key);
+        this.#opts.boundaries.set(key, boundary);
+      },
+      release: (key) => {
+        this.#held.delete(key);
+      },
+      lastBatchTs: (key) => this.#opts.positions.get(key)?.lastBatchTs ?? undefined,
+      noteBatchTs: (key, batchTs) => {
+        const state = this.#opts.positions.get(key);
+        this.#opts.positions.set(key, { last: state?.last ?? null, lastBatchTs: batchTs });
+      },
+    });
+  }
+
   /** Asks the loop to flush, acknowledge and return. */
   stop(): void {
     this.#stopping = true;
@@ -152,6 +180,8 @@ export class StreamPipeline {
   async run(): Promise<void> {
     await this.#spool.reset();
     try {
+      // Start pending exports before the first change is processed.
+      await this.#reloads?.poll(true);
       while (!this.#stopping) {
         const frame = await this.#stream.next(1000);
         if (frame) {
@@ -165,9 +195,12 @@ export class StreamPipeline {
         }
         await this.#tick();
       }
+      await this.#reloads?.stop();
       await this.#flushAll("shutdown");
+      for (const key of this.#held) await this.#batches.get(key)?.abort();
       this.#sendStatus(true);
     } finally {
+      await this.#reloads?.stop();
       await this.#spool.close();
     }
   }
@@ -279,7 +312,11 @@ export class StreamPipeline {
       if (!rel.captured) continue;
       const pos: TablePosition = { lsn: txn.commitLsn, seq };
       const known = this.#opts.positions.get(rel.key)?.last;
-      if (known && comparePosition(pos, known) <= 0) {
+      const boundary = this.#opts.boundaries.get(rel.key);
+      if (
+        (known && comparePosition(pos, known) <= 0) ||
+        (boundary !== undefined && pos.lsn < boundary)
+      ) {
         this.stats.rowsSkipped++;
         continue;
       }
@@ -288,7 +325,10 @@ export class StreamPipeline {
       batch.noteRow(pos);
       this.stats.rowsWritten++;
       await batch.maybeDrain();
-      if (batch.rows >= this.#opts.limits.maxRows || batch.bytes >= this.#opts.limits.maxBytes) {
+      if (
+        !this.#held.has(rel.key) &&
+        (batch.rows >= this.#opts.limits.maxRows || batch.bytes >= this.#opts.limits.maxBytes)
+      ) {
         await this.#flush([rel.key], batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes");
       }
     }
@@ -390,6 +430,7 @@ export class StreamPipeline {
     const due: string[] = [];
     let reason: FlushReason | null = null;
     for (const [key, batch] of this.#batches) {
+      if (this.#held.has(key)) continue;
       const r = flushDecision(
         { rows: batch.rows, bytes: batch.bytes, ageMs: now - batch.openedAt, shuttingDown },
         this.#opts.limits,
@@ -403,7 +444,10 @@ export class StreamPipeline {
   }
 
   async #flushAll(reason: FlushReason): Promise<void> {
-    if (this.#batches.size > 0) await this.#flush([...this.#batches.keys()], reason);
+    // Held batches belong after an export that is not registered: they are
+    // dropped (and sent again after a restart), never registered alone.
+    const keys = [...this.#batches.keys()].filter((k) => !this.#held.has(k));
+    if (keys.length > 0) await this.#flush(keys, reason);
     else await this.#advanceIdle(true);
   }
 
@@ -411,7 +455,7 @@ export class StreamPipeline {
    * Seals the batches of `keys`, registers them with the new checkpoint in
    * one transaction, publishes the files and acknowledges.
    */
-  async #flush(keys: string[], reason: FlushReason | "schema"): Promise<void> {
+  async #flush(keys: string[], reason: FlushReason | "schema" | "reload"): Promise<void> {
     const started = performance.now();
     const batches = keys.map((k) => this.#batches.get(k)!).filter((b) => b && b.rows > 0);
     const files: FileRecord[] = [];
@@ -479,6 +523,7 @@ export class StreamPipeline {
   /** Periodic work between frames: interval flushes, idle checkpoints, status. */
   async #tick(): Promise<void> {
     await this.#flushDue(false);
+    await this.#reloads?.poll();
     await this.#advanceIdle(false);
     if (Date.now() - this.#lastStatusAt >= STATUS_INTERVAL_MS) this.#sendStatus(false);
   }

@@ -60,6 +60,8 @@ export interface TableStateUpdate {
 export class Registry {
   readonly client: pg.Client;
   readonly slot: string;
+  /** Serializes transactions: the stream loop and export workers share the client. */
+  #tail: Promise<unknown> = Promise.resolve();
 
   constructor(client: pg.Client, slot: string) {
     this.client = client;
@@ -150,7 +152,43 @@ export class Registry {
    * Records files, table positions and the checkpoint in one transaction.
    * The checkpoint only moves forward.
    */
-  async commitFlush(
+  commitFlush(files: FileRecord[], states: TableStateUpdate[], checkpoint: Lsn): Promise<void> {
+    return this.#exclusive(() => this.#commitFlush(files, states, checkpoint));
+  }
+
+  /** Runs `fn` after every earlier exclusive operation has finished. */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(fn, fn);
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+
+  async #insertFile(f: FileRecord): Promise<void> {
+    await this.client.query(
+      `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir, batch_ts,
+         path, file_type, start_lsn, end_lsn, start_seq, end_seq, row_count, byte_size, sha256, has_ddl)
+       VALUES ($1,$2,$3,$4,$5,$6,$7,$8::pg_lsn,$9::pg_lsn,$10,$11,$12,$13,$14,$15)`,
+      [
+        this.slot,
+        f.schema,
+        f.table,
+        f.tableDir,
+        f.batchTs,
+        f.path,
+        f.fileType,
+        formatLsn(f.startLsn),
+        formatLsn(f.endLsn),
+        f.startSeq,
+        f.endSeq,
+        f.rowCount,
+        f.byteSize,
+        f.sha256,
+        f.hasDdl,
+      ],
+    );
+  }
+
+  async #commitFlush(
     files: FileRecord[],
     states: TableStateUpdate[],
     checkpoint: Lsn,
@@ -158,30 +196,7 @@ export class Registry {
     const c = this.client;
     await c.query("BEGIN");
     try {
-      for (const f of files) {
-        await c.query(
-          `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir, batch_ts,
-             path, file_type, start_lsn, end_lsn, start_seq, end_seq, row_count, byte_size, sha256, has_ddl)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8::pg_lsn,$9::pg_lsn,$10,$11,$12,$13,$14,$15)`,
-          [
-            this.slot,
-            f.schema,
-            f.table,
-            f.tableDir,
-            f.batchTs,
-            f.path,
-            f.fileType,
-            formatLsn(f.startLsn),
-            formatLsn(f.endLsn),
-            f.startSeq,
-            f.endSeq,
-            f.rowCount,
-            f.byteSize,
-            f.sha256,
-            f.hasDdl,
-          ],
-        );
-      }
+      for (const f of files) await this.#insertFile(f);
       for (const s of states) {
         await c.query(
           `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir,
@@ -217,9 +232,137 @@ export class Registry {
   /** Moves the checkpoint forward (never back) on its own. */
   async saveCheckpoint(lsn: Lsn): Promise<void> {
     try {
-      await this.#saveCheckpoint(lsn);
+      await this.#exclusive(() => this.#saveCheckpoint(lsn));
     } catch (error) {
       throw new CdcError("registry", `Cannot save the checkpoint: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  /** Reload operations not finished yet (requested or exporting), oldest first. */
+  pendingReloads(): Promise<ReloadRequest[]> {
+    return this.#exclusive(async () => {
+      const res = await this.client.query(
+        `SELECT id, schema_name, table_name, state FROM cdc_registry.reload_operations
+         WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
+        [this.slot],
+      );
+      return res.rows.map((r) => ({
+        id: Number(r.id),
+        schema: r.schema_name as string,
+        table: r.table_name as string,
+      }));
+    });
+  }
+
+  /**
+   * Requests a reload of each published table that has no state yet (a
+   * fresh slot, or a table added to the publication), unless one is pending.
+   */
+  requestMissingExports(publication: string): Promise<number> {
+    return this.#exclusive(async () => {
+      const res = await this.client.query(
+        `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name)
+         SELECT $1, p.schemaname, p.tablename FROM pg_publication_tables p
+         WHERE p.pubname = $2 AND p.schemaname <> 'cdc_registry'
+           AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
+                             AND s.schema_name = p.schemaname AND s.table_name = p.tablename)
+           AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations o WHERE o.slot_name = $1
+                             AND o.schema_name = p.schemaname AND o.table_name = p.tablename
+                             AND o.state IN ('requested', 'exporting'))`,
+        [this.slot, publication],
+      );
+      return res.rowCount ?? 0;
+    });
+  }
+
+  /** Marks operations exporting at `lsn` and their tables reloading. */
+  startReloads(ops: ReloadRequest[], lsn: Lsn, tableDirs: Map<string, string>): Promise<void> {
+    return this.#exclusive(() =>
+      this.#transaction(async (c) => {
+        for (const op of ops) {
+          await c.query(
+            `UPDATE cdc_registry.reload_operations SET state = 'exporting', consistent_lsn = $2::pg_lsn,
+               started_at = now(), error = NULL WHERE id = $1`,
+            [op.id, formatLsn(lsn)],
+          );
+          await c.query(
+            `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir, mode)
+             VALUES ($1, $2, $3, $4, 'reloading')
+             ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET mode = 'reloading',
+               updated_at = now()`,
+            [this.slot, op.schema, op.table, tableDirs.get(tableKey(op.schema, op.table)) ?? ""],
+          );
+        }
+      })
+    );
+  }
+
+  /** Records a finished export: its file, the table's reload LSN, the operations done. */
+  finishReload(ops: ReloadRequest[], file: FileRecord, relationOid: number): Promise<void> {
+    return this.#exclusive(() =>
+      this.#transaction(async (c) => {
+        await this.#insertFile(file);
+        await c.query(
+          `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir,
+             relation_oid, mode, reload_lsn, last_batch_ts)
+           VALUES ($1, $2, $3, $4, $5, 'streaming', $6::pg_lsn, $7)
+           ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET mode = 'streaming',
+             table_dir = EXCLUDED.table_dir, relation_oid = EXCLUDED.relation_oid,
+             reload_lsn = EXCLUDED.reload_lsn,
+             last_batch_ts = GREATEST(table_state.last_batch_ts, EXCLUDED.last_batch_ts),
+             updated_at = now()`,
+          [
+            this.slot,
+            file.schema,
+            file.table,
+            file.tableDir,
+            relationOid,
+            formatLsn(file.startLsn),
+            file.batchTs,
+          ],
+        );
+        await c.query(
+          `UPDATE cdc_registry.reload_operations SET state = 'done', finished_at = now()
+           WHERE id = ANY($1::bigint[])`,
+          [ops.map((o) => o.id)],
+        );
+      })
+    );
+  }
+
+  /** Records a failed export attempt; the operation stays pending and is retried. */
+  noteReloadError(ops: ReloadRequest[], message: string, final: boolean): Promise<void> {
+    return this.#exclusive(async () => {
+      await this.client.query(
+        `UPDATE cdc_registry.reload_operations SET error = $2,
+           state = CASE WHEN $3 THEN 'failed' ELSE state END,
+           finished_at = CASE WHEN $3 THEN now() ELSE finished_at END
+         WHERE id = ANY($1::bigint[])`,
+        [ops.map((o) => o.id), message, final],
+      );
+      if (final) {
+        for (const op of ops) {
+          await this.client.query(
+            `UPDATE cdc_registry.table_state SET mode = 'dropped', updated_at = now()
+             WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3`,
+            [this.slot, op.schema, op.table],
+          );
+        }
+      }
+    });
+  }
+
+  async #transaction(fn: (c: pg.Client) => Promise<void>): Promise<void> {
+    const c = this.client;
+    await c.query("BEGIN");
+    try {
+      await fn(c);
+      await c.query("COMMIT");
+    } catch (error) {
+      await c.query("ROLLBACK").catch(() => {});
+      throw new CdcError("registry", `Cannot update the registry: ${(error as Error).message}`, {
         cause: error,
       });
     }
@@ -234,6 +377,13 @@ export class Registry {
       [this.slot, formatLsn(lsn)],
     );
   }
+}
+
+/** A reload operation to carry out. */
+export interface ReloadRequest {
+  id: number;
+  schema: string;
+  table: string;
 }
 
 /** Map key for a table. */

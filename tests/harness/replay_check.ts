@@ -9,7 +9,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { parse as parseYaml } from "yaml";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
-import { TableReplay } from "../../src/replay/table_replay.ts";
+import { replayTable } from "../../src/replay/replay_files.ts";
 import { qualifiedName } from "../../src/source/table_selection.ts";
 
 const RAW_TYPES = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
@@ -58,15 +58,17 @@ export async function liveRows(
   return res.rows.map((r) => JSON.stringify(r)).sort();
 }
 
-/** Replays the files of a table from empty and returns its sorted rows. */
+/**
+ * Replays the files of a table (newest full_reload, then later streaming
+ * rows) and returns its sorted rows.
+ */
 export async function replayedRows(
   client: pg.Client,
   dataDir: string,
   schema: string,
   table: string,
+  slot = "cdc_egress",
 ): Promise<string[]> {
-  const { header, rows, keyColumns } = await registeredRows(client, dataDir, schema, table);
-  const replay = new TableReplay(header.slice(7), keyColumns);
-  for (const r of rows) replay.apply(r);
-  return replay.sortedRows();
+  const { replay } = await replayTable(client, dataDir, slot, schema, table);
+  return replay?.sortedRows() ?? [];
 }

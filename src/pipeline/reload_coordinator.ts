@@ -1,0 +1,275 @@
+/**
+ * Runs full exports (the initial export of a fresh slot, tables that join
+ * the publication, and `reload` requests) inside the stream process, at an
+ * exact WAL boundary.
+ *
+ * The stream loop calls {@linkcode ReloadCoordinator.poll} between frames,
+ * so while a snapshot is being created no change is being processed. The
+ * snapshot comes from a temporary slot, whose consistent point C splits the
+ * table's history exactly: commits before C are in the export, commits at or
+ * after C are streamed. Before setting C the table's open batch is closed
+ * (its rows are all before C); afterwards rows before C are skipped and rows
+ * from C on are held in an open batch until the export is registered, so no
+ * streaming file straddles C and none after the export precedes it.
+ */
+
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import type { Logger } from "../log.ts";
+import { formatLsn, type Lsn } from "../lsn.ts";
+import { type Registry, type ReloadRequest, tableKey } from "../registry/registry.ts";
+import { connect } from "../source/connect.ts";
+import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
+import { qualifiedName } from "../source/table_selection.ts";
+import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
+import { exportTable, type TableExport } from "./table_export.ts";
+
+/** What the coordinator needs from the stream loop. */
+export interface ReloadHost {
+  /** Closes and registers the open batches of these tables (rows before the boundary). */
+  cut(keys: string[]): Promise<void>;
+  /** From now on skip the table's rows before `boundary` and hold its batches. */
+  hold(key: string, boundary: Lsn): void;
+  /** The export is registered: the table's batches may flush again. */
+  release(key: string): void;
+  /** The last batch timestamp used for a table, to keep folder names increasing. */
+  lastBatchTs(key: string): string | undefined;
+  /** Records a new batch timestamp for a table. */
+  noteBatchTs(key: string, batchTs: string): void;
+}
+
+/** Options for {@linkcode ReloadCoordinator}. */
+export interface ReloadOptions {
+  sourceUrl: string | undefined;
+  publication: string;
+  slot: string;
+  dataDir: string;
+  workers: number;
+  logger: Logger;
+}
+
+interface Job {
+  key: string;
+  schema: string;
+  table: string;
+  ops: ReloadRequest[];
+  size: number;
+}
+
+const POLL_INTERVAL_MS = 2000;
+const PROGRESS_INTERVAL_MS = 5000;
+
+/** Finds reload work in the registry and carries it out with a worker pool. */
+export class ReloadCoordinator {
+  #registry: Registry;
+  #catalog: pg.Client;
+  #opts: ReloadOptions;
+  #host: ReloadHost;
+  #running = new Set<string>();
+  #tasks = new Set<Promise<void>>();
+  #clients = new Set<pg.Client>();
+  #lastPoll = 0;
+  #stopping = false;
+  #seq = 0;
+  #progress = { tables: 0, done: 0, bytes: 0, rows: 0, startedAt: 0, lastLog: 0 };
+
+  constructor(registry: Registry, catalog: pg.Client, host: ReloadHost, options: ReloadOptions) {
+    this.#registry = registry;
+    this.#catalog = catalog;
+    this.#host = host;
+    this.#opts = options;
+  }
+
+  /** Tables being exported now. */
+  get running(): ReadonlySet<string> {
+    return this.#running;
+  }
+
+  /** Looks for new work at most every two seconds (always when `force`). */
+  async poll(force = false): Promise<void> {
+    if (this.#stopping) return;
+    const now = Date.now();
+    this.#logProgress(now);
+    if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
+    this.#lastPoll = now;
+    await this.#registry.requestMissingExports(this.#opts.publication);
+    const pending = await this.#registry.pendingReloads();
+    const jobs = new Map<string, Job>();
+    for (const op of pending) {
+      const key = tableKey(op.schema, op.table);
+      if (this.#running.has(key)) continue;
+      const job = jobs.get(key);
+      if (job) job.ops.push(op);
+      else jobs.set(key, { key, schema: op.schema, table: op.table, ops: [op], size: 0 });
+    }
+    if (jobs.size > 0) await this.#start([...jobs.values()]);
+  }
+
+  async #start(jobs: Job[]): Promise<void> {
+    // Largest first, so the long exports overlap the short ones.
+    const sizes = await this.#catalog.query(
+      `SELECT n, COALESCE(pg_total_relation_size(to_regclass(n)), 0)::int8 AS size
+       FROM unnest($1::text[]) AS n`,
+      [jobs.map((j) => qualifiedName(j))],
+    );
+    jobs.forEach((j, i) => j.size = Number(sizes.rows[i].size));
+    jobs.sort((a, b) => b.size - a.size);
+    const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
+    const snapshot = await exportSnapshot(this.#opts.sourceUrl, slotName);
+    try {
+      await this.#host.cut(jobs.map((j) => j.key));
+      for (const j of jobs) {
+        this.#running.add(j.key);
+        this.#host.hold(j.key, snapshot.lsn);
+      }
+      await this.#registry.startReloads(
+        jobs.flatMap((j) => j.ops),
+        snapshot.lsn,
+        new Map(jobs.map((j) => [j.key, tableDirName(j.schema, j.table)])),
+      );
+    } catch (error) {
+      for (const j of jobs) this.#running.delete(j.key);
+      await snapshot.release();
+      throw error;
+    }
+    if (this.#progress.done >= this.#progress.tables) {
+      this.#progress = { tables: 0, done: 0, bytes: 0, rows: 0, startedAt: Date.now(), lastLog: 0 };
+    }
+    this.#progress.tables += jobs.length;
+    this.#opts.logger.info("export started", {
+      tables: jobs.length,
+      lsn: formatLsn(snapshot.lsn),
+      workers: Math.min(this.#opts.workers, jobs.length),
+    });
+    const task = this.#runJobs(jobs, snapshot).finally(() => this.#tasks.delete(task));
+    this.#tasks.add(task);
+  }
+
+  async #runJobs(jobs: Job[], snapshot: ExportedSnapshot): Promise<void> {
+    const queue = [...jobs];
+    const workers = Math.min(this.#opts.workers, jobs.length);
+    let imported = 0;
+    const worker = async () => {
+      let client: pg.Client | null = null;
+      try {
+        client = await connect(this.#opts.sourceUrl, { applicationName: "cdc-egress/export" });
+        this.#clients.add(client);
+        await useSnapshot(client, snapshot.name);
+      } finally {
+        // Once every worker has imported it, the snapshot is no longer needed.
+        if (++imported === workers) await snapshot.release();
+      }
+      try {
+        let job: Job | undefined;
+        while (!this.#stopping && (job = queue.shift())) await this.#runJob(client, job, snapshot);
+      } finally {
+        this.#clients.delete(client);
+        await client.query("COMMIT").catch(() => {});
+        await client.end().catch(() => {});
+      }
+    };
+    const results = await Promise.allSettled(Array.from({ length: workers }, worker));
+    // Jobs no worker could take (a worker failed to connect) are retried later.
+    for (const job of queue) this.#running.delete(job.key);
+    for (const r of results) {
+      if (r.status === "rejected" && !this.#stopping) {
+        this.#opts.logger.error("export worker failed", { error: String(r.reason?.message) });
+      }
+    }
+  }
+
+  async #runJob(client: pg.Client, job: Job, snapshot: ExportedSnapshot): Promise<void> {
+    const started = performance.now();
+    let exp: TableExport | null = null;
+    try {
+      const oid = await client.query("SELECT to_regclass($1)::int8 AS oid", [qualifiedName(job)]);
+      if (oid.rows[0].oid === null) {
+        // Gone before the snapshot: nothing to export, ever.
+        await this.#registry.noteReloadError(job.ops, "table does not exist", true);
+        this.#host.release(job.key);
+        this.#running.delete(job.key);
+        this.#progress.done++;
+        return;
+      }
+      const batchTs = batchTimestamp(new Date(), this.#host.lastBatchTs(job.key));
+      this.#host.noteBatchTs(job.key, batchTs);
+      let counted = 0;
+      exp = await exportTable(
+        client,
+        Number(oid.rows[0].oid),
+        snapshot.lsn,
+        this.#opts.dataDir,
+        batchTs,
+        (bytes) => {
+          this.#progress.bytes += bytes - counted;
+          counted = bytes;
+        },
+      );
+      await this.#registry.finishReload(job.ops, {
+        schema: job.schema,
+        table: job.table,
+        tableDir: exp.tableDir,
+        batchTs,
+        path: exp.path,
+        fileType: "full_reload",
+        startLsn: snapshot.lsn,
+        endLsn: snapshot.lsn,
+        startSeq: null,
+        endSeq: null,
+        rowCount: exp.rows,
+        byteSize: exp.byteSize,
+        sha256: exp.sha256,
+        hasDdl: false,
+      }, Number(oid.rows[0].oid));
+      await exp.publish();
+      this.#host.release(job.key);
+      this.#running.delete(job.key);
+      this.#progress.done++;
+      this.#progress.rows += exp.rows;
+      this.#opts.logger.info("export registered", {
+        table: `${job.schema}.${job.table}`,
+        path: exp.path,
+        rows: exp.rows,
+        bytes: exp.byteSize,
+        lsn: formatLsn(snapshot.lsn),
+        ms: Math.round(performance.now() - started),
+      });
+    } catch (error) {
+      await exp?.abort().catch(() => {});
+      this.#running.delete(job.key);
+      if (this.#stopping) return;
+      const message = (error as Error).message.split("\n")[0];
+      this.#opts.logger.error("export failed; it will be retried", {
+        table: `${job.schema}.${job.table}`,
+        error: message,
+      });
+      await this.#registry.noteReloadError(job.ops, message, false).catch(() => {});
+      // The snapshot is gone with this worker's transaction; the next poll
+      // starts the table again with a fresh one.
+      throw error;
+    }
+  }
+
+  #logProgress(now: number): void {
+    const p = this.#progress;
+    if (p.tables === 0 || p.done >= p.tables) return;
+    if (now - p.lastLog < PROGRESS_INTERVAL_MS) return;
+    p.lastLog = now;
+    const elapsed = (now - p.startedAt) / 1000;
+    this.#opts.logger.info("export progress", {
+      tables_done: p.done,
+      tables: p.tables,
+      rows_done: p.rows,
+      csv_mb: Math.round(p.bytes / 1e6),
+      mb_per_s: elapsed > 0 ? Math.round(p.bytes / 1e6 / elapsed) : 0,
+      elapsed_s: Math.round(elapsed),
+    });
+  }
+
+  /** Cancels running exports (their files are removed) and waits for them. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    for (const c of this.#clients) await c.end().catch(() => {});
+    await Promise.allSettled([...this.#tasks]);
+  }
+}

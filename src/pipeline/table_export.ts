@@ -1,0 +1,150 @@
+/**
+ * Exports one table inside a snapshot transaction: `COPY (SELECT ...) TO
+ * STDOUT (FORMAT csv, HEADER)` streamed straight into gzip, never the whole
+ * table in memory, plus the folder's schema.yml. The file stays under its
+ * temp name until the caller has registered it and calls `publish()`.
+ */
+
+import { join } from "node:path";
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import type { Lsn } from "../lsn.ts";
+import { formatLsn } from "../lsn.ts";
+import { copyOut } from "../source/copy_out.ts";
+import { qualifiedName, quoteIdent } from "../source/table_selection.ts";
+import { ensureDir, writeFileAtomic } from "../write/atomic_file.ts";
+import { GzipFileWriter } from "../write/gzip_file_writer.ts";
+import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
+import { tableDirName } from "../write/table_dir.ts";
+
+/** Name of the export file inside a batch folder. */
+export const FULL_RELOAD_FILE = "full_reload.csv.gz";
+
+const IDENTITY: Record<string, TableSchema["replicaIdentity"]> = {
+  d: "default",
+  n: "nothing",
+  f: "full",
+  i: "index",
+};
+
+/** A finished (sealed, not yet published) export. */
+export interface TableExport {
+  schema: TableSchema;
+  tableDir: string;
+  batchTs: string;
+  /** Path relative to the data dir. */
+  path: string;
+  rows: number;
+  byteSize: number;
+  sha256: string;
+  /** Renames the file to its final name; call after the registry commit. */
+  publish(): Promise<void>;
+  /** Removes the temp file. */
+  abort(): Promise<void>;
+}
+
+/**
+ * Describes a table from the catalog as of the transaction's snapshot, with
+ * the columns pgoutput publishes (no dropped or generated columns) and the
+ * replica identity columns flagged as keys, as pgoutput flags them.
+ */
+export async function describeTable(
+  client: pg.Client,
+  oid: number,
+  validFromLsn: Lsn,
+): Promise<TableSchema> {
+  const rel = await client.query(
+    `SELECT n.nspname AS schema, c.relname AS table, c.relreplident AS ident
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1`,
+    [oid],
+  );
+  if (rel.rowCount === 0) throw new Error(`table with oid ${oid} no longer exists`);
+  const { schema, table, ident } = rel.rows[0];
+  const cols = await client.query(
+    `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+            a.atttypid::int8 AS type_oid, a.atttypmod AS typmod, a.attnotnull AS not_null,
+            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary
+                      AND a.attnum = ANY(i.indkey)) AS is_pk,
+            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
+                      AND ((c.relreplident = 'd' AND i.indisprimary)
+                        OR (c.relreplident = 'i' AND i.indisreplident))
+                      AND a.attnum = ANY(i.indkey)) AS is_identity
+     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+     ORDER BY a.attnum`,
+    [oid],
+  );
+  return {
+    schema,
+    table,
+    relationOid: oid,
+    validFromLsn: formatLsn(validFromLsn),
+    replicaIdentity: IDENTITY[ident] ?? "default",
+    primaryKey: cols.rows.filter((c) => c.is_pk).map((c) => c.name),
+    columns: cols.rows.map((c) => ({
+      name: c.name,
+      type: c.type,
+      typeOid: Number(c.type_oid),
+      typeModifier: Number(c.typmod),
+      nullable: !c.not_null,
+      isKey: ident === "f" || c.is_identity,
+    })),
+  };
+}
+
+/**
+ * Exports table `oid` through `client`, which must be inside the snapshot
+ * transaction. `onBytes` is called with the number of CSV bytes read so far.
+ */
+export async function exportTable(
+  client: pg.Client,
+  oid: number,
+  snapshotLsn: Lsn,
+  dataDir: string,
+  batchTs: string,
+  onBytes: (csvBytes: number) => void = () => {},
+): Promise<TableExport> {
+  const schema = await describeTable(client, oid, snapshotLsn);
+  const kind = await client.query("SELECT relkind FROM pg_class WHERE oid = $1", [oid]);
+  const only = kind.rows[0].relkind === "p" ? "" : "ONLY ";
+  const tableDir = tableDirName(schema.schema, schema.table);
+  const dir = join(dataDir, tableDir, batchTs);
+  await ensureDir(dir);
+  const writer = await GzipFileWriter.create(join(dir, FULL_RELOAD_FILE), {
+    tempPath: join(dir, `.tmp-${FULL_RELOAD_FILE}`),
+  });
+  try {
+    const list = schema.columns.map((c) => quoteIdent(c.name)).join(", ");
+    // A table whose columns are all generated or dropped still exports its row count.
+    const select = `SELECT ${list || "NULL"} FROM ${only}${qualifiedName(schema)}`;
+    const result = { rowCount: 0 };
+    let csvBytes = 0;
+    for await (
+      const chunk of copyOut(client, `COPY (${select}) TO STDOUT (FORMAT csv, HEADER)`, result)
+    ) {
+      csvBytes += chunk.length;
+      await writer.write(chunk);
+      onBytes(csvBytes);
+    }
+    const rows = result.rowCount;
+    const sealed = await writer.seal();
+    await writeFileAtomic(
+      join(dir, "schema.yml"),
+      new TextEncoder().encode(renderSchemaYml(schema)),
+    );
+    return {
+      schema,
+      tableDir,
+      batchTs,
+      path: `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`,
+      rows,
+      byteSize: sealed.byteSize,
+      sha256: sealed.sha256,
+      publish: () => writer.publish(),
+      abort: () => writer.abort(),
+    };
+  } catch (error) {
+    await writer.abort().catch(() => {});
+    throw error;
+  }
+}

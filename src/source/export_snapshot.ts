@@ -1,0 +1,64 @@
+/**
+ * A snapshot consistent with a known WAL position: a temporary logical slot
+ * created with EXPORT_SNAPSHOT. Every transaction that committed before the
+ * slot's consistent point is visible in the snapshot, and every later one
+ * has a commit LSN at or after it, so the consistent point is an exact
+ * boundary between an export and the streamed changes of the same table.
+ *
+ * The snapshot lives while the creating connection stays idle; workers
+ * import it with SET TRANSACTION SNAPSHOT, after which it can be released.
+ */
+
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import { CdcError } from "../errors.ts";
+import { type Lsn, parseLsn } from "../lsn.ts";
+import { connect } from "./connect.ts";
+import { quoteIdent } from "./table_selection.ts";
+
+/** An exported snapshot and its WAL boundary. */
+export interface ExportedSnapshot {
+  /** Consistent point: commits before it are in the snapshot, later ones are not. */
+  lsn: Lsn;
+  /** Name for SET TRANSACTION SNAPSHOT. */
+  name: string;
+  /** Drops the temporary slot and ends the snapshot. */
+  release(): Promise<void>;
+}
+
+/** Creates a temporary slot with an exported snapshot. */
+export async function exportSnapshot(
+  url: string | undefined,
+  slotName: string,
+): Promise<ExportedSnapshot> {
+  const client: pg.Client = await connect(url, {
+    replication: true,
+    applicationName: "cdc-egress/export",
+  });
+  try {
+    const res = await client.query(
+      `CREATE_REPLICATION_SLOT ${quoteIdent(slotName)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`,
+    );
+    const row = res.rows[0];
+    return {
+      lsn: parseLsn(row.consistent_point),
+      name: row.snapshot_name,
+      async release() {
+        await client.end().catch(() => {});
+      },
+    };
+  } catch (error) {
+    await client.end().catch(() => {});
+    throw new CdcError(
+      "server",
+      `Cannot create an export snapshot: ${(error as Error).message.split("\n")[0]}`,
+      { cause: error },
+    );
+  }
+}
+
+/** Opens a read-only REPEATABLE READ transaction on `client` that sees `snapshot`. */
+export async function useSnapshot(client: pg.Client, snapshotName: string): Promise<void> {
+  await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+  await client.query(`SET TRANSACTION SNAPSHOT '${snapshotName.replaceAll("'", "''")}'`);
+}
