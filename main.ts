@@ -7,7 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { type Config, loadConfig, SETTINGS } from "./src/config.ts";
+import { type Config, loadConfig, parseDuration, SETTINGS } from "./src/config.ts";
 import { CdcError } from "./src/errors.ts";
 import { redact } from "./src/source/connect.ts";
 
@@ -17,6 +17,8 @@ interface CommandSpec {
   summary: string;
   usage: string;
   flags: Record<string, { type: "boolean" | "string"; help: string; multiple?: boolean }>;
+  /** Whether the command takes positional arguments (table names). */
+  positionals?: boolean;
   run: (config: Config, flags: Record<string, unknown>, positionals: string[]) => Promise<number>;
 }
 
@@ -39,6 +41,24 @@ const COMMANDS: Record<string, CommandSpec> = {
       const { streamCommand } = await import("./src/commands/stream.ts");
       await streamCommand(config);
       return 0;
+    },
+  },
+  reload: {
+    summary: "re-export tables at an exact WAL boundary while stream runs",
+    usage: "cdc-egress reload <table>... [--wait] [--timeout DUR] [settings]",
+    positionals: true,
+    flags: {
+      wait: { type: "boolean", help: "wait until every reload is done; exit 1 if one failed" },
+      timeout: { type: "string", help: "with --wait, give up after this long (e.g. 30m)" },
+    },
+    run: async (config, flags, positionals) => {
+      const { reloadCommand } = await import("./src/commands/reload.ts");
+      const timeout = flags.timeout as string | undefined;
+      return await reloadCommand(config, {
+        tables: positionals,
+        wait: Boolean(flags.wait),
+        timeoutMs: timeout ? parseDuration(timeout, "--timeout") : 0,
+      });
     },
   },
 };
@@ -104,12 +124,24 @@ export async function main(args: string[]): Promise<number> {
       strict: true,
     });
   } catch (error) {
-    console.error(`error: ${(error as Error).message.split("\n")[0]}`);
+    const e = error as { code?: string; message: string };
+    const flag = /^Unknown option '([^']*)'/.exec(e.message)?.[1];
+    console.error(
+      e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && flag
+        ? `error: unknown flag "${flag}" (try: cdc-egress ${name} --help)`
+        : `error: ${e.message.split("\n")[0]}`,
+    );
     return 2;
   }
   if (parsed.values.help) {
     console.log(commandUsage(spec));
     return 0;
+  }
+  if (!spec.positionals && parsed.positionals.length > 0) {
+    console.error(
+      `error: unexpected argument "${parsed.positionals[0]}" (usage: ${spec.usage})`,
+    );
+    return 2;
   }
   let config: Config;
   try {
