@@ -11,6 +11,7 @@ import type { TablePosition } from "../registry/registry.ts";
 import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
 import { GzipFileWriter, type SealedFile } from "../write/gzip_file_writer.ts";
 import { ensureDir } from "../write/atomic_file.ts";
+import type { TableSchema } from "../write/schema_yml.ts";
 
 /** Encoded CSV is handed to gzip in chunks of at least this size. */
 const CHUNK_BYTES = 256 * 1024;
@@ -21,6 +22,8 @@ export const STREAMING_FILE = "streaming.csv.gz";
 /** An open batch of one table. */
 export class TableBatch {
   readonly relation: RelationInfo;
+  /** The folder's schema.yml content, fixed when the batch opens. */
+  schema: Omit<TableSchema, "validFromLsn"> | null = null;
   readonly batchTs: string;
   /** Folder relative to the data dir, `/`-separated. */
   readonly relDir: string;

@@ -20,6 +20,7 @@ import { Registry } from "../registry/registry.ts";
 import { connect } from "../source/connect.ts";
 import { ReplicationStream } from "../source/replication_stream.ts";
 import { checkServer } from "../source/server_check.ts";
+import { qualifiedName, quoteIdent, selectTables } from "../source/table_selection.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
 
 /** Makes sure the data dir exists, is a directory and is writable. */
@@ -88,6 +89,43 @@ async function slotState(source: pg.Client, slot: string, publication: string): 
   return res.rows[0].lsn ? parseLsn(res.rows[0].lsn) : ZERO_LSN;
 }
 
+/**
+ * Adds a table created while streaming to the publication when the
+ * `--tables`/`--exclude` patterns select it; the reload coordinator then
+ * exports it and it streams from there.
+ */
+async function publishNewTable(
+  source: pg.Client,
+  config: Config,
+  schema: string,
+  table: string,
+  logger: Logger,
+): Promise<void> {
+  const selected = await selectTables(source, config.tables, config.exclude);
+  const t = selected.find((x) => x.schema === schema && x.table === table);
+  if (!t) return;
+  const res = await source.query(
+    `SELECT c.relreplident <> 'n' AND (c.relreplident <> 'd' OR EXISTS (
+              SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) AS ok,
+            EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2
+                      AND p.schemaname = $3 AND p.tablename = $4) AS published
+     FROM pg_class c WHERE c.oid = $1`,
+    [t.oid, config.publication, schema, table],
+  );
+  if (!res.rows[0] || res.rows[0].published) return;
+  if (!res.rows[0].ok) {
+    logger.warn("new table has no replica identity; not published", {
+      table: `${schema}.${table}`,
+      fix: `ALTER TABLE ${qualifiedName(t)} REPLICA IDENTITY FULL; then run cdc-egress init`,
+    });
+    return;
+  }
+  await source.query(
+    `ALTER PUBLICATION ${quoteIdent(config.publication)} ADD TABLE ${qualifiedName(t)}`,
+  );
+  logger.info("new table added to the publication", { table: `${schema}.${table}` });
+}
+
 /** Runs `stream` until a signal asks it to stop. */
 export async function streamCommand(config: Config): Promise<void> {
   const logger = new Logger({ level: config.logLevel, format: config.logFormat });
@@ -140,6 +178,13 @@ export async function streamCommand(config: Config): Promise<void> {
       },
       startLsn,
       positions,
+      onCreateTable: (schema, table) =>
+        publishNewTable(source, config, schema, table, logger).catch((error) =>
+          logger.warn("cannot add new table to the publication", {
+            table: `${schema}.${table}`,
+            error: (error as Error).message.split("\n")[0],
+          })
+        ),
       boundaries: new Map(
         [...states].flatMap(([k, s]) => s.reloadLsn !== null ? [[k, s.reloadLsn]] : []),
       ),

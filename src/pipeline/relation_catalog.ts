@@ -12,6 +12,8 @@ import { tableKey } from "../registry/registry.ts";
 import { encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import type { TableSchema } from "../write/schema_yml.ts";
 import { tableDirName } from "../write/table_dir.ts";
+import type { Lsn } from "../lsn.ts";
+import { describeTable } from "./table_export.ts";
 
 /** Metadata columns that precede the table's columns in streaming files. */
 export const STREAMING_META_COLUMNS = [
@@ -76,8 +78,33 @@ export class SchemaLookup {
     this.#client = client;
   }
 
-  /** The schema.yml content (without its LSN) for a relation's current column set. */
-  async describe(rel: RelationInfo): Promise<Omit<TableSchema, "validFromLsn">> {
+  /** The table's schema as the catalog holds it now, or null if it is gone. */
+  async describeOid(oid: number, validFrom: Lsn): Promise<TableSchema | null> {
+    try {
+      return await describeTable(this.#client, oid, validFrom);
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * The schema.yml content (without its LSN) for a relation's column set.
+   * `attnums` (from the newest captured DDL of the table) wins over the
+   * catalog's current names, which may already reflect a later rename.
+   */
+  async describe(
+    rel: RelationInfo,
+    attnums?: Map<string, number>,
+  ): Promise<Omit<TableSchema, "validFromLsn">> {
+    const described = await this.#describe(rel);
+    if (!attnums) return described;
+    return {
+      ...described,
+      columns: described.columns.map((c) => ({ ...c, attnum: attnums.get(c.name) ?? c.attnum })),
+    };
+  }
+
+  async #describe(rel: RelationInfo): Promise<Omit<TableSchema, "validFromLsn">> {
     const cacheKey = `${rel.message.relationId}:${rel.fingerprint}`;
     const hit = this.#cache.get(cacheKey);
     if (hit) return hit;
@@ -86,7 +113,7 @@ export class SchemaLookup {
     // match the rows even if the table has changed since.
     const res = await this.#client.query(
       `SELECT format_type(t.oid, t.typmod) AS type,
-              a.attnotnull AS not_null,
+              a.attnotnull AS not_null, a.attnum,
               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $3 AND i.indisprimary
                         AND a.attnum = ANY(i.indkey)) AS is_pk
        FROM unnest($1::oid[], $2::int4[], $4::text[]) WITH ORDINALITY AS t(oid, typmod, name, n)
@@ -112,6 +139,7 @@ export class SchemaLookup {
         typeModifier: c.typeModifier,
         nullable: !res.rows[i]?.not_null,
         isKey: (c.flags & 1) === 1,
+        attnum: res.rows[i]?.attnum ?? null,
       })),
     };
     this.#cache.set(cacheKey, described);

@@ -29,18 +29,21 @@ import {
 import { CdcError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { compareLsn, formatLsn, type Lsn, maxLsn, minLsn } from "../lsn.ts";
-import type {
-  FileRecord,
-  Registry,
-  TablePosition,
-  TableStateUpdate,
+import {
+  type FileRecord,
+  type Registry,
+  tableKey,
+  type TablePosition,
+  type TableStateUpdate,
 } from "../registry/registry.ts";
 import type { ReplicationStream } from "../source/replication_stream.ts";
-import { writeFileAtomic } from "../write/atomic_file.ts";
+import { ensureDir, writeFileAtomic } from "../write/atomic_file.ts";
 import { renderSchemaYml } from "../write/schema_yml.ts";
-import { batchTimestamp } from "../write/table_dir.ts";
+import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
 import type { ReloadCoordinator, ReloadHost } from "./reload_coordinator.ts";
+import { type DdlEvent, ddlEventFromRow, eventTable } from "./ddl_events.ts";
+import { createHash } from "node:crypto";
 
 /** Settings of the pipeline. */
 export interface PipelineOptions {
@@ -53,6 +56,8 @@ export interface PipelineOptions {
   positions: Map<string, { last: TablePosition | null; lastBatchTs: string | null }>;
   /** Per-table LSN of the newest registered export: earlier changes are in it. */
   boundaries: Map<string, Lsn>;
+  /** Called when CREATE TABLE is seen, to add a matching table to the publication. */
+  onCreateTable?: (schema: string, table: string) => Promise<void>;
   logger: Logger;
 }
 
@@ -74,6 +79,7 @@ const OP = {
   T: textEncoder.encode("T"),
 };
 const STATUS_INTERVAL_MS = 10_000;
+const DDL_FILE = "ddl.sql";
 const IDLE_CHECKPOINT_INTERVAL_MS = 10_000;
 
 /** Counters the pipeline exposes (status, metrics, tests). */
@@ -121,6 +127,8 @@ export class StreamPipeline {
   #stopping = false;
   /** Tables being exported: their batches stay open until the export is registered. */
   #held = new Set<string>();
+  /** Column name → attnum per table, from the newest captured DDL. */
+  #attnums = new Map<string, Map<string, number>>();
   #reloads: ReloadCoordinator | null = null;
 
   constructor(
@@ -309,7 +317,12 @@ export class StreamPipeline {
       if (!rel) {
         throw new CdcError("protocol", `Received ${msg.type} for unknown relation ${relId}`);
       }
-      if (!rel.captured) continue;
+      if (!rel.captured) {
+        if (msg.type === "insert" && rel.table === "ddl_history") {
+          await this.#onDdl(ddlEventFromRow(rel, msg.newTuple), { lsn: txn.commitLsn, seq });
+        }
+        continue;
+      }
       const pos: TablePosition = { lsn: txn.commitLsn, seq };
       const known = this.#opts.positions.get(rel.key)?.last;
       const boundary = this.#opts.boundaries.get(rel.key);
@@ -341,7 +354,11 @@ export class StreamPipeline {
     if (open) await this.#flush([rel.key], "schema");
     const state = this.#opts.positions.get(rel.key);
     const batchTs = batchTimestamp(new Date(), state?.lastBatchTs ?? undefined);
+    // Describe the column set now, when it takes effect: the attnums known
+    // from captured DDL are the ones of this point in the stream.
+    const schema = await this.#schemas.describe(rel, this.#attnums.get(rel.key));
     const batch = await TableBatch.open(rel, batchTs, this.#opts.dataDir, this.#checkpoint());
+    batch.schema = schema;
     this.#batches.set(rel.key, batch);
     this.#opts.positions.set(rel.key, { last: state?.last ?? null, lastBatchTs: batchTs });
     return batch;
@@ -455,14 +472,91 @@ export class StreamPipeline {
    * Seals the batches of `keys`, registers them with the new checkpoint in
    * one transaction, publishes the files and acknowledges.
    */
-  async #flush(keys: string[], reason: FlushReason | "schema" | "reload"): Promise<void> {
+  /**
+   * Writes a captured DDL command as `ddl.sql` in a folder of its own for the
+   * table it changed, registered at the DDL's position, after closing the
+   * table's open batch so that no file spans the change.
+   */
+  async #onDdl(event: DdlEvent, pos: TablePosition): Promise<void> {
+    const target = eventTable(event);
+    if (!target) return;
+    const key = tableKey(target.schema, target.table);
+    if (event.commandTag === "CREATE TABLE") {
+      await this.#opts.onCreateTable?.(target.schema, target.table);
+      return;
+    }
+    // Track attnums even for DDL registered before a restart.
+    if (event.attnums) this.#attnums.set(key, event.attnums);
+    const state = this.#opts.positions.get(key);
+    const known = state?.last;
+    if (known && comparePosition(pos, known) <= 0) return;
+    const open = this.#batches.get(key);
+    const rel = [...this.#relations.values()].find((r) => r.key === key);
+    if (!state && !open && !rel) return; // not a table we capture
+    if (open) await this.#flush([key], "ddl");
+    const tableDir = tableDirName(target.schema, target.table);
+    const batchTs = batchTimestamp(
+      new Date(),
+      this.#opts.positions.get(key)?.lastBatchTs ?? undefined,
+    );
+    const dir = join(this.#opts.dataDir, tableDir, batchTs);
+    await ensureDir(dir);
+    const sql = `-- ${event.commandTag} committed at ${
+      formatLsn(pos.lsn)
+    }\n${event.command.trim()}\n`;
+    const bytes = textEncoder.encode(sql);
+    await writeFileAtomic(join(dir, DDL_FILE), bytes);
+    if (event.objid !== null && event.commandTag !== "DROP TABLE") {
+      const schema = await this.#schemas.describeOid(event.objid, pos.lsn);
+      if (schema) {
+        await writeFileAtomic(join(dir, "schema.yml"), textEncoder.encode(renderSchemaYml(schema)));
+      }
+    }
+    const sha = createHash("sha256").update(bytes).digest("hex");
+    await this.#registry.commitFlush(
+      [{
+        schema: target.schema,
+        table: target.table,
+        tableDir,
+        batchTs,
+        path: `${tableDir}/${batchTs}/${DDL_FILE}`,
+        fileType: "ddl",
+        startLsn: pos.lsn,
+        endLsn: pos.lsn,
+        startSeq: pos.seq,
+        endSeq: pos.seq,
+        rowCount: 1,
+        byteSize: bytes.length,
+        sha256: sha,
+        hasDdl: true,
+      }],
+      [{
+        schema: target.schema,
+        table: target.table,
+        tableDir,
+        relationOid: event.objid,
+        last: pos,
+        lastBatchTs: batchTs,
+        mode: event.commandTag === "DROP TABLE" ? "dropped" : undefined,
+      }],
+      this.#checkpoint(),
+    );
+    this.#opts.positions.set(key, { last: pos, lastBatchTs: batchTs });
+    this.#opts.logger.info("ddl registered", {
+      table: `${target.schema}.${target.table}`,
+      command: event.commandTag,
+      path: `${tableDir}/${batchTs}/${DDL_FILE}`,
+    });
+  }
+
+  async #flush(keys: string[], reason: FlushReason | "schema" | "reload" | "ddl"): Promise<void> {
     const started = performance.now();
     const batches = keys.map((k) => this.#batches.get(k)!).filter((b) => b && b.rows > 0);
     const files: FileRecord[] = [];
     const states: TableStateUpdate[] = [];
     for (const batch of batches) {
       const sealed = await batch.seal();
-      const schema = await this.#schemas.describe(batch.relation);
+      const schema = batch.schema ?? await this.#schemas.describe(batch.relation);
       await writeFileAtomic(
         join(batch.absDir, "schema.yml"),
         textEncoder.encode(

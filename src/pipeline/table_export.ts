@@ -61,7 +61,7 @@ export async function describeTable(
   if (rel.rowCount === 0) throw new Error(`table with oid ${oid} no longer exists`);
   const { schema, table, ident } = rel.rows[0];
   const cols = await client.query(
-    `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+    `SELECT a.attname AS name, a.attnum, format_type(a.atttypid, a.atttypmod) AS type,
             a.atttypid::int8 AS type_oid, a.atttypmod AS typmod, a.attnotnull AS not_null,
             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary
                       AND a.attnum = ANY(i.indkey)) AS is_pk,
@@ -88,6 +88,7 @@ export async function describeTable(
       typeModifier: Number(c.typmod),
       nullable: !c.not_null,
       isKey: ident === "f" || c.is_identity,
+      attnum: Number(c.attnum),
     })),
   };
 }

@@ -88,7 +88,10 @@ CREATE TABLE cdc_registry.ddl_history (
   schema_name text,
   object_identity text,
   objid oid,
-  command text NOT NULL
+  command text NOT NULL,
+  -- The table's columns right after the command: [{"attnum": 1, "name": "id"}, ...],
+  -- so the stream can follow columns across renames.
+  columns jsonb
 );
 ALTER TABLE cdc_registry.ddl_history REPLICA IDENTITY FULL;
 
@@ -100,9 +103,14 @@ BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     IF r.schema_name IS DISTINCT FROM 'cdc_registry' THEN
       INSERT INTO cdc_registry.ddl_history
-        (command_tag, object_type, schema_name, object_identity, objid, command)
+        (command_tag, object_type, schema_name, object_identity, objid, command, columns)
       VALUES (r.command_tag, r.object_type, r.schema_name, r.object_identity, r.objid,
-              current_query());
+              current_query(),
+              CASE WHEN r.object_type = 'table' THEN (
+                SELECT jsonb_agg(jsonb_build_object('attnum', a.attnum, 'name', a.attname)
+                                 ORDER BY a.attnum)
+                FROM pg_attribute a
+                WHERE a.attrelid = r.objid AND a.attnum > 0 AND NOT a.attisdropped) END);
     END IF;
   END LOOP;
 END
@@ -114,7 +122,8 @@ DECLARE
   r record;
 BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
-    IF r.object_type IN ('table', 'table column') AND r.schema_name IS DISTINCT FROM 'cdc_registry'
+    -- Column drops are already captured by ddl_command_end as ALTER TABLE.
+    IF r.object_type = 'table' AND r.schema_name IS DISTINCT FROM 'cdc_registry'
        AND r.original THEN
       INSERT INTO cdc_registry.ddl_history
         (command_tag, object_type, schema_name, object_identity, objid, command)

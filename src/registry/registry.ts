@@ -54,6 +54,8 @@ export interface TableStateUpdate {
   relationOid: number | null;
   last: TablePosition;
   lastBatchTs: string;
+  /** Set to change the table's mode (e.g. "dropped"). */
+  mode?: "dropped";
 }
 
 /** Registry access bound to one slot. */
@@ -201,9 +203,9 @@ export class Registry {
         await c.query(
           `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir,
              relation_oid, mode, last_lsn, last_seq, last_batch_ts, updated_at)
-           VALUES ($1,$2,$3,$4,$5,'streaming',$6::pg_lsn,$7,$8,now())
+           VALUES ($1,$2,$3,$4,$5,COALESCE($9, 'streaming'),$6::pg_lsn,$7,$8,now())
            ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET
-             table_dir = EXCLUDED.table_dir,
+             table_dir = EXCLUDED.table_dir, mode = COALESCE($9, table_state.mode),
              relation_oid = COALESCE(EXCLUDED.relation_oid, table_state.relation_oid),
              last_lsn = EXCLUDED.last_lsn, last_seq = EXCLUDED.last_seq,
              last_batch_ts = EXCLUDED.last_batch_ts, updated_at = now()`,
@@ -216,6 +218,7 @@ export class Registry {
             formatLsn(s.last.lsn),
             s.last.seq,
             s.lastBatchTs,
+            s.mode ?? null,
           ],
         );
       }
@@ -257,8 +260,9 @@ export class Registry {
   }
 
   /**
-   * Requests a reload of each published table that has no state yet (a
-   * fresh slot, or a table added to the publication), unless one is pending.
+   * Requests a reload of each published table that has never been exported
+   * (a fresh slot, or a table added to the publication), unless one is
+   * pending or the table is dropped.
    */
   requestMissingExports(publication: string): Promise<number> {
     return this.#exclusive(async () => {
@@ -267,7 +271,8 @@ export class Registry {
          SELECT $1, p.schemaname, p.tablename FROM pg_publication_tables p
          WHERE p.pubname = $2 AND p.schemaname <> 'cdc_registry'
            AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
-                             AND s.schema_name = p.schemaname AND s.table_name = p.tablename)
+                             AND s.schema_name = p.schemaname AND s.table_name = p.tablename
+                             AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))
            AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations o WHERE o.slot_name = $1
                              AND o.schema_name = p.schemaname AND o.table_name = p.tablename
                              AND o.state IN ('requested', 'exporting'))`,

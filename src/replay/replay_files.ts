@@ -25,11 +25,17 @@ export async function readCsvGz(path: string): Promise<CsvField[][]> {
   return parseCsv(new TextDecoder().decode(gunzipSync(await Deno.readFile(path))));
 }
 
-async function keyColumns(dataDir: string, path: string): Promise<number[]> {
+async function folderSchema(
+  dataDir: string,
+  path: string,
+): Promise<{ keys: number[]; attnums: (number | null)[] }> {
   const yml = parseYaml(
     await Deno.readTextFile(join(dataDir, path.replace(/[^/]+$/, "schema.yml"))),
-  ) as { columns: { is_key: boolean }[] };
-  return yml.columns.flatMap((c, i) => c.is_key ? [i] : []);
+  ) as { columns: { is_key: boolean; attnum?: number }[] };
+  return {
+    keys: yml.columns.flatMap((c, i) => c.is_key ? [i] : []),
+    attnums: yml.columns.map((c) => c.attnum ?? null),
+  };
 }
 
 /** The files of one table in replay order: the newest full_reload, then later streaming files. */
@@ -74,7 +80,9 @@ export async function replayTable(
     const parsed = await readCsvGz(join(dataDir, f.path));
     const header = parsed[0] as string[];
     const columns = f.fileType === "full_reload" ? header : header.slice(7);
-    replay ??= new TableReplay(columns, await keyColumns(dataDir, f.path));
+    const { keys, attnums } = await folderSchema(dataDir, f.path);
+    if (!replay) replay = new TableReplay(columns, keys, attnums);
+    else if (replay.differs(columns, attnums)) replay.remap(columns, keys, attnums);
     if (f.fileType === "full_reload") {
       base = f.startLsn;
       replay.load(parsed.slice(1));

@@ -10,14 +10,43 @@ const META = 7;
 
 /** A table rebuilt in memory: rows grouped by their key. */
 export class TableReplay {
-  readonly columns: string[];
-  readonly keyColumns: number[];
+  columns: string[];
+  keyColumns: number[];
+  /** `pg_attribute.attnum` per column when schema.yml has it. */
+  attnums: (number | null)[];
   #rows = new Map<string, CsvField[][]>();
 
   /** `keyColumns` are the positions of the replica identity columns. */
-  constructor(columns: string[], keyColumns: number[]) {
+  constructor(columns: string[], keyColumns: number[], attnums: (number | null)[] = []) {
     this.columns = columns;
     this.keyColumns = keyColumns.length > 0 ? keyColumns : columns.map((_c, i) => i);
+    this.attnums = columns.map((_c, i) => attnums[i] ?? null);
+  }
+
+  /**
+   * Moves every row to a new column set (a schema change between folders):
+   * columns are matched by attnum when both sides know it (renames), else by
+   * name; new columns start out NULL and dropped ones disappear.
+   */
+  remap(columns: string[], keyColumns: number[], attnums: (number | null)[] = []): void {
+    const nextAttnums = columns.map((_c, i) => attnums[i] ?? null);
+    const from = columns.map((name, j) => {
+      const a = nextAttnums[j];
+      const byAttnum = a === null ? -1 : this.attnums.indexOf(a);
+      return byAttnum >= 0 ? byAttnum : this.columns.indexOf(name);
+    });
+    const rows = [...this.#rows.values()].flat();
+    this.columns = columns;
+    this.attnums = nextAttnums;
+    this.keyColumns = keyColumns.length > 0 ? keyColumns : columns.map((_c, i) => i);
+    this.#rows.clear();
+    for (const r of rows) this.#add(from.map((i) => (i >= 0 ? r[i] : null)));
+  }
+
+  /** Whether the column set differs from this one. */
+  differs(columns: string[], attnums: (number | null)[] = []): boolean {
+    return columns.length !== this.columns.length ||
+      columns.some((c, i) => c !== this.columns[i] || (attnums[i] ?? null) !== this.attnums[i]);
   }
 
   #key(row: CsvField[]): string {

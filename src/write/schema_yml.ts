@@ -21,6 +21,11 @@ export interface ColumnSchema {
   nullable: boolean;
   /** Whether the column is part of the replica identity key. */
   isKey: boolean;
+  /**
+   * `pg_attribute.attnum`, stable across renames and type changes, so a
+   * consumer can follow a column from folder to folder; absent if unknown.
+   */
+  attnum?: number | null;
 }
 
 /** A table's shape as it was from one LSN on. */
@@ -80,6 +85,7 @@ export function renderSchemaYml(schema: TableSchema): string {
       type_modifier: c.typeModifier,
       nullable: c.nullable,
       is_key: c.isKey,
+      ...(c.attnum != null ? { attnum: c.attnum } : {}),
     })),
   };
   const yaml = stringify(doc, {

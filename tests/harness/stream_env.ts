@@ -20,7 +20,7 @@ export interface StreamEnv {
   init(): Promise<void>;
   /** Starts `stream` (extra env merged in). */
   stream(extra?: Record<string, string>): CliProcess;
-  /** Waits until the slot's confirmed LSN reaches the current WAL position. */
+  /** Waits until the slot's confirmed LSN reaches the current WAL insert position. */
   caughtUp(timeoutMs?: number): Promise<void>;
   /** Asserts replay of the files equals the live table. */
   assertReplayEquals(schema: string, table: string): Promise<void>;
@@ -57,7 +57,9 @@ export async function streamEnv(
       return p;
     },
     async caughtUp(timeoutMs = 90_000) {
-      const target = (await db.query("SELECT pg_current_wal_lsn()::text AS l")).rows[0].l;
+      // The insert position, not pg_current_wal_lsn(): with synchronous_commit
+      // off the write position can lag behind commits that already returned.
+      const target = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
       await waitFor(
         `the slot to confirm ${target}`,
         async () =>
@@ -65,6 +67,24 @@ export async function streamEnv(
             `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots
              WHERE slot_name = 'cdc_egress'`,
             [target],
+          )).rows[0]?.ok,
+        timeoutMs,
+      );
+      // Exports are not covered by the slot position: wait until every
+      // published table has a registered export and none is pending.
+      await waitFor(
+        "every published table to be exported",
+        async () =>
+          (await db.query(
+            `SELECT NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations
+                                WHERE state IN ('requested', 'exporting'))
+                AND NOT EXISTS (
+                  SELECT 1 FROM pg_publication_tables p WHERE p.pubname = 'cdc_egress'
+                    AND p.schemaname <> 'cdc_registry'
+                    AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s
+                                    WHERE s.schema_name = p.schemaname
+                                      AND s.table_name = p.tablename
+                                      AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))) AS ok`,
           )).rows[0]?.ok,
         timeoutMs,
       );
