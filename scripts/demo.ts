@@ -38,7 +38,12 @@ await db.query(`
 `);
 console.log('customers, orders, "audit log" (no key, REPLICA IDENTITY FULL)');
 
-const env = { CDC_SOURCE_URL: cluster.url(), CDC_DATA_DIR: dataDir, CDC_BATCH_INTERVAL: "1s" };
+const env = {
+  CDC_SOURCE_URL: cluster.url(),
+  CDC_DATA_DIR: dataDir,
+  CDC_BATCH_INTERVAL: "1s",
+  CDC_METRICS_ADDR: "127.0.0.1:0",
+};
 
 /** Waits until the slot has confirmed everything written so far. */
 async function caughtUp() {

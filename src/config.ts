@@ -21,6 +21,8 @@ export interface Config {
   /** Registry connection URL; undefined means the source. */
   registryUrl: string | undefined;
   metricsAddr: string;
+  heartbeatIntervalMs: number;
+  readyMaxLagMs: number;
   logFormat: "auto" | "json" | "text";
   logLevel: "debug" | "info" | "warn" | "error";
 }
@@ -204,7 +206,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_EXPORT_WORKERS",
     yaml: "export_workers",
     parse: positiveInt,
-    help: "parallel table exports (default 4; reserved: the initial export is not built yet)",
+    help: "parallel table exports (default 4)",
   },
   {
     key: "registryUrl",
@@ -220,7 +222,23 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_METRICS_ADDR",
     yaml: "metrics_addr",
     parse: hostPort,
-    help: "HOST:PORT for metrics (default 127.0.0.1:9187; reserved: not served yet)",
+    help: "HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9187; port 0 picks one)",
+  },
+  {
+    key: "heartbeatIntervalMs",
+    flag: "heartbeat-interval",
+    env: "CDC_HEARTBEAT_INTERVAL",
+    yaml: "heartbeat_interval",
+    parse: parseDuration,
+    help: "emit a WAL heartbeat this often while the slot lags (default 30s)",
+  },
+  {
+    key: "readyMaxLagMs",
+    flag: "ready-max-lag",
+    env: "CDC_READY_MAX_LAG",
+    yaml: "ready_max_lag",
+    parse: parseDuration,
+    help: "/readyz fails when replication lags more than this (default 5m)",
   },
   {
     key: "logFormat",
@@ -254,6 +272,8 @@ export const DEFAULTS: Config = {
   exportWorkers: 4,
   registryUrl: undefined,
   metricsAddr: "127.0.0.1:9187",
+  heartbeatIntervalMs: 30_000,
+  readyMaxLagMs: 5 * 60_000,
   logFormat: "auto",
   logLevel: "info",
 };

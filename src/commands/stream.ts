@@ -17,7 +17,10 @@ import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
 import { Registry } from "../registry/registry.ts";
-import { connect } from "../source/connect.ts";
+import { connect, redact } from "../source/connect.ts";
+import { StreamMetrics } from "../observe/metrics.ts";
+import { SlotMonitor } from "../observe/slot_monitor.ts";
+import { type ObserveServer, serveObservability } from "../observe/http_server.ts";
 import { ReplicationStream } from "../source/replication_stream.ts";
 import { checkServer } from "../source/server_check.ts";
 import { qualifiedName, quoteIdent, selectTables } from "../source/table_selection.ts";
@@ -126,18 +129,115 @@ async function publishNewTable(
   logger.info("new table added to the publication", { table: `${schema}.${table}` });
 }
 
-/** Runs `stream` until a signal asks it to stop. */
+/** Shared by the sessions of one `stream` process. */
+interface StreamContext {
+  config: Config;
+  dataDir: string;
+  logger: Logger;
+  metrics: StreamMetrics;
+  monitor: SlotMonitor;
+  /** Called once the slot is ours and replication runs. */
+  onStreaming: (pipeline: StreamPipeline) => void;
+}
+
+const NEVER_RETRY = new Set(["config", "not_initialized", "server", "data_dir", "unknown_table"]);
+
+/** Whether a failed session should be retried (only once streaming has worked). */
+function retryable(error: unknown): boolean {
+  return !(error instanceof CdcError && NEVER_RETRY.has(error.code));
+}
+
+/**
+ * Runs `stream` until a signal asks it to stop. A session that fails after
+ * streaming has started (PostgreSQL restarted, walsender terminated, registry
+ * unreachable) is retried with exponential backoff; it resumes exactly where
+ * the registered files end. Failures before the first session streams exit
+ * at once with their error.
+ */
 export async function streamCommand(config: Config): Promise<void> {
   const logger = new Logger({ level: config.logLevel, format: config.logFormat });
   const dataDir = await prepareDataDir(config.dataDir);
+  const metrics = new StreamMetrics();
+  const monitor = new SlotMonitor({
+    sourceUrl: config.sourceUrl,
+    slot: config.slot,
+    intervalMs: 2000,
+    heartbeatIntervalMs: config.heartbeatIntervalMs,
+    readyMaxLagMs: config.readyMaxLagMs,
+    metrics,
+    logger,
+  });
+  let server: ObserveServer | null = null;
+  let current: StreamPipeline | null = null;
+  let stopping = false;
+  let wakeBackoff: (() => void) | null = null;
+  const onSignal = () => {
+    logger.info("stopping: flushing open batches");
+    stopping = true;
+    current?.stop();
+    wakeBackoff?.();
+  };
+  Deno.addSignalListener("SIGTERM", onSignal);
+  Deno.addSignalListener("SIGINT", onSignal);
+  let streamedOnce = false;
+  let attempt = 0;
+  try {
+    while (!stopping) {
+      const startedAt = Date.now();
+      try {
+        await runSession({
+          config,
+          dataDir,
+          logger,
+          metrics,
+          monitor,
+          onStreaming: (pipeline) => {
+            current = pipeline;
+            if (stopping) pipeline.stop();
+            if (!streamedOnce) {
+              streamedOnce = true;
+              server = serveObservability(config.metricsAddr, metrics, monitor);
+              logger.info("serving metrics", { addr: config.metricsAddr, port: server.port });
+              monitor.start();
+            }
+            monitor.setStreaming(true);
+          },
+        });
+        break;
+      } catch (error) {
+        current = null;
+        monitor.setStreaming(false);
+        const code = error instanceof CdcError ? error.code : "internal";
+        metrics.errors.inc({ type: code });
+        if (!streamedOnce || stopping || !retryable(error)) throw error;
+        if (Date.now() - startedAt > 60_000) attempt = 0;
+        const delay = Math.min(30_000, 500 * 2 ** attempt++);
+        metrics.recoveries.inc();
+        logger.warn("stream session failed; reconnecting", {
+          error: redact((error as Error).message.split("\n")[0], config.sourceUrl),
+          retry_in_ms: delay,
+        });
+        await new Promise<void>((resolve) => {
+          wakeBackoff = resolve;
+          setTimeout(resolve, delay);
+        });
+        wakeBackoff = null;
+      }
+    }
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    Deno.removeSignalListener("SIGINT", onSignal);
+    await (server as ObserveServer | null)?.close();
+    await monitor.stop();
+  }
+}
+
+/** One connection's worth of streaming: preflight, recovery, pipeline. */
+async function runSession(ctx: StreamContext): Promise<void> {
+  const { config, dataDir, logger, metrics } = ctx;
   const source = await connect(config.sourceUrl, { role: "source" });
   const clients: pg.Client[] = [source];
   let stream: ReplicationStream | null = null;
-  let pipeline: StreamPipeline | null = null;
-  const onSignal = () => {
-    logger.info("stopping: flushing open batches");
-    pipeline?.stop();
-  };
   try {
     const registryClient = config.registryUrl
       ? await connect(config.registryUrl, { role: "registry" })
@@ -158,6 +258,7 @@ export async function streamCommand(config: Config): Promise<void> {
     const positions = new Map(
       [...states].map(([k, s]) => [k, { last: s.last, lastBatchTs: s.lastBatchTs }]),
     );
+    for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
     await recoverDataDir(dataDir, await registry.registeredPaths(), logger);
     const protocol = info.major >= 16 ? 4 : 2;
     stream = await ReplicationStream.start(config.sourceUrl, {
@@ -168,7 +269,7 @@ export async function streamCommand(config: Config): Promise<void> {
       startLsn,
     });
     logger.info("streaming", { slot: config.slot, protocol, start_lsn: formatLsn(startLsn) });
-    pipeline = new StreamPipeline(registry, new SchemaLookup(source), stream, {
+    const pipeline = new StreamPipeline(registry, new SchemaLookup(source), stream, {
       dataDir,
       protocol,
       limits: {
@@ -189,6 +290,7 @@ export async function streamCommand(config: Config): Promise<void> {
         [...states].flatMap(([k, s]) => s.reloadLsn !== null ? [[k, s.reloadLsn]] : []),
       ),
       logger,
+      metrics,
     });
     pipeline.attachReloads((host) =>
       new ReloadCoordinator(registry, source, host, {
@@ -198,10 +300,10 @@ export async function streamCommand(config: Config): Promise<void> {
         dataDir,
         workers: config.exportWorkers,
         logger,
+        metrics,
       })
     );
-    Deno.addSignalListener("SIGTERM", onSignal);
-    Deno.addSignalListener("SIGINT", onSignal);
+    ctx.onStreaming(pipeline);
     try {
       await pipeline.run();
     } catch (error) {
@@ -210,8 +312,6 @@ export async function streamCommand(config: Config): Promise<void> {
     }
     logger.info("stopped", pipeline.stats as unknown as Record<string, unknown>);
   } finally {
-    Deno.removeSignalListener("SIGTERM", onSignal);
-    Deno.removeSignalListener("SIGINT", onSignal);
     await stream?.close();
     for (const c of clients) await c.end().catch(() => {});
   }

@@ -23,6 +23,7 @@ import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/ex
 import { qualifiedName } from "../source/table_selection.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { exportTable, type TableExport } from "./table_export.ts";
+import type { StreamMetrics } from "../observe/metrics.ts";
 
 /** What the coordinator needs from the stream loop. */
 export interface ReloadHost {
@@ -46,6 +47,7 @@ export interface ReloadOptions {
   dataDir: string;
   workers: number;
   logger: Logger;
+  metrics?: StreamMetrics;
 }
 
 interface Job {
@@ -121,6 +123,7 @@ export class ReloadCoordinator {
       for (const j of jobs) {
         this.#running.add(j.key);
         this.#host.hold(j.key, snapshot.lsn);
+        this.#opts.metrics?.setTableMode(`${j.schema}.${j.table}`, "reloading");
       }
       await this.#registry.startReloads(
         jobs.flatMap((j) => j.ops),
@@ -223,6 +226,9 @@ export class ReloadCoordinator {
       }, Number(oid.rows[0].oid));
       await exp.publish();
       this.#host.release(job.key);
+      const table = `${job.schema}.${job.table}`;
+      this.#opts.metrics?.setTableMode(table, "streaming");
+      this.#opts.metrics?.fileRegistered(table, "full_reload", exp.byteSize, counted);
       this.#running.delete(job.key);
       this.#progress.done++;
       this.#progress.rows += exp.rows;

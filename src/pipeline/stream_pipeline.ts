@@ -43,6 +43,7 @@ import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
 import type { ReloadCoordinator, ReloadHost } from "./reload_coordinator.ts";
 import { type DdlEvent, ddlEventFromRow, eventTable } from "./ddl_events.ts";
+import type { StreamMetrics } from "../observe/metrics.ts";
 import { createHash } from "node:crypto";
 
 /** Settings of the pipeline. */
@@ -58,6 +59,7 @@ export interface PipelineOptions {
   boundaries: Map<string, Lsn>;
   /** Called when CREATE TABLE is seen, to add a matching table to the publication. */
   onCreateTable?: (schema: string, table: string) => Promise<void>;
+  metrics?: StreamMetrics;
   logger: Logger;
 }
 
@@ -276,8 +278,15 @@ export class StreamPipeline {
         await this.#commitTxn(msg.endLsn);
         return;
       }
+      case "message":
+        // A non-transactional message (our heartbeat) decoded outside any
+        // transaction: everything committed before it has been sent.
+        if ((msg.flags & 1) === 0 && this.#txn === null && msg.lsn > this.#lastWalEnd) {
+          this.#lastWalEnd = msg.lsn;
+        }
+        return;
       default:
-        // Origin, Type and logical messages carry nothing we write yet.
+        // Origin and Type carry nothing we write.
         return;
     }
   }
@@ -542,6 +551,10 @@ export class StreamPipeline {
       this.#checkpoint(),
     );
     this.#opts.positions.set(key, { last: pos, lastBatchTs: batchTs });
+    this.#opts.metrics?.fileRegistered(`${target.schema}.${target.table}`, "ddl", bytes.length, 0);
+    if (event.commandTag === "DROP TABLE") {
+      this.#opts.metrics?.setTableMode(`${target.schema}.${target.table}`, "dropped");
+    }
     this.#opts.logger.info("ddl registered", {
       table: `${target.schema}.${target.table}`,
       command: event.commandTag,
@@ -598,6 +611,21 @@ export class StreamPipeline {
         { last: s.last, lastBatchTs: s.lastBatchTs },
       );
     }
+    const m = this.#opts.metrics;
+    if (m && batches.length > 0) {
+      const seconds = (performance.now() - started) / 1000;
+      for (const b of batches) {
+        const table = `${b.relation.schema}.${b.relation.table}`;
+        m.batchDuration.observe(seconds);
+        m.batchSize.observe(b.bytes);
+        m.batchRows.observe(b.rows);
+        m.batchesProcessed.inc({ reason });
+        m.rowsWritten.inc(b.rows);
+        m.tablePending.set({ table }, 0);
+        const file = files.find((f) => f.path.startsWith(b.relDir + "/"));
+        if (file) m.fileRegistered(table, "streaming", file.byteSize, b.bytes);
+      }
+    }
     for (const f of files) {
       this.stats.filesWritten++;
       this.stats.bytesWritten += f.byteSize;
@@ -635,6 +663,17 @@ export class StreamPipeline {
 
   #sendStatus(_force: boolean): void {
     this.#stream.sendStatus(this.#durable);
+    const m = this.#opts.metrics;
+    if (m) {
+      m.walPosition.set({ kind: "durable" }, Number(this.#durable));
+      m.walPosition.set(
+        { kind: "received" },
+        Number(maxLsn(this.#lastCommitEnd, this.#lastWalEnd)),
+      );
+      for (const b of this.#batches.values()) {
+        m.tablePending.set({ table: `${b.relation.schema}.${b.relation.table}` }, b.rows);
+      }
+    }
     this.#lastStatusAt = Date.now();
   }
 }

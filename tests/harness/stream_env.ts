@@ -40,6 +40,8 @@ export async function streamEnv(
     CDC_SOURCE_URL: cluster.url(),
     CDC_DATA_DIR: dataDir,
     CDC_BATCH_INTERVAL: "1s",
+    // Tests run in parallel: let each stream pick a free port.
+    CDC_METRICS_ADDR: "127.0.0.1:0",
   };
   const processes: CliProcess[] = [];
   const world: StreamEnv = {

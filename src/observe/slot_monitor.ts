@@ -1,0 +1,176 @@
+/**
+ * Watches the slot from a connection of its own, independent of the stream
+ * session: lag in bytes and seconds, wal_status, and whether PostgreSQL is
+ * reachable at all (for /readyz). Emits heartbeats so an idle source keeps
+ * its slot moving while other databases write WAL.
+ */
+
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import type { Logger } from "../log.ts";
+import { type Lsn, parseLsn } from "../lsn.ts";
+import { connect } from "../source/connect.ts";
+import type { StreamMetrics } from "./metrics.ts";
+
+/** Prefix of heartbeat messages written with pg_logical_emit_message. */
+export const HEARTBEAT_PREFIX = "cdc_egress_heartbeat";
+
+/** Options of {@linkcode SlotMonitor}. */
+export interface SlotMonitorOptions {
+  sourceUrl: string | undefined;
+  slot: string;
+  intervalMs: number;
+  heartbeatIntervalMs: number;
+  readyMaxLagMs: number;
+  metrics: StreamMetrics;
+  logger: Logger;
+}
+
+/** What /readyz and status report. */
+export interface MonitorState {
+  connected: boolean;
+  streaming: boolean;
+  lagBytes: number | null;
+  lagSeconds: number | null;
+  walStatus: string | null;
+}
+
+/** Samples the slot every few seconds. */
+export class SlotMonitor {
+  #opts: SlotMonitorOptions;
+  #client: pg.Client | null = null;
+  #timer: ReturnType<typeof setInterval> | null = null;
+  #busy = false;
+  /** (time, server WAL position) samples, newest last, for lag in seconds. */
+  #samples: { at: number; lsn: Lsn }[] = [];
+  #lastHeartbeat = 0;
+  #walStatus: string | null = null;
+  readonly state: MonitorState = {
+    connected: false,
+    streaming: false,
+    lagBytes: null,
+    lagSeconds: null,
+    walStatus: null,
+  };
+
+  constructor(options: SlotMonitorOptions) {
+    this.#opts = options;
+  }
+
+  /** Starts sampling. */
+  start(): void {
+    this.#timer = setInterval(() => this.sample(), this.#opts.intervalMs);
+    this.sample();
+  }
+
+  /** Whether the process should receive traffic: connected, streaming, lag under the bound. */
+  get ready(): boolean {
+    const s = this.state;
+    return s.connected && s.streaming && (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs;
+  }
+
+  /** Marks the stream session up or down. */
+  setStreaming(streaming: boolean): void {
+    this.state.streaming = streaming;
+    this.#opts.metrics.slotActive.set(streaming ? 1 : 0);
+  }
+
+  /** Takes one sample; failures mark the source unreachable. */
+  async sample(): Promise<void> {
+    if (this.#busy) return;
+    this.#busy = true;
+    try {
+      this.#client ??= await connect(this.#opts.sourceUrl, {
+        applicationName: "cdc-egress/monitor",
+      });
+      const res = await this.#client.query(
+        `SELECT pg_current_wal_lsn()::text AS server, confirmed_flush_lsn::text AS confirmed,
+                wal_status, safe_wal_size::int8 AS safe
+         FROM pg_replication_slots WHERE slot_name = $1`,
+        [this.#opts.slot],
+      );
+      this.state.connected = true;
+      const row = res.rows[0];
+      if (row) this.#record(row);
+      await this.#heartbeat().catch((error) => {
+        this.#opts.metrics.errors.inc({ type: "heartbeat" });
+        this.#opts.logger.debug("heartbeat failed", { error: (error as Error).message });
+      });
+    } catch {
+      this.state.connected = false;
+      await this.#client?.end().catch(() => {});
+      this.#client = null;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #record(
+    row: {
+      server: string;
+      confirmed: string | null;
+      wal_status: string | null;
+      safe: string | null;
+    },
+  ) {
+    const m = this.#opts.metrics;
+    const now = Date.now();
+    const server = parseLsn(row.server);
+    const confirmed = row.confirmed ? parseLsn(row.confirmed) : null;
+    this.#samples.push({ at: now, lsn: server });
+    if (this.#samples.length > 720) this.#samples.shift();
+    m.walPosition.set({ kind: "server" }, Number(server));
+    if (confirmed !== null) {
+      const lag = server > confirmed ? Number(server - confirmed) : 0;
+      this.state.lagBytes = lag;
+      m.replicationLagBytes.set(lag);
+      // Age of the newest sampled server position already acknowledged.
+      let seconds = 0;
+      if (lag > 0) {
+        const covered = this.#samples.findLast((s) => s.lsn <= confirmed);
+        seconds = covered ? (now - covered.at) / 1000 : (now - this.#samples[0].at) / 1000;
+      }
+      this.state.lagSeconds = seconds;
+      m.replicationLagSeconds.set(seconds);
+    }
+    const status = row.wal_status;
+    this.state.walStatus = status;
+    for (const s of ["reserved", "extended", "unreserved", "lost"]) {
+      m.slotWalStatus.set({ status: s }, s === status ? 1 : 0);
+    }
+    m.slotSafeWalSize.set(row.safe === null ? -1 : Number(row.safe));
+    if (status !== this.#walStatus) {
+      if (status === "unreserved" || status === "lost" || status === "extended") {
+        this.#opts.logger.warn("replication slot WAL is at risk", {
+          slot: this.#opts.slot,
+          wal_status: status,
+          safe_wal_size: row.safe,
+        });
+        m.errors.inc({ type: `wal_status_${status}` });
+      }
+      this.#walStatus = status;
+    }
+  }
+
+  /**
+   * When the slot lags the server while we stream, writes a non-transactional
+   * logical message: decoding it tells the stream that everything before it
+   * is sent, so the slot can be acknowledged past WAL of other databases.
+   */
+  async #heartbeat(): Promise<void> {
+    if (!this.state.streaming || !this.#client) return;
+    if ((this.state.lagBytes ?? 0) === 0) return;
+    if (Date.now() - this.#lastHeartbeat < this.#opts.heartbeatIntervalMs) return;
+    this.#lastHeartbeat = Date.now();
+    await this.#client.query("SELECT pg_logical_emit_message(false, $1, '')", [HEARTBEAT_PREFIX]);
+  }
+
+  /** Stops sampling and closes the connection. */
+  async stop(): Promise<void> {
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#timer = null;
+    while (this.#busy) await new Promise((r) => setTimeout(r, 20));
+    await this.#client?.end().catch(() => {});
+    this.#client = null;
+  }
+}
