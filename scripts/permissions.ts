@@ -1,11 +1,90 @@
 /**
- * The permission flags the compiled binary gets. Tests run `main.ts` with
- * exactly these, so a missing permission fails a test, not a user.
+ * The permission flags of the compiled binary, derived from the settings it
+ * is built for: network only to the source and registry hosts and the
+ * metrics address, read and write only in the data dir (plus reading the
+ * config file and ~/.pgpass), and only the environment variables it reads.
+ * Tests run main.ts with exactly the flags this gives for their settings.
  */
-export const PERMISSION_FLAGS: readonly string[] = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-env",
-  "--no-prompt",
+
+import { parseArgs } from "node:util";
+import { resolve } from "node:path";
+import { type Config, DEFAULTS, loadConfigSync, SETTINGS } from "../src/config.ts";
+
+/** Environment variables cdc-egress and the pg driver read. */
+export const ENV_VARS: readonly string[] = [
+  "CDC_*",
+  "PG*",
+  "USER",
+  "HOME",
+  "NODE_PG_FORCE_NATIVE",
+  "NO_COLOR",
 ];
+
+function hostOf(url: string | undefined, env: (k: string) => string | undefined): string {
+  if (!url) return `${env("PGHOST") || "localhost"}:${env("PGPORT") || "5432"}`;
+  try {
+    const u = new URL(url);
+    return `${u.hostname || "localhost"}:${u.port || "5432"}`;
+  } catch {
+    return "localhost:5432";
+  }
+}
+
+/** Flags for a resolved configuration. */
+export function permissionFlags(
+  config: Config,
+  options: { configPath?: string; env?: (k: string) => string | undefined } = {},
+): string[] {
+  const env = options.env ?? ((k: string) => Deno.env.get(k));
+  const net = new Set([hostOf(config.sourceUrl, env)]);
+  if (config.registryUrl) net.add(hostOf(config.registryUrl, env));
+  const at = config.metricsAddr.lastIndexOf(":");
+  const metricsHost = config.metricsAddr.slice(0, at) || "0.0.0.0";
+  const metricsPort = config.metricsAddr.slice(at + 1);
+  // Port 0 asks the system for a free port, so only the host can be named.
+  net.add(metricsPort === "0" ? metricsHost : config.metricsAddr);
+  const dataDir = resolve(config.dataDir);
+  const read = [dataDir];
+  if (options.configPath) read.push(resolve(options.configPath));
+  const home = env("HOME");
+  read.push(env("PGPASSFILE") ?? (home ? `${home}/.pgpass` : "/nonexistent/.pgpass"));
+  return [
+    `--allow-net=${[...net].join(",")}`,
+    `--allow-read=${read.join(",")}`,
+    `--allow-write=${dataDir}`,
+    `--allow-env=${ENV_VARS.join(",")}`,
+    "--no-prompt",
+  ];
+}
+
+/**
+ * Flags for a command line and environment, resolved like the CLI resolves
+ * them. Bad settings still give flags (the CLI must be able to report them).
+ */
+export function permissionFlagsFor(
+  args: string[],
+  env: Record<string, string | undefined>,
+): string[] {
+  const options: Record<string, { type: "string" | "boolean" }> = { config: { type: "string" } };
+  for (const s of SETTINGS) options[s.flag] = { type: "string" };
+  let values: Record<string, string | boolean | undefined> = {};
+  try {
+    values = parseArgs({ args, options, strict: false, allowPositionals: true })
+      .values as Record<string, string | boolean | undefined>;
+  } catch {
+    // the CLI will report the bad argument itself
+  }
+  const lookup = (k: string) => env[k];
+  const configPath = (values.config as string | undefined) ?? env.CDC_CONFIG;
+  let config: Config;
+  try {
+    config = loadConfigSync(values, lookup);
+  } catch {
+    config = {
+      ...DEFAULTS,
+      sourceUrl: (values.source as string | undefined) ?? env.CDC_SOURCE_URL,
+      dataDir: (values["data-dir"] as string | undefined) ?? env.CDC_DATA_DIR ?? DEFAULTS.dataDir,
+    };
+  }
+  return permissionFlags(config, { configPath, env: lookup });
+}

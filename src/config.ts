@@ -279,10 +279,11 @@ export const DEFAULTS: Config = {
 };
 
 /** Reads the YAML config file into raw strings keyed by setting. */
-async function readConfigFile(path: string): Promise<Map<keyof Config, string>> {
+function readConfigFile(path: string): Map<keyof Config, string> {
   let content: string;
   try {
-    content = await Deno.readTextFile(path);
+    // A small file read once at start-up; sync keeps loadConfigSync possible.
+    content = Deno.readTextFileSync(path);
   } catch (error) {
     const why = error instanceof Deno.errors.NotFound ? "no such file" : (error as Error).message;
     throw new TypeError(`Cannot read config file "${path}": ${why}`);
@@ -321,12 +322,20 @@ async function readConfigFile(path: string): Promise<Map<keyof Config, string>> 
  * Resolves the configuration from parsed flags (`--data-dir` as `data-dir`),
  * the environment and the optional YAML file.
  */
-export async function loadConfig(
+export function loadConfig(
   flags: Record<string, string | boolean | undefined>,
   env: (name: string) => string | undefined = (name) => Deno.env.get(name),
 ): Promise<Config> {
+  return Promise.resolve().then(() => loadConfigSync(flags, env));
+}
+
+/** Synchronous {@linkcode loadConfig}, for callers that cannot await. */
+export function loadConfigSync(
+  flags: Record<string, string | boolean | undefined>,
+  env: (name: string) => string | undefined = (name) => Deno.env.get(name),
+): Config {
   const configPath = (flags["config"] as string | undefined) ?? env("CDC_CONFIG");
-  const file = configPath ? await readConfigFile(configPath) : new Map<keyof Config, string>();
+  const file = configPath ? readConfigFile(configPath) : new Map<keyof Config, string>();
   const config: Record<string, unknown> = { ...DEFAULTS };
   for (const setting of SETTINGS) {
     const fromFlag = flags[setting.flag];

@@ -4,7 +4,7 @@
  */
 
 import { fileURLToPath as fromFileUrl } from "node:url";
-import { PERMISSION_FLAGS } from "../../scripts/permissions.ts";
+import { permissionFlagsFor } from "../../scripts/permissions.ts";
 
 const MAIN = fromFileUrl(new URL("../../main.ts", import.meta.url));
 const CONFIG = fromFileUrl(new URL("../../deno.json", import.meta.url));
@@ -17,9 +17,12 @@ export interface CliResult {
 }
 
 function command(args: string[], env: Record<string, string>, piped: boolean) {
+  const fullEnv = { CDC_LOG_FORMAT: "json", NO_COLOR: "1", ...env };
+  // Exactly the flags `deno task build` would compile in for these settings.
+  const flags = permissionFlagsFor(args, { ...Deno.env.toObject(), ...fullEnv });
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--config", CONFIG, ...PERMISSION_FLAGS, MAIN, ...args],
-    env: { CDC_LOG_FORMAT: "json", NO_COLOR: "1", ...env },
+    args: ["run", "--config", CONFIG, ...flags, MAIN, ...args],
+    env: fullEnv,
     stdout: "piped",
     stderr: "piped",
     stdin: piped ? "piped" : "null",
