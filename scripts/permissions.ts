@@ -18,6 +18,9 @@ export const ENV_VARS: readonly string[] = [
   "HOME",
   "NODE_PG_FORCE_NATIVE",
   "NO_COLOR",
+  // npm:yaml reads these debug switches on every parse (config file, schema.yml).
+  "LOG_TOKENS",
+  "LOG_STREAM",
 ];
 
 function hostOf(url: string | undefined, env: (k: string) => string | undefined): string {
