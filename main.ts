@@ -61,6 +61,41 @@ const COMMANDS: Record<string, CommandSpec> = {
       });
     },
   },
+  verify: {
+    summary: "check the registry against the files; --deep replays them against the live tables",
+    usage: "cdc-egress verify [--deep] [--json] [--table T]... [--quarantine] [settings]",
+    flags: {
+      deep: { type: "boolean", help: "also replay every table and compare with the live table" },
+      json: { type: "boolean", help: "print one JSON document" },
+      table: {
+        type: "string",
+        multiple: true,
+        help: "only this table (pattern like --tables; repeatable)",
+      },
+      quarantine: {
+        type: "boolean",
+        help: "move orphan files to <data_dir>/.quarantine/<timestamp>/",
+      },
+    },
+    run: async (config, flags) => {
+      const { verifyCommand } = await import("./src/commands/verify.ts");
+      return await verifyCommand(config, {
+        deep: Boolean(flags.deep),
+        json: Boolean(flags.json),
+        tables: (flags.table as string[] | undefined) ?? [],
+        quarantine: Boolean(flags.quarantine),
+      });
+    },
+  },
+  status: {
+    summary: "slot lag, table modes, last batch per table, pending and failed reloads",
+    usage: "cdc-egress status [--json] [settings]",
+    flags: { json: { type: "boolean", help: "print one JSON document" } },
+    run: async (config, flags) => {
+      const { statusCommand } = await import("./src/commands/status.ts");
+      return await statusCommand(config, { json: Boolean(flags.json) });
+    },
+  },
 };
 
 function settingOptions() {

@@ -1,0 +1,379 @@
+/**
+ * `cdc-egress status`: the slot (activity, positions, lag, WAL retention),
+ * the registry checkpoint, per-table state and file totals, and reloads that
+ * are pending or failed. A boxed table on a TTY, plain aligned text
+ * otherwise, `--json` for scripts. Reads only; never prints a URL or password.
+ *
+ * Lag in bytes is `pg_current_wal_lsn() - confirmed_flush_lsn`. Lag in
+ * seconds is the time since the registry checkpoint last moved when the lag
+ * in bytes is above 0, else 0: an upper bound on how long the oldest
+ * unconfirmed change has waited. Rows in open (unflushed) batches live only
+ * inside the stream process, so status does not show them.
+ */
+
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
+import type { Config } from "../config.ts";
+import { Registry } from "../registry/registry.ts";
+import { connect, describeTarget } from "../source/connect.ts";
+
+/** Options of `status`. */
+export interface StatusOptions {
+  json: boolean;
+  /** Where output goes (stdout by default). */
+  print?: (line: string) => void;
+  /** Draw boxes (default: when stdout is a terminal). */
+  tty?: boolean;
+}
+
+/** The slot as `status` reports it. */
+export interface SlotStatus {
+  name: string;
+  exists: boolean;
+  active: boolean;
+  active_pid: number | null;
+  confirmed_flush_lsn: string | null;
+  restart_lsn: string | null;
+  current_wal_lsn: string | null;
+  lag_bytes: number | null;
+  lag_seconds: number | null;
+  wal_status: string | null;
+  safe_wal_size: number | null;
+}
+
+/** A reload operation. */
+export interface ReloadStatus {
+  id: number;
+  table: string;
+  schema: string;
+  table_name: string;
+  state: string;
+  requested_at: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+  consistent_lsn: string | null;
+  error: string | null;
+}
+
+/** One table of the report. */
+export interface TableStatus {
+  name: string;
+  schema: string;
+  table: string;
+  mode: string;
+  last_batch_ts: string | null;
+  last_lsn: string | null;
+  last_seq: number | null;
+  files: number;
+  rows: number;
+  bytes: number;
+  reload_lsn: string | null;
+  last_reload: ReloadStatus | null;
+}
+
+/** The whole `--json` document. */
+export interface StatusReport {
+  source: string;
+  slot: SlotStatus;
+  checkpoint: { lsn: string; updated_at: string } | null;
+  tables: TableStatus[];
+  pending_reloads: ReloadStatus[];
+  failed_reloads: ReloadStatus[];
+}
+
+const FAILED_SHOWN = 20;
+
+function iso(v: unknown): string | null {
+  return v instanceof Date ? v.toISOString() : v == null ? null : String(v);
+}
+
+function num(v: unknown): number | null {
+  return v == null ? null : Number(v);
+}
+
+function reloadRow(r: Record<string, unknown>): ReloadStatus {
+  return {
+    id: Number(r.id),
+    table: `${r.schema_name}.${r.table_name}`,
+    schema: r.schema_name as string,
+    table_name: r.table_name as string,
+    state: r.state as string,
+    requested_at: iso(r.requested_at),
+    started_at: iso(r.started_at),
+    finished_at: iso(r.finished_at),
+    consistent_lsn: (r.consistent_lsn as string | null) ?? null,
+    error: (r.error as string | null) ?? null,
+  };
+}
+
+const RELOAD_COLUMNS = `id, schema_name, table_name, state, requested_at, started_at,
+  finished_at, consistent_lsn::text AS consistent_lsn, error`;
+
+/** Collects the status report. */
+export async function collectStatus(
+  source: pg.Client,
+  registryClient: pg.Client,
+  config: Config,
+): Promise<StatusReport> {
+  const registry = new Registry(registryClient, config.slot);
+  await registry.assertInitialized();
+
+  const slotRes = await source.query(
+    `SELECT active, active_pid, confirmed_flush_lsn::text AS confirmed,
+            restart_lsn::text AS restart, wal_status, safe_wal_size::text AS safe_wal_size,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag_bytes
+     FROM pg_replication_slots WHERE slot_name = $1`,
+    [config.slot],
+  );
+  const current = await source.query(
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn",
+  );
+  const s = slotRes.rows[0];
+  const cpRes = await registryClient.query(
+    `SELECT checkpoint_lsn::text AS lsn, updated_at,
+            extract(epoch FROM now() - updated_at)::float8 AS age
+     FROM cdc_registry.checkpoint WHERE slot_name = $1`,
+    [config.slot],
+  );
+  const cp = cpRes.rows[0];
+  const lagBytes = s?.lag_bytes == null ? null : Math.max(0, Number(s.lag_bytes));
+  let lagSeconds: number | null = null;
+  if (lagBytes === 0) lagSeconds = 0;
+  else if (lagBytes !== null && cp) lagSeconds = Math.max(0, Math.round(Number(cp.age)));
+  const slot: SlotStatus = {
+    name: config.slot,
+    exists: s !== undefined,
+    active: Boolean(s?.active),
+    active_pid: num(s?.active_pid),
+    confirmed_flush_lsn: s?.confirmed ?? null,
+    restart_lsn: s?.restart ?? null,
+    current_wal_lsn: current.rows[0].lsn,
+    lag_bytes: lagBytes,
+    lag_seconds: lagSeconds,
+    wal_status: s?.wal_status ?? null,
+    safe_wal_size: num(s?.safe_wal_size),
+  };
+
+  const tablesRes = await registryClient.query(
+    `WITH files AS (
+       SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
+              sum(byte_size) AS bytes
+       FROM cdc_registry.file_log WHERE slot_name = $1 GROUP BY 1, 2),
+     state AS (SELECT * FROM cdc_registry.table_state WHERE slot_name = $1)
+     SELECT schema_name, table_name, coalesce(s.mode, 'streaming') AS mode, s.last_batch_ts,
+            s.last_lsn::text AS last_lsn, s.last_seq, s.reload_lsn::text AS reload_lsn,
+            coalesce(f.files, 0) AS files, coalesce(f.rows, 0) AS rows,
+            coalesce(f.bytes, 0) AS bytes
+     FROM state s FULL JOIN files f USING (schema_name, table_name)
+     ORDER BY schema_name, table_name`,
+    [config.slot],
+  );
+  const lastReloads = await registryClient.query(
+    `SELECT DISTINCT ON (schema_name, table_name) ${RELOAD_COLUMNS}
+     FROM cdc_registry.reload_operations WHERE slot_name = $1
+     ORDER BY schema_name, table_name, id DESC`,
+    [config.slot],
+  );
+  const lastReload = new Map<string, ReloadStatus>();
+  for (const r of lastReloads.rows) {
+    lastReload.set(`${r.schema_name}\0${r.table_name}`, reloadRow(r));
+  }
+  const tables: TableStatus[] = tablesRes.rows.map((r) => ({
+    name: `${r.schema_name}.${r.table_name}`,
+    schema: r.schema_name,
+    table: r.table_name,
+    mode: r.mode,
+    last_batch_ts: r.last_batch_ts ?? null,
+    last_lsn: r.last_lsn ?? null,
+    last_seq: num(r.last_seq),
+    files: Number(r.files),
+    rows: Number(r.rows),
+    bytes: Number(r.bytes),
+    reload_lsn: r.reload_lsn ?? null,
+    last_reload: lastReload.get(`${r.schema_name}\0${r.table_name}`) ?? null,
+  }));
+
+  const pending = await registryClient.query(
+    `SELECT ${RELOAD_COLUMNS} FROM cdc_registry.reload_operations
+     WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
+    [config.slot],
+  );
+  // Failures not followed by a successful reload of the same table.
+  const failed = await registryClient.query(
+    `SELECT ${RELOAD_COLUMNS} FROM cdc_registry.reload_operations o
+     WHERE slot_name = $1 AND state = 'failed'
+       AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
+                       WHERE d.slot_name = o.slot_name AND d.schema_name = o.schema_name
+                         AND d.table_name = o.table_name AND d.state = 'done' AND d.id > o.id)
+     ORDER BY id DESC LIMIT ${FAILED_SHOWN}`,
+    [config.slot],
+  );
+  return {
+    source: describeTarget(config.sourceUrl),
+    slot,
+    checkpoint: cp ? { lsn: cp.lsn, updated_at: iso(cp.updated_at)! } : null,
+    tables,
+    pending_reloads: pending.rows.map(reloadRow),
+    failed_reloads: failed.rows.map(reloadRow),
+  };
+}
+
+/** Runs `status`. */
+export async function statusCommand(config: Config, options: StatusOptions): Promise<number> {
+  const print = options.print ?? ((line: string) => console.log(line));
+  const source = await connect(config.sourceUrl, {
+    role: "source",
+    applicationName: "cdc-egress/status",
+  });
+  let registryClient = source;
+  try {
+    if (config.registryUrl) {
+      registryClient = await connect(config.registryUrl, {
+        role: "registry",
+        applicationName: "cdc-egress/status",
+      });
+    }
+    const report = await collectStatus(source, registryClient, config);
+    if (options.json) {
+      print(JSON.stringify(report, null, 2));
+    } else {
+      const tty = options.tty ?? Deno.stdout.isTerminal();
+      for (const line of renderStatus(report, tty)) print(line);
+    }
+    return 0;
+  } finally {
+    if (registryClient !== source) await registryClient.end().catch(() => {});
+    await source.end().catch(() => {});
+  }
+}
+
+function humanBytes(n: number | null): string {
+  if (n === null) return "n/a";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+function humanSeconds(s: number | null): string {
+  if (s === null) return "n/a";
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m${s % 60}s`;
+  return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
+}
+
+/** Renders rows as a table: boxed on a TTY, whitespace-aligned otherwise. */
+export function renderTable(headers: string[], rows: string[][], boxed: boolean): string[] {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const numeric = headers.map((_h, i) =>
+    rows.some((r) => r[i] !== "-") &&
+    rows.every((r) => /^-?[\d.,]+( [KMGT]?i?B)?$|^-$/.test(r[i]))
+  );
+  const cell = (v: string, i: number) => numeric[i] ? v.padStart(widths[i]) : v.padEnd(widths[i]);
+  if (!boxed) {
+    return [headers, ...rows].map((r) => r.map(cell).join("  ").trimEnd());
+  }
+  const line = (l: string, m: string, r: string) =>
+    l + widths.map((w) => "─".repeat(w + 2)).join(m) + r;
+  return [
+    line("┌", "┬", "┐"),
+    "│ " + headers.map(cell).join(" │ ") + " │",
+    line("├", "┼", "┤"),
+    ...rows.map((r) => "│ " + r.map(cell).join(" │ ") + " │"),
+    line("└", "┴", "┘"),
+  ];
+}
+
+function reloadText(r: ReloadStatus | null): string {
+  if (!r) return "-";
+  const at = r.finished_at ?? r.started_at ?? r.requested_at;
+  return `${r.state}${at ? " " + at.slice(0, 19).replace("T", " ") : ""}`;
+}
+
+/** The human-readable report. */
+export function renderStatus(r: StatusReport, tty: boolean): string[] {
+  const out: string[] = [];
+  const s = r.slot;
+  out.push(`source: ${r.source}`);
+  if (!s.exists) {
+    out.push(`slot "${s.name}": does not exist (run "cdc-egress init")`);
+  } else {
+    out.push(
+      `slot "${s.name}": ${
+        s.active ? `active (walsender pid ${s.active_pid})` : "inactive (no stream running)"
+      }`,
+    );
+    const kv: [string, string][] = [
+      ["confirmed_flush_lsn", s.confirmed_flush_lsn ?? "n/a"],
+      ["restart_lsn", s.restart_lsn ?? "n/a"],
+      ["current_wal_lsn", s.current_wal_lsn ?? "n/a"],
+      ["lag", `${humanBytes(s.lag_bytes)}, ${humanSeconds(s.lag_seconds)}`],
+      ["wal_status", s.wal_status ?? "n/a"],
+      ["safe_wal_size", s.safe_wal_size === null ? "unlimited" : humanBytes(s.safe_wal_size)],
+    ];
+    for (const [k, v] of kv) out.push(`  ${k.padEnd(20)} ${v}`);
+  }
+  out.push(
+    r.checkpoint
+      ? `checkpoint: ${r.checkpoint.lsn} (updated ${r.checkpoint.updated_at})`
+      : "checkpoint: none yet",
+  );
+  out.push("");
+  if (r.tables.length === 0) {
+    out.push("tables: none registered yet");
+  } else {
+    out.push(`tables (${r.tables.length}):`);
+    out.push(...renderTable(
+      [
+        "table",
+        "mode",
+        "last batch",
+        "last lsn",
+        "files",
+        "rows",
+        "bytes",
+        "reload lsn",
+        "last reload",
+      ],
+      r.tables.map((t) => [
+        t.name,
+        t.mode,
+        t.last_batch_ts ?? "-",
+        t.last_lsn ?? "-",
+        String(t.files),
+        String(t.rows),
+        humanBytes(t.bytes),
+        t.reload_lsn ?? "-",
+        reloadText(t.last_reload),
+      ]),
+      tty,
+    ));
+  }
+  const reloads = (title: string, list: ReloadStatus[]) => {
+    out.push("");
+    if (list.length === 0) {
+      out.push(`${title}: none`);
+      return;
+    }
+    out.push(`${title} (${list.length}):`);
+    out.push(...renderTable(
+      ["id", "table", "state", "requested", "lsn", "error"],
+      list.map((x) => [
+        String(x.id),
+        x.table,
+        x.state,
+        (x.requested_at ?? "-").slice(0, 19).replace("T", " "),
+        x.consistent_lsn ?? "-",
+        x.error ?? "-",
+      ]),
+      tty,
+    ));
+  };
+  reloads("pending reloads", r.pending_reloads);
+  reloads("failed reloads", r.failed_reloads);
+  return out;
+}
