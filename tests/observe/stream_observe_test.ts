@@ -30,6 +30,7 @@ for (const version of testMajors()) {
     await w.init();
     const p = w.stream();
     const port = await waitFor("the metrics port", () => metricsPort(p.stderr));
+    await w.caughtUp(); // the initial export is registered: what follows is streamed
     await w.db.query("INSERT INTO t SELECT g, 'y' FROM generate_series(1000, 1999) g");
     await w.caughtUp();
     await waitFor("a streaming batch", async () => {
