@@ -47,22 +47,38 @@ const env = {
 
 /** Waits until the slot has confirmed everything written so far. */
 async function caughtUp() {
-  const target = (await db.query("SELECT pg_current_wal_lsn()::text AS l")).rows[0].l;
+  const target = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
   await waitFor("the stream to catch up", async () =>
     (await db.query(
       "SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'cdc_egress'",
       [target],
     )).rows[0]?.ok, 120_000);
+  await waitFor("exports to finish", async () =>
+    (await db.query(
+      "SELECT count(*) = 0 AS ok FROM cdc_registry.reload_operations WHERE state IN ('requested', 'exporting')",
+    )).rows[0]?.ok, 120_000);
 }
+// Rows that exist before init: the initial export picks them up.
+await db.query(`INSERT INTO customers (id, name, email)
+  SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 1000) g`);
+await db.query(`INSERT INTO orders (customer_id, total)
+  SELECT 1 + g % 1000, round((g % 500)::numeric, 2) FROM generate_series(1, 200000) g`);
+
 step("cdc-egress init");
 const init = await runCli(["init"], env);
 console.log(init.stdout.trim());
 if (init.code !== 0) throw new Error(`init failed: ${init.stderr}`);
 
-step("cdc-egress stream (batch interval 1s) under a workload, in 3 rounds");
+/** Prints the stream's log lines written since the last call. */
+let shown = 0;
+function streamLog() {
+  const lines = stream.stderr.split("\n").filter((l) => l.length > 0);
+  for (const l of lines.slice(shown)) console.log(`  | ${l}`);
+  shown = lines.length;
+}
+
+step("cdc-egress stream: initial export, then changes under a workload (batch interval 1s)");
 const stream = new CliProcess(["stream"], { ...env, CDC_LOG_FORMAT: "text" });
-await db.query(`INSERT INTO customers (id, name, email)
-  SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 1000) g`);
 for (let round = 0; round < 3; round++) {
   await db.query(`INSERT INTO orders (customer_id, total, note)
     SELECT 1 + (random() * 999)::int, round((random() * 500)::numeric, 2),
@@ -76,9 +92,35 @@ for (let round = 0; round < 3; round++) {
   await caughtUp();
 }
 await db.query("BEGIN; INSERT INTO orders (customer_id, total) VALUES (1, 1); ROLLBACK");
+await db.query("ALTER TABLE customers ADD COLUMN tier text");
+await db.query("UPDATE customers SET tier = 'gold' WHERE id <= 10");
 await caughtUp();
+streamLog();
+
+step("cdc-egress reload public.orders --wait (while writes go on)");
+const writes = (async () => {
+  for (let i = 0; i < 20; i++) {
+    await db.query(`UPDATE orders SET total = total + 1 WHERE id % 50 = ${i}`);
+  }
+})();
+const reload = await runCli(["reload", "public.orders", "--wait", "--timeout", "2m"], env);
+await writes;
+console.log(reload.stdout.trim());
+if (reload.code !== 0) throw new Error(`reload failed: ${reload.stderr}`);
+await caughtUp();
+streamLog();
+
+step("cdc-egress status");
+console.log((await runCli(["status"], env)).stdout.trimEnd());
+
+step("cdc-egress verify --deep");
+const verify = await runCli(["verify", "--deep"], env);
+console.log(verify.stdout.trimEnd());
+console.log(`verify exited with ${verify.code}`);
+
+step("stopping stream with SIGTERM");
 const code = await stream.stop("SIGTERM");
-console.log(stream.stderr.trim().split("\n").slice(-8).join("\n"));
+streamLog();
 console.log(`stream exited with ${code}`);
 
 step("files written");
