@@ -37,6 +37,9 @@ async function resolveTables(
   for (const name of names) {
     let res;
     try {
+      // Malformed names (e.g. an unclosed quote) fail here on every version;
+      // to_regclass returns NULL for them since PostgreSQL 16.
+      await source.query("SELECT parse_ident($1)", [name]);
       res = await source.query(
         `SELECT n.nspname AS schema, c.relname AS table,
                 EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2
@@ -46,10 +49,13 @@ async function resolveTables(
         [name, publication],
       );
     } catch (error) {
-      // to_regclass rejects malformed names (e.g. an unclosed quote).
+      const code = (error as { code?: string }).code;
+      const malformed = code === "22023" || code === "42602";
       throw new CdcError(
         "unknown_table",
-        `Cannot reload "${name}": ${(error as Error).message.split("\n")[0]}`,
+        `Cannot reload "${name}": ${
+          malformed ? "invalid name syntax" : (error as Error).message.split("\n")[0]
+        }`,
         { cause: error },
       );
     }
@@ -57,6 +63,10 @@ async function resolveTables(
       throw new CdcError("unknown_table", `Cannot reload "${name}": no such table`);
     }
     const row = res.rows[0];
+    if (row.schema === "cdc_registry") {
+      // ddl_history is published only to carry DDL into the stream.
+      throw new CdcError("unknown_table", `Cannot reload "${name}": it is a registry table`);
+    }
     if (!row.published) {
       throw new CdcError(
         "unknown_table",

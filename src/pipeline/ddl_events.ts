@@ -6,7 +6,30 @@
 
 import type { TupleData } from "../decode/pgoutput.ts";
 import { UNCHANGED_TOAST } from "../decode/pgoutput.ts";
+import { formatLsn, type Lsn } from "../lsn.ts";
+import type { TableSchema } from "../write/schema_yml.ts";
 import type { RelationInfo } from "./relation_catalog.ts";
+
+/** A column as the event trigger saw it right after the command. */
+interface CapturedColumn {
+  attnum: number;
+  name: string;
+  /** The rest is captured since registry migration 2. */
+  type?: string;
+  type_oid?: number;
+  type_modifier?: number;
+  nullable?: boolean;
+  generated?: boolean;
+  is_pk?: boolean;
+  is_key?: boolean;
+}
+
+const IDENTITY: Record<string, TableSchema["replicaIdentity"]> = {
+  d: "default",
+  n: "nothing",
+  f: "full",
+  i: "index",
+};
 
 /** One captured DDL command. */
 export interface DdlEvent {
@@ -19,6 +42,10 @@ export interface DdlEvent {
   command: string;
   /** Column name → attnum right after the command (table events only). */
   attnums: Map<string, number> | null;
+  /** The table's columns right after the command (table events only). */
+  columns: CapturedColumn[] | null;
+  /** `relreplident` right after the command. */
+  replicaIdentity: string | null;
 }
 
 const decoder = new TextDecoder();
@@ -31,12 +58,13 @@ export function ddlEventFromRow(rel: RelationInfo, tuple: TupleData): DdlEvent {
     return v === null || v === undefined || v === UNCHANGED_TOAST ? null : decoder.decode(v);
   };
   const objid = get("objid");
-  const columns = get("columns");
-  const attnums = columns === null ? null : new Map<string, number>(
-    (JSON.parse(columns) as { attnum: number; name: string }[]).map((c) => [c.name, c.attnum]),
-  );
+  const json = get("columns");
+  const columns = json === null ? null : JSON.parse(json) as CapturedColumn[];
+  const attnums = columns === null ? null : new Map(columns.map((c) => [c.name, c.attnum]));
   return {
     attnums,
+    columns,
+    replicaIdentity: get("replica_identity"),
     commandTag: get("command_tag") ?? "",
     objectType: get("object_type"),
     schema: get("schema_name"),
@@ -85,4 +113,35 @@ export function eventTable(event: DdlEvent): { schema: string; table: string } |
   const parts = splitIdentity(event.objectIdentity);
   if (parts.length < 2) return null;
   return { schema: parts[0], table: parts[1] };
+}
+
+/**
+ * The table as it was right after the command, from what the event trigger
+ * captured; null for events captured before registry migration 2.
+ */
+export function schemaFromEvent(
+  event: DdlEvent,
+  table: { schema: string; table: string },
+  validFrom: Lsn,
+): TableSchema | null {
+  const cols = event.columns?.filter((c) => !c.generated);
+  if (!cols || event.objid === null || event.replicaIdentity === null) return null;
+  if (cols.some((c) => c.type === undefined)) return null;
+  return {
+    schema: table.schema,
+    table: table.table,
+    relationOid: event.objid,
+    validFromLsn: formatLsn(validFrom),
+    replicaIdentity: IDENTITY[event.replicaIdentity] ?? "default",
+    primaryKey: cols.filter((c) => c.is_pk).map((c) => c.name),
+    columns: cols.map((c) => ({
+      name: c.name,
+      type: c.type!,
+      typeOid: Number(c.type_oid),
+      typeModifier: Number(c.type_modifier),
+      nullable: c.nullable ?? true,
+      isKey: c.is_key ?? false,
+      attnum: c.attnum,
+    })),
+  };
 }

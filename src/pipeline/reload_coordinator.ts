@@ -108,9 +108,12 @@ export class ReloadCoordinator {
   }
 
   async #start(jobs: Job[]): Promise<void> {
-    // Largest first, so the long exports overlap the short ones.
+    // Largest first, so the long exports overlap the short ones. A
+    // partitioned table has no storage of its own: count its partitions.
     const sizes = await this.#catalog.query(
-      `SELECT n, COALESCE(pg_total_relation_size(to_regclass(n)), 0)::int8 AS size
+      `SELECT n, COALESCE((SELECT sum(pg_total_relation_size(relid))
+                           FROM pg_partition_tree(to_regclass(n))),
+                          pg_total_relation_size(to_regclass(n)), 0)::int8 AS size
        FROM unnest($1::text[]) AS n`,
       [jobs.map((j) => qualifiedName(j))],
     );

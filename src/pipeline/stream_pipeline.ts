@@ -42,7 +42,7 @@ import { renderSchemaYml } from "../write/schema_yml.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
 import type { ReloadCoordinator, ReloadHost } from "./reload_coordinator.ts";
-import { type DdlEvent, ddlEventFromRow, eventTable } from "./ddl_events.ts";
+import { type DdlEvent, ddlEventFromRow, eventTable, schemaFromEvent } from "./ddl_events.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
 import { createHash } from "node:crypto";
 
@@ -516,7 +516,9 @@ export class StreamPipeline {
     const bytes = textEncoder.encode(sql);
     await writeFileAtomic(join(dir, DDL_FILE), bytes);
     if (event.objid !== null && event.commandTag !== "DROP TABLE") {
-      const schema = await this.#schemas.describeOid(event.objid, pos.lsn);
+      // The catalog may already show later DDL: prefer what the trigger captured.
+      const schema = schemaFromEvent(event, target, pos.lsn) ??
+        await this.#schemas.describeOid(event.objid, pos.lsn);
       if (schema) {
         await writeFileAtomic(join(dir, "schema.yml"), textEncoder.encode(renderSchemaYml(schema)));
       }

@@ -134,6 +134,52 @@ END
 $fn$;
 `,
   },
+  {
+    version: 2,
+    name: "ddl_history columns with types and keys",
+    // The stream writes the schema.yml of a ddl.sql folder from these: the
+    // catalog it could query instead may already show later DDL.
+    sql: `
+ALTER TABLE cdc_registry.ddl_history ADD COLUMN replica_identity "char";
+
+CREATE OR REPLACE FUNCTION cdc_registry.capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    IF r.schema_name IS DISTINCT FROM 'cdc_registry' THEN
+      INSERT INTO cdc_registry.ddl_history
+        (command_tag, object_type, schema_name, object_identity, objid, command, columns,
+         replica_identity)
+      SELECT r.command_tag, r.object_type, r.schema_name, r.object_identity, r.objid,
+             current_query(),
+             CASE WHEN c.oid IS NOT NULL THEN (
+               SELECT jsonb_agg(jsonb_build_object(
+                        'attnum', a.attnum, 'name', a.attname,
+                        'type', format_type(a.atttypid, a.atttypmod),
+                        'type_oid', a.atttypid, 'type_modifier', a.atttypmod,
+                        'nullable', NOT a.attnotnull, 'generated', a.attgenerated <> '',
+                        'is_pk', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                                           AND i.indisprimary AND a.attnum = ANY(i.indkey)),
+                        'is_key', c.relreplident = 'f' OR EXISTS (
+                          SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                            AND ((c.relreplident = 'd' AND i.indisprimary)
+                              OR (c.relreplident = 'i' AND i.indisreplident))
+                            AND a.attnum = ANY(i.indkey)))
+                      ORDER BY a.attnum)
+               FROM pg_attribute a
+               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) END,
+             c.relreplident
+      FROM (SELECT 1) AS one
+      LEFT JOIN pg_class c
+        ON c.oid = r.objid AND r.object_type IN ('table', 'table column');
+    END IF;
+  END LOOP;
+END
+$fn$;
+`,
+  },
 ];
 
 const LOCK_KEY = "hashtext('cdc_registry.migrations')";
