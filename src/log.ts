@@ -13,11 +13,24 @@ export class Logger {
   #min: number;
   #json: boolean;
   #encoder = new TextEncoder();
+  /** A progress line is on screen without a newline: records first clear it. */
+  #statusShown = false;
 
   constructor(options: { level?: LogLevel; format?: "auto" | "json" | "text" } = {}) {
     this.#min = RANK[options.level ?? "info"];
     const format = options.format ?? "auto";
     this.#json = format === "json" || (format === "auto" && !Deno.stderr.isTerminal());
+  }
+
+  /** Whether records go to a person at a terminal (text on a TTY), who can see a progress bar. */
+  get interactive(): boolean {
+    return !this.#json && Deno.stderr.isTerminal();
+  }
+
+  /** Rewrites the current terminal line (progress bars); `done` ends the line. */
+  status(line: string, done = false): void {
+    this.#statusShown = !done;
+    Deno.stderr.writeSync(this.#encoder.encode(`\r\x1b[2K${line}${done ? "\n" : ""}`));
   }
 
   /** Writes one record if its level is enabled. */
@@ -36,7 +49,9 @@ export class Logger {
         extra ? " " + extra : ""
       }`;
     }
-    Deno.stderr.writeSync(this.#encoder.encode(line + "\n"));
+    const clear = this.#statusShown ? "\r\x1b[2K" : "";
+    this.#statusShown = false;
+    Deno.stderr.writeSync(this.#encoder.encode(clear + line + "\n"));
   }
 
   debug(msg: string, fields?: Record<string, unknown>): void {

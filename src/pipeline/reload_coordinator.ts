@@ -56,10 +56,27 @@ interface Job {
   table: string;
   ops: ReloadRequest[];
   size: number;
+  /** The export folder's name, taken when the snapshot is, so it sorts before later batches. */
+  batchTs: string;
 }
 
 const POLL_INTERVAL_MS = 2000;
 const PROGRESS_INTERVAL_MS = 5000;
+const BAR_INTERVAL_MS = 250;
+
+function newProgress() {
+  return {
+    tables: 0,
+    done: 0,
+    bytes: 0,
+    rows: 0,
+    totalSize: 0,
+    doneSize: 0,
+    startedAt: Date.now(),
+    lastLog: 0,
+    finished: false,
+  };
+}
 
 /** Finds reload work in the registry and carries it out with a worker pool. */
 export class ReloadCoordinator {
@@ -73,7 +90,7 @@ export class ReloadCoordinator {
   #lastPoll = 0;
   #stopping = false;
   #seq = 0;
-  #progress = { tables: 0, done: 0, bytes: 0, rows: 0, startedAt: 0, lastLog: 0 };
+  #progress = newProgress();
 
   constructor(registry: Registry, catalog: pg.Client, host: ReloadHost, options: ReloadOptions) {
     this.#registry = registry;
@@ -102,7 +119,9 @@ export class ReloadCoordinator {
       if (this.#running.has(key)) continue;
       const job = jobs.get(key);
       if (job) job.ops.push(op);
-      else jobs.set(key, { key, schema: op.schema, table: op.table, ops: [op], size: 0 });
+      else {
+        jobs.set(key, { key, schema: op.schema, table: op.table, ops: [op], size: 0, batchTs: "" });
+      }
     }
     if (jobs.size > 0) await this.#start([...jobs.values()]);
   }
@@ -126,6 +145,8 @@ export class ReloadCoordinator {
       for (const j of jobs) {
         this.#running.add(j.key);
         this.#host.hold(j.key, snapshot.lsn);
+        j.batchTs = batchTimestamp(new Date(), this.#host.lastBatchTs(j.key));
+        this.#host.noteBatchTs(j.key, j.batchTs);
         this.#opts.metrics?.setTableMode(`${j.schema}.${j.table}`, "reloading");
       }
       await this.#registry.startReloads(
@@ -138,10 +159,9 @@ export class ReloadCoordinator {
       await snapshot.release();
       throw error;
     }
-    if (this.#progress.done >= this.#progress.tables) {
-      this.#progress = { tables: 0, done: 0, bytes: 0, rows: 0, startedAt: Date.now(), lastLog: 0 };
-    }
+    if (this.#progress.done >= this.#progress.tables) this.#progress = newProgress();
     this.#progress.tables += jobs.length;
+    for (const j of jobs) this.#progress.totalSize += j.size;
     this.#opts.logger.info("export started", {
       tables: jobs.length,
       lsn: formatLsn(snapshot.lsn),
@@ -197,8 +217,7 @@ export class ReloadCoordinator {
         this.#progress.done++;
         return;
       }
-      const batchTs = batchTimestamp(new Date(), this.#host.lastBatchTs(job.key));
-      this.#host.noteBatchTs(job.key, batchTs);
+      const batchTs = job.batchTs;
       let counted = 0;
       exp = await exportTable(
         client,
@@ -234,7 +253,9 @@ export class ReloadCoordinator {
       this.#opts.metrics?.fileRegistered(table, "full_reload", exp.byteSize, counted);
       this.#running.delete(job.key);
       this.#progress.done++;
+      this.#progress.doneSize += job.size;
       this.#progress.rows += exp.rows;
+      this.#logProgress(Date.now());
       this.#opts.logger.info("export registered", {
         table: `${job.schema}.${job.table}`,
         path: exp.path,
@@ -259,19 +280,49 @@ export class ReloadCoordinator {
     }
   }
 
+  /**
+   * Reports export progress: a bar on a terminal, a log line every few
+   * seconds otherwise. The ETA assumes CSV bytes track relation sizes.
+   */
   #logProgress(now: number): void {
     const p = this.#progress;
-    if (p.tables === 0 || p.done >= p.tables) return;
-    if (now - p.lastLog < PROGRESS_INTERVAL_MS) return;
+    const logger = this.#opts.logger;
+    if (p.tables === 0 || p.finished) return;
+    const complete = p.done >= p.tables;
+    const every = logger.interactive ? BAR_INTERVAL_MS : PROGRESS_INTERVAL_MS;
+    if (!complete && now - p.lastLog < every) return;
     p.lastLog = now;
     const elapsed = (now - p.startedAt) / 1000;
-    this.#opts.logger.info("export progress", {
+    const fraction = complete
+      ? 1
+      : p.totalSize > 0
+      ? Math.min(0.99, Math.max(p.doneSize, p.bytes) / p.totalSize)
+      : p.done / p.tables;
+    const eta = fraction > 0 && !complete ? Math.round(elapsed * (1 - fraction) / fraction) : 0;
+    const mbPerS = elapsed > 0 ? p.bytes / 1e6 / elapsed : 0;
+    if (complete) p.finished = true;
+    if (logger.interactive) {
+      const width = 24;
+      const filled = Math.round(fraction * width);
+      logger.status(
+        `export [${"#".repeat(filled)}${".".repeat(width - filled)}] ${p.done}/${p.tables} tables` +
+          `  ${p.rows.toLocaleString("en-US")} rows  ${(p.bytes / 1e6).toFixed(0)} MB` +
+          `  ${mbPerS.toFixed(1)} MB/s  ${
+            complete ? `done in ${Math.round(elapsed)}s` : `ETA ${eta}s`
+          }`,
+        complete,
+      );
+      return;
+    }
+    if (complete) return;
+    logger.info("export progress", {
       tables_done: p.done,
       tables: p.tables,
       rows_done: p.rows,
       csv_mb: Math.round(p.bytes / 1e6),
-      mb_per_s: elapsed > 0 ? Math.round(p.bytes / 1e6 / elapsed) : 0,
+      mb_per_s: Math.round(mbPerS),
       elapsed_s: Math.round(elapsed),
+      eta_s: eta,
     });
   }
 
