@@ -292,7 +292,8 @@ function readConfigFile(path: string): Map<keyof Config, string> {
   try {
     doc = parseYaml(content);
   } catch (error) {
-    const first = String((error as Error).message).split("\n")[0];
+    // The yaml package puts a code excerpt after "at line L, column C:".
+    const first = String((error as Error).message).split("\n")[0].replace(/:$/, "");
     throw new SyntaxError(`Cannot parse config file "${path}": ${first}`);
   }
   if (doc === null || doc === undefined) return new Map();

@@ -54,7 +54,10 @@ export async function prepareDataDir(dataDir: string): Promise<string> {
   const probe = join(dir, `.tmp-probe-${crypto.randomUUID()}`);
   try {
     await Deno.writeTextFile(probe, "");
-    await Deno.remove(probe);
+    // The slot's running stream may have taken it for a leftover and removed it.
+    await Deno.remove(probe).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
   } catch (error) {
     throw new CdcError(
       "data_dir",

@@ -2,8 +2,9 @@
  * Start-up repair of the data dir after a crash, driven by the registry:
  * a registered file still under its temp name (crash between the registry
  * commit and the rename) is renamed into place; temp files of unregistered
- * batches are removed, and so are batch folders that hold nothing
- * registered. Only names cdc-egress itself writes are ever removed.
+ * batches (and write probes at the top) are removed, and so are batch
+ * folders that hold nothing registered. Only names cdc-egress itself writes
+ * are ever removed.
  */
 
 import { basename, dirname, join } from "node:path";
@@ -16,6 +17,16 @@ const OWN_FILES = new Set(["schema.yml", "ddl.sql"]);
 async function exists(path: string): Promise<boolean> {
   try {
     await Deno.lstat(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+async function removeIfExists(path: string): Promise<boolean> {
+  try {
+    await Deno.remove(path);
     return true;
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return false;
@@ -58,6 +69,12 @@ export async function recoverDataDir(
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
   for (const tableDir of tableDirs) {
+    if (tableDir.isFile && tableDir.name.startsWith(TEMP_PREFIX)) {
+      // The start-up write probe of a process killed before it removed it
+      // (or of a starting process that removes it itself meanwhile).
+      if (await removeIfExists(join(dataDir, tableDir.name))) report.removed.push(tableDir.name);
+      continue;
+    }
     if (!tableDir.isDirectory || tableDir.name.startsWith(".")) continue;
     const tablePath = join(dataDir, tableDir.name);
     for await (const batchDir of Deno.readDir(tablePath)) {
