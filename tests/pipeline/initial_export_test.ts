@@ -34,7 +34,11 @@ for (const version of testMajors()) {
     sanitizeResources: false,
   }, async () => {
     const started = Date.now();
-    await using w = await streamEnv(version);
+    // The server log tells the order in which the export COPYs started.
+    await using w = await streamEnv(version, {
+      log_statement: "'all'",
+      log_line_prefix: "'%m [%p] %a: '",
+    });
     await createMixedTables(w.db, BIG_ROWS);
     // Sizes as the coordinator should rank them: a partitioned table by its partitions.
     const sizes = await w.db.query(
@@ -141,15 +145,18 @@ for (const version of testMajors()) {
     await assertChangesOnce(w, MIXED_TABLES);
 
     // Largest first: the three largest tables went to the three workers
-    // before any other table started (batch_ts is taken when a job starts).
-    const firstOthers = reloads.filter((f) => !largest.includes(`${f.schema}.${f.table}`))
-      .map((f) => f.batchTs).sort()[0];
-    for (const t of largest) {
-      assert.ok(
-        byTable.get(t)!.batchTs <= firstOthers,
-        `${t} started at ${byTable.get(t)!.batchTs}, after a smaller table (${firstOthers})`,
-      );
-    }
+    // before any other table's COPY started.
+    const copies = [
+      ...(await Deno.readTextFile(join(w.cluster.dir, "server.log"))).matchAll(
+        /cdc-egress\/export: LOG: {2}(?:statement|execute [^:]*): COPY \(SELECT .* FROM (?:ONLY )?"((?:[^"]|"")+)"\."((?:[^"]|"")+)"\) TO STDOUT/g,
+      ),
+    ].map((m) => `${m[1].replaceAll('""', '"')}.${m[2].replaceAll('""', '"')}`);
+    assert.deepEqual(
+      [...copies].sort(),
+      MIXED_TABLES.map((t) => `${t.schema}.${t.table}`).sort(),
+      `one COPY per table: ${copies}`,
+    );
+    assert.deepEqual(copies.slice(0, WORKERS).sort(), [...largest].sort(), `COPY order: ${copies}`);
     assert.ok(maxExporters <= WORKERS, `${maxExporters} export connections, limit ${WORKERS}`);
     assert.ok(maxExporters >= 2, `exports ran one at a time (${maxExporters} connections seen)`);
     const logs = stream.stderr.split("\n").filter((l) => l.includes('"export started"'));
