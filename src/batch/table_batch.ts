@@ -84,6 +84,11 @@ export class TableBatch {
     this.last = pos;
   }
 
+  /** Whether enough encoded rows have accumulated for {@linkcode maybeDrain} to hand on. */
+  get drainDue(): boolean {
+    return this.encoder.byteLength >= CHUNK_BYTES;
+  }
+
   /** Hands the encoded rows to gzip once enough have accumulated. */
   async maybeDrain(): Promise<void> {
     if (this.encoder.byteLength >= CHUNK_BYTES) await this.#drain();

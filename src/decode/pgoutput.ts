@@ -732,8 +732,13 @@ function readTruncate(r: ByteReader, xid: number | undefined): TruncateMessage {
 /** Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01 (UTC). */
 const PG_EPOCH_UNIX_MICROS = 946_684_800_000_000n;
 
+const PG_EPOCH_UNIX_MICROS_NUMBER = 946_684_800_000_000;
+
 let lastMicros: bigint | undefined;
 let lastFormatted = "";
+/** Unix seconds and their "YYYY-MM-DDTHH:MM:SS." text, for the fast path. */
+let lastSeconds = NaN;
+let lastSecondsText = "";
 
 /**
  * Formats a PostgreSQL timestamp (microseconds since 2000-01-01 00:00 UTC) as
@@ -749,6 +754,23 @@ let lastFormatted = "";
 export function formatCommitTime(micros: bigint): string {
   // All rows of a transaction share one commit time; skip the work for repeats.
   if (micros === lastMicros) return lastFormatted;
+  // Fast path, one call per transaction: times that are exact as doubles
+  // (years 1715 to 2255) in plain arithmetic, with the date and time up to
+  // the second formatted once per second.
+  const unixMicros = Number(micros) + PG_EPOCH_UNIX_MICROS_NUMBER;
+  if (Math.abs(unixMicros) <= Number.MAX_SAFE_INTEGER) {
+    const fraction = ((unixMicros % 1_000_000) + 1_000_000) % 1_000_000;
+    const seconds = (unixMicros - fraction) / 1_000_000;
+    if (seconds !== lastSeconds) {
+      lastSecondsText = new Date(seconds * 1000).toISOString().slice(0, -4);
+      lastSeconds = seconds;
+    }
+    const digits = String(fraction);
+    const formatted = lastSecondsText + "000000".slice(digits.length) + digits + "Z";
+    lastMicros = micros;
+    lastFormatted = formatted;
+    return formatted;
+  }
   const unix = micros + PG_EPOCH_UNIX_MICROS;
   let seconds = unix / 1_000_000n;
   let fraction = unix % 1_000_000n;

@@ -67,9 +67,9 @@ interface Txn {
   commitLsn: Lsn;
   xid: number;
   seq: number;
-  lsnBytes: Uint8Array;
-  tsBytes: Uint8Array;
-  xidBytes: Uint8Array;
+  lsnText: string;
+  tsText: string;
+  xidText: string;
 }
 
 const textEncoder = new TextEncoder();
@@ -81,6 +81,9 @@ const OP = {
   T: textEncoder.encode("T"),
 };
 const STATUS_INTERVAL_MS = 10_000;
+/** XLogData frames: 'w', WAL start, WAL end, send time, then one pgoutput message. */
+const XLOGDATA = 0x77;
+const XLOGDATA_HEADER = 1 + 8 + 8 + 8;
 const DDL_FILE = "ddl.sql";
 const IDLE_CHECKPOINT_INTERVAL_MS = 10_000;
 
@@ -195,12 +198,15 @@ export class StreamPipeline {
       while (!this.#stopping) {
         const frame = await this.#stream.next(1000);
         if (frame) {
-          await this.#onFrame(frame);
-          // Drain what is already queued without timers.
+          const pending = this.#onFrame(frame);
+          if (pending !== undefined) await pending;
+          // Drain what is already queued without timers. Most frames need no
+          // I/O and are handled synchronously: no promise per frame.
           let more: Uint8Array | undefined;
           let n = 0;
           while (!this.#stopping && n++ < 10_000 && (more = this.#stream.poll())) {
-            await this.#onFrame(more);
+            const pending = this.#onFrame(more);
+            if (pending !== undefined) await pending;
           }
         }
         await this.#tick();
@@ -222,14 +228,26 @@ export class StreamPipeline {
     await this.#spool.close().catch(() => {});
   }
 
-  async #onFrame(bytes: Uint8Array): Promise<void> {
-    const frame = decodeCopyFrame(bytes);
-    if (frame.type === "keepalive") {
-      if (frame.walEnd > this.#lastWalEnd) this.#lastWalEnd = frame.walEnd;
-      if (frame.replyRequested) this.#sendStatus(true);
-      return;
+  /**
+   * Handles one frame. Returns a promise only when the frame needed I/O
+   * (a spool write, a drain to gzip, a flush); the common case of a change
+   * appended to an open batch stays synchronous.
+   */
+  #onFrame(bytes: Uint8Array): Promise<void> | undefined {
+    let data: Uint8Array;
+    if (bytes[0] === XLOGDATA && bytes.length >= XLOGDATA_HEADER) {
+      // Nearly every frame: skip decoding the header's positions and time,
+      // which nothing here uses.
+      data = bytes.subarray(XLOGDATA_HEADER);
+    } else {
+      const frame = decodeCopyFrame(bytes);
+      if (frame.type === "keepalive") {
+        if (frame.walEnd > this.#lastWalEnd) this.#lastWalEnd = frame.walEnd;
+        if (frame.replyRequested) this.#sendStatus(true);
+        return undefined;
+      }
+      data = frame.data;
     }
-    const data = frame.data;
     const msg = this.#decoder.decode(data);
     if (this.#streamXid !== null && msg.type !== "streamStop" && msg.type !== "streamStart") {
       // Inside a stream block: keep the change until its transaction commits.
@@ -237,84 +255,134 @@ export class StreamPipeline {
         throw new CdcError("protocol", `Unexpected ${msg.type} inside a stream block`);
       }
       const subXid = "xid" in msg && typeof msg.xid === "number" ? msg.xid : this.#streamXid;
-      await this.#spool.append(this.#streamXid, subXid, data);
-      return;
+      return this.#spool.append(this.#streamXid, subXid, data);
     }
-    await this.#onMessage(msg);
+    return this.#onMessage(msg);
   }
 
-  async #onMessage(msg: PgoutputMessage): Promise<void> {
+  /** Like {@linkcode #onFrame}: a promise only when the message needed I/O. */
+  #onMessage(msg: PgoutputMessage): Promise<void> | undefined {
     switch (msg.type) {
       case "begin":
         this.#beginTxn(msg.finalLsn, msg.commitTime, msg.xid);
-        return;
+        return undefined;
       case "commit":
-        await this.#commitTxn(msg.endLsn);
-        return;
+        return this.#commitTxn(msg.endLsn);
       case "relation":
         this.#onRelation(msg);
-        return;
+        return undefined;
       case "insert":
       case "update":
       case "delete":
+        return this.#onChange(msg);
       case "truncate":
-        await this.#onChange(msg);
-        return;
+        return this.#onChangeSlow(msg);
       case "streamStart":
         this.#streamXid = msg.xid;
-        return;
+        return undefined;
       case "streamStop":
         this.#streamXid = null;
-        return;
+        return undefined;
       case "streamAbort":
-        await this.#spool.abort(msg.xid, msg.subXid);
-        return;
-      case "streamCommit": {
-        this.#beginTxn(msg.commitLsn, msg.commitTime, msg.xid);
-        for await (const record of this.#spool.replay(msg.xid)) {
-          const inner = this.#replayDecoder.decode(record.bytes);
-          await this.#onMessage(inner);
-        }
-        await this.#commitTxn(msg.endLsn);
-        return;
-      }
+        return this.#spool.abort(msg.xid, msg.subXid);
+      case "streamCommit":
+        return this.#onStreamCommit(msg);
       case "message":
         // A non-transactional message (our heartbeat) decoded outside any
         // transaction: everything committed before it has been sent.
         if ((msg.flags & 1) === 0 && this.#txn === null && msg.lsn > this.#lastWalEnd) {
           this.#lastWalEnd = msg.lsn;
         }
-        return;
+        return undefined;
       default:
         // Origin and Type carry nothing we write.
-        return;
+        return undefined;
     }
   }
 
+  async #onStreamCommit(msg: Extract<PgoutputMessage, { type: "streamCommit" }>): Promise<void> {
+    this.#beginTxn(msg.commitLsn, msg.commitTime, msg.xid);
+    for await (const record of this.#spool.replay(msg.xid)) {
+      const inner = this.#replayDecoder.decode(record.bytes);
+      const pending = this.#onMessage(inner);
+      if (pending !== undefined) await pending;
+    }
+    const pending = this.#commitTxn(msg.endLsn);
+    if (pending !== undefined) await pending;
+  }
+
   #beginTxn(commitLsn: Lsn, commitTime: bigint, xid: number): void {
-    const lsnText = formatLsn(commitLsn);
     this.#txn = {
       commitLsn,
       xid,
       seq: 0,
-      lsnBytes: textEncoder.encode(lsnText),
-      tsBytes: textEncoder.encode(formatCommitTime(commitTime)),
-      xidBytes: textEncoder.encode(String(xid)),
+      // Strings, not bytes: a small Uint8Array per transaction costs more
+      // than CsvRowEncoder.fieldText's copy of these short ASCII texts.
+      lsnText: formatLsn(commitLsn),
+      tsText: formatCommitTime(commitTime),
+      xidText: String(xid),
     };
   }
 
-  async #commitTxn(endLsn: Lsn): Promise<void> {
+  #commitTxn(endLsn: Lsn): Promise<void> | undefined {
     this.#txn = null;
     this.stats.transactions++;
     if (endLsn > this.#lastCommitEnd) this.#lastCommitEnd = endLsn;
-    await this.#flushDue(false);
+    return this.#flushDue(false);
   }
 
   #onRelation(msg: Extract<PgoutputMessage, { type: "relation" }>): void {
     this.#relations.set(msg.relationId, relationInfo(msg));
   }
 
-  async #onChange(
+  /**
+   * The common case of {@linkcode #onChangeSlow} without a promise: a change
+   * of a captured table with an open batch of the same column set, appended
+   * synchronously; anything else (and any I/O afterwards) goes the slow way.
+   */
+  #onChange(
+    msg: Extract<PgoutputMessage, { type: "insert" | "update" | "delete" }>,
+  ): Promise<void> | undefined {
+    const txn = this.#txn;
+    const rel = this.#relations.get(msg.relationId);
+    if (txn === null || rel === undefined || !rel.captured) return this.#onChangeSlow(msg);
+    const batch = this.#batches.get(rel.key);
+    if (batch === undefined || batch.relation.fingerprint !== rel.fingerprint) {
+      return this.#onChangeSlow(msg);
+    }
+    const seq = txn.seq++;
+    const pos: TablePosition = { lsn: txn.commitLsn, seq };
+    const known = this.#opts.positions.get(rel.key)?.last;
+    const boundary = this.#opts.boundaries.get(rel.key);
+    if (
+      (known && comparePosition(pos, known) <= 0) ||
+      (boundary !== undefined && pos.lsn < boundary)
+    ) {
+      this.stats.rowsSkipped++;
+      return undefined;
+    }
+    this.#writeRow(batch, msg, txn, seq);
+    batch.noteRow(pos);
+    this.stats.rowsWritten++;
+    if (batch.drainDue || this.#limitReached(rel.key, batch)) return this.#afterRow(rel.key, batch);
+    return undefined;
+  }
+
+  /** Whether an open batch (not held for an export) reached its row or byte limit. */
+  #limitReached(key: string, batch: TableBatch): boolean {
+    return (batch.rows >= this.#opts.limits.maxRows ||
+      batch.bytes >= this.#opts.limits.maxBytes) && !this.#held.has(key);
+  }
+
+  /** Hands encoded rows to gzip, and flushes the batch at its size limits. */
+  async #afterRow(key: string, batch: TableBatch): Promise<void> {
+    await batch.maybeDrain();
+    if (this.#limitReached(key, batch)) {
+      await this.#flush([key], batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes");
+    }
+  }
+
+  async #onChangeSlow(
     msg: Extract<PgoutputMessage, { type: "insert" | "update" | "delete" | "truncate" }>,
   ): Promise<void> {
     const txn = this.#txn;
@@ -346,13 +414,7 @@ export class StreamPipeline {
       this.#writeRow(batch, msg, txn, seq);
       batch.noteRow(pos);
       this.stats.rowsWritten++;
-      await batch.maybeDrain();
-      if (
-        !this.#held.has(rel.key) &&
-        (batch.rows >= this.#opts.limits.maxRows || batch.bytes >= this.#opts.limits.maxBytes)
-      ) {
-        await this.#flush([rel.key], batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes");
-      }
+      await this.#afterRow(rel.key, batch);
     }
   }
 
@@ -366,7 +428,12 @@ export class StreamPipeline {
     // Describe the column set now, when it takes effect: the attnums known
     // from captured DDL are the ones of this point in the stream.
     const schema = await this.#schemas.describe(rel, this.#attnums.get(rel.key));
-    const batch = await TableBatch.open(rel, batchTs, this.#opts.dataDir, this.#checkpoint());
+    // Its rows belong to the current transaction and later ones: every
+    // transaction up to the last commit is in files or in another open
+    // batch, which holds the checkpoint back on its own. (Taking the whole
+    // checkpoint here chained each new batch to the oldest open one, so under
+    // steady writes to several tables the slot never advanced.)
+    const batch = await TableBatch.open(rel, batchTs, this.#opts.dataDir, this.#lastCommitEnd);
     batch.schema = schema;
     this.#batches.set(rel.key, batch);
     this.#opts.positions.set(rel.key, { last: state?.last ?? null, lastBatchTs: batchTs });
@@ -404,10 +471,10 @@ export class StreamPipeline {
         break;
     }
     csv.field(op);
-    csv.field(txn.lsnBytes);
+    csv.fieldText(txn.lsnText);
     csv.fieldText(String(seq));
-    csv.field(txn.tsBytes);
-    csv.field(txn.xidBytes);
+    csv.fieldText(txn.tsText);
+    csv.fieldText(txn.xidText);
     // _cdc_unchanged_cols
     let unchanged: string[] | null = null;
     if (values) {
@@ -451,22 +518,30 @@ export class StreamPipeline {
     return maxLsn(cp, this.#durable);
   }
 
-  async #flushDue(shuttingDown: boolean): Promise<void> {
+  /** Flushes the batches that are due; a promise only when there are some. */
+  #flushDue(shuttingDown: boolean): Promise<void> | undefined {
+    if (this.#batches.size === 0) return undefined;
     const now = Date.now();
-    const due: string[] = [];
+    const { maxRows, maxBytes, intervalMs } = this.#opts.limits;
+    let due: string[] | null = null;
     let reason: FlushReason | null = null;
     for (const [key, batch] of this.#batches) {
+      // Cheap test first: this runs at every commit.
+      if (
+        !shuttingDown && now - batch.openedAt < intervalMs && batch.rows < maxRows &&
+        batch.bytes < maxBytes
+      ) continue;
       if (this.#held.has(key)) continue;
       const r = flushDecision(
         { rows: batch.rows, bytes: batch.bytes, ageMs: now - batch.openedAt, shuttingDown },
         this.#opts.limits,
       );
       if (r) {
-        due.push(key);
+        (due ??= []).push(key);
         reason ??= r;
       }
     }
-    if (due.length > 0) await this.#flush(due, reason!);
+    return due === null ? undefined : this.#flush(due, reason!);
   }
 
   async #flushAll(reason: FlushReason): Promise<void> {
@@ -646,7 +721,8 @@ export class StreamPipeline {
 
   /** Periodic work between frames: interval flushes, idle checkpoints, status. */
   async #tick(): Promise<void> {
-    await this.#flushDue(false);
+    const pending = this.#flushDue(false);
+    if (pending !== undefined) await pending;
     await this.#reloads?.poll();
     await this.#advanceIdle(false);
     if (Date.now() - this.#lastStatusAt >= STATUS_INTERVAL_MS) this.#sendStatus(false);

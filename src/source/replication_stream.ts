@@ -37,6 +37,15 @@ const LOW_WATER = 256 * 1024;
 /** What a queued frame costs beyond its payload (JS objects, allocator), roughly. */
 const FRAME_COST = 256;
 
+/**
+ * Received frames are copied into shared slabs of this size: one ArrayBuffer
+ * per frame cost more than the rest of receiving (allocation, GC, and a new
+ * DataView per frame in the decoder). A slab is freed once every frame in it
+ * has been processed; larger frames get their own buffer.
+ */
+const SLAB_SIZE = 256 * 1024;
+const SLAB_MAX_FRAME = SLAB_SIZE / 8;
+
 const PG_EPOCH_MICROS = 946_684_800_000_000n;
 
 /** Microseconds since 2000-01-01, the clock of the replication protocol. */
@@ -62,6 +71,8 @@ export class ReplicationStream {
   #queue: Uint8Array[] = [];
   #head = 0;
   #queuedBytes = 0;
+  #slab = new Uint8Array(SLAB_SIZE);
+  #slabUsed = 0;
   #paused = false;
   #wake: (() => void) | null = null;
   #error: Error | null = null;
@@ -112,7 +123,19 @@ export class ReplicationStream {
   #push(chunk: Uint8Array): void {
     // pg's parser reuses its buffer, so the view must be copied before we
     // queue it (Buffer#slice would not copy).
-    const copy = new Uint8Array(chunk);
+    const n = chunk.byteLength;
+    let copy: Uint8Array;
+    if (n > SLAB_MAX_FRAME) {
+      copy = new Uint8Array(chunk);
+    } else {
+      if (this.#slabUsed + n > SLAB_SIZE) {
+        this.#slab = new Uint8Array(SLAB_SIZE);
+        this.#slabUsed = 0;
+      }
+      copy = this.#slab.subarray(this.#slabUsed, this.#slabUsed + n);
+      copy.set(chunk);
+      this.#slabUsed += n;
+    }
     this.#queue.push(copy);
     this.#queuedBytes += copy.byteLength + FRAME_COST;
     if (!this.#paused && this.#queuedBytes > HIGH_WATER) {

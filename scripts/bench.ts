@@ -1,0 +1,682 @@
+/**
+ * The backlog benchmark (`deno task bench`): how long `cdc-egress stream`
+ * takes to turn a backlog of ~1M row changes into registered gzip CSV files,
+ * next to `pg_recvlogical` reading the same changes from a twin slot into
+ * /dev/null, in the same run on the same cluster.
+ *
+ * 1. Starts an embedded PostgreSQL cluster, creates the pgbench schema
+ *    (`pgbench -i -s 1`) and runs `cdc-egress init` (slot `cdc_egress`).
+ * 2. Runs `cdc-egress stream` once for its initial export of the tables,
+ *    then creates the twin slot `bench_twin` where ours stands.
+ * 3. Generates the backlog with pgbench: tpcb-like transactions (3 UPDATEs +
+ *    1 INSERT each), then one marker transaction whose pre-commit WAL
+ *    position is the end LSN.
+ * 4. Baseline: `pg_recvlogical --start --endpos <end LSN>` on the twin slot.
+ * 5. Ours: `cdc-egress stream` (main.ts under `deno run` with the binary's
+ *    permission flags) until the slot's confirmed_flush_lsn passes the end
+ *    LSN and the registry holds every change; its peak RSS (VmHWM) is read
+ *    before it is stopped with SIGTERM.
+ * 6. Compares the gzip size with `gzip -6` on the same CSV.
+ *
+ * Prints a table and writes `.bench/results.json`.
+ *
+ * Usage: deno task bench [--changes N] [--interval DUR] [--pg 14..18]
+ *        [--clients N] [--repeat N] [--cpu-prof DIR] [--timeout S] [--keep]
+ *
+ * Needs Debian's PostgreSQL client programs (pgbench, pg_recvlogical):
+ * `apt-get install -y postgresql-client`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { gunzipSync } from "node:zlib";
+// @ts-types="npm:@types/pg@8.23.1"
+import pg from "pg";
+import { type Cluster, type PgMajor, startCluster } from "./embedded_postgres.ts";
+import { permissionFlagsFor } from "./permissions.ts";
+
+const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
+const MAIN = join(ROOT, "main.ts");
+const CONFIG = join(ROOT, "deno.json");
+const RESULTS = join(ROOT, ".bench", "results.json");
+const CHANGES_PER_TXN = 4; // tpcb-like: 3 UPDATEs + 1 INSERT
+const TARGET_RATIO = 1.3;
+const TARGET_RSS_MB = 256;
+const TARGET_GZIP_RATIO = 1.03;
+
+/**
+ * pgbench's built-in tpcb-like transaction without its SELECT (which changes
+ * nothing), pipelined so that generating the backlog takes one round trip per
+ * transaction: 3 UPDATEs and 1 INSERT.
+ */
+const TXN_SCRIPT = `\\set aid random(1, 100000 * :scale)
+\\set bid random(1, 1 * :scale)
+\\set tid random(1, 10 * :scale)
+\\set delta random(-5000, 5000)
+\\startpipeline
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+\\endpipeline
+`;
+
+/** Child processes to kill if the benchmark is interrupted. */
+const children = new Set<Deno.ChildProcess>();
+
+const { values: args } = parseArgs({
+  options: {
+    changes: { type: "string", default: "1000000" },
+    interval: { type: "string", default: "1s" },
+    pg: { type: "string", default: "18" },
+    clients: { type: "string", default: "1" },
+    repeat: { type: "string", default: "1" },
+    "cpu-prof": { type: "string" },
+    keep: { type: "boolean", default: false },
+    timeout: { type: "string", default: "600" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+
+if (args.help) {
+  console.log(
+    `Usage: deno task bench [--changes N] [--interval DUR] [--pg 14..18] [--clients N]
+                       [--repeat N] [--cpu-prof DIR] [--timeout S] [--keep]
+
+  --changes N     row changes to generate (default 1000000; 4 per pgbench transaction)
+  --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
+  --pg N          PostgreSQL major version of the embedded cluster (default 18)
+  --clients N     pgbench clients while generating (default 1)
+  --repeat N      run both sides N times on the same backlog (cluster restored in between)
+  --cpu-prof DIR  run the stream process with --cpu-prof into DIR
+  --timeout S     give up on the stream run after S seconds (default 600)
+  --keep          keep the cluster and data dir (paths are printed)`,
+  );
+  Deno.exit(0);
+}
+
+const changesWanted = positiveInt("--changes", args.changes!);
+const clients = positiveInt("--clients", args.clients!);
+const repeat = positiveInt("--repeat", args.repeat!);
+const version = Number(args.pg) as PgMajor;
+if (![14, 15, 16, 17, 18].includes(version)) fail(`--pg ${args.pg}: expected 14 to 18`);
+
+function positiveInt(flag: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) fail(`${flag} ${text}: expected a positive integer`);
+  return n;
+}
+
+function fail(message: string): never {
+  console.error(`bench: ${message}`);
+  Deno.exit(2);
+}
+
+function log(message: string): void {
+  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`);
+}
+
+/** Finds a client program on PATH (or Debian's versioned dirs) or explains how to get it. */
+async function findTool(name: string): Promise<string> {
+  const dirs = (Deno.env.get("PATH") ?? "").split(":").filter(Boolean);
+  for (const v of [18, 17, 16, 15, 14, 13]) dirs.push(`/usr/lib/postgresql/${v}/bin`);
+  for (const dir of dirs) {
+    const path = join(dir, name);
+    try {
+      const info = await Deno.stat(path);
+      if (info.isFile && (info.mode ?? 0o111) & 0o111) return path;
+    } catch {
+      // not here
+    }
+  }
+  fail(
+    `cannot find "${name}". The benchmark needs PostgreSQL's client programs ` +
+      `(pgbench, pg_recvlogical); install them with: apt-get install -y postgresql-client`,
+  );
+}
+
+interface Output {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function exec(cmd: string, cmdArgs: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(cmd, { args: cmdArgs, env, stdout: "piped", stderr: "piped" })
+    .output();
+  const dec = new TextDecoder();
+  const result: Output = {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+  };
+  if (out.code !== 0) {
+    throw new Error(
+      `${cmd.split("/").pop()} ${cmdArgs.join(" ")} exited ${out.code}: ${
+        (result.stderr + result.stdout).trim().slice(-2000)
+      }`,
+    );
+  }
+  return result;
+}
+
+/** `deno run` arguments for the CLI with exactly the compiled binary's permissions. */
+function cliArgs(args: string[], env: Record<string, string>, denoFlags: string[] = []): string[] {
+  const flags = permissionFlagsFor(args, { ...Deno.env.toObject(), ...env });
+  return ["run", ...denoFlags, "--config", CONFIG, ...flags, MAIN, ...args];
+}
+
+async function sleep(ms: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+/** Sum of `gzip -6` sizes of the files' CSV, each compressed on its own like ours. */
+async function gzip6Bytes(paths: string[]): Promise<{ gzip6: number; csv: number }> {
+  let gzip6 = 0;
+  let csv = 0;
+  for (const path of paths) {
+    const raw = gunzipSync(await Deno.readFile(path));
+    csv += raw.length;
+    const child = new Deno.Command("gzip", { args: ["-6", "-c"], stdin: "piped", stdout: "piped" })
+      .spawn();
+    const writer = child.stdin.getWriter();
+    const write = writer.write(raw).then(() => writer.close());
+    let size = 0;
+    for await (const chunk of child.stdout) size += chunk.length;
+    await write;
+    await child.status;
+    gzip6 += size;
+  }
+  return { gzip6, csv };
+}
+
+/** The 1-minute load average: other work on the machine skews the figures. */
+async function loadAverage(): Promise<number> {
+  return Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]);
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc; 0 once it is gone. */
+async function cpuSeconds(pid: number): Promise<number> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in ticks of 1/100 s
+  } catch {
+    return 0;
+  }
+}
+
+/** Follows the CPU time of the walsender serving `applicationName` (approximate: sampled). */
+class WalsenderCpu {
+  #seconds = 0;
+  #running = true;
+  #loop: Promise<void>;
+
+  constructor(db: pg.Client, applicationName: string) {
+    this.#loop = (async () => {
+      let pid = 0;
+      while (this.#running) {
+        if (!pid) {
+          const res = await db.query(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = $1",
+            [applicationName],
+          );
+          pid = res.rows[0]?.pid ?? 0;
+        }
+        if (pid) this.#seconds = Math.max(this.#seconds, await cpuSeconds(pid));
+        await sleep(100);
+      }
+    })();
+  }
+
+  /** Stops sampling; returns the walsender's CPU seconds. */
+  async stop(): Promise<number> {
+    this.#running = false;
+    await this.#loop;
+    return this.#seconds;
+  }
+}
+
+interface RunResult {
+  loadBefore: number;
+  baselineSeconds: number;
+  oursSeconds: number;
+  ratio: number;
+  /** CPU seconds of the walsender during the baseline and during ours, and of our process. */
+  cpu: { baselineWalsender: number; oursWalsender: number; ours: number };
+  peakRssMb: number;
+  rowsRegistered: number;
+  files: number;
+  gzipBytes: number;
+}
+
+async function main(): Promise<void> {
+  const pgbench = await findTool("pgbench");
+  const recvlogical = await findTool("pg_recvlogical");
+  const txns = Math.max(1, Math.round(changesWanted / CHANGES_PER_TXN));
+  const perClient = Math.max(1, Math.ceil(txns / clients));
+
+  log(`starting PostgreSQL ${version}`);
+  const cluster = await startCluster({
+    version,
+    keep: args.keep,
+    // Room for the backlog's WAL without checkpoint storms; logical_decoding_work_mem stays default.
+    settings: { max_wal_size: "'8GB'", checkpoint_timeout: "'30min'" },
+  });
+  const dataDir = await Deno.makeTempDir({ prefix: "cdc-bench-data-" });
+  const db = new pg.Client({ connectionString: cluster.url() });
+  const results: RunResult[] = [];
+  // Ctrl-C: remove the cluster and the data dir instead of leaving them running.
+  const onSignal = () => {
+    log("interrupted: cleaning up");
+    for (const child of children) {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    cluster.destroy()
+      .then(() => Deno.remove(dataDir, { recursive: true }))
+      .catch(() => {})
+      .finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  let generated = { txns: 0, changes: 0, endLsn: "", seconds: 0, walBytes: 0 };
+  try {
+    await db.connect();
+    const pgEnv = {
+      PGHOST: "127.0.0.1",
+      PGPORT: String(cluster.port),
+      PGUSER: "postgres",
+      PGPASSWORD: cluster.password,
+      PGDATABASE: "postgres",
+    };
+    log("pgbench -i -s 1");
+    await exec(pgbench, ["-i", "-s", "1", "-q"], pgEnv);
+    // pgbench_history has no primary key; init leaves such tables out unless
+    // they have REPLICA IDENTITY FULL (what its warning tells users to do).
+    await db.query("ALTER TABLE pgbench_history REPLICA IDENTITY FULL");
+
+    const cliEnv = {
+      CDC_SOURCE_URL: cluster.url(),
+      CDC_DATA_DIR: dataDir,
+      CDC_BATCH_INTERVAL: args.interval!,
+      CDC_LOG_FORMAT: "json",
+      CDC_METRICS_ADDR: "127.0.0.1:0",
+      NO_COLOR: "1",
+    };
+    log("cdc-egress init");
+    await exec(Deno.execPath(), cliArgs(["init"], cliEnv), cliEnv);
+    // On a fresh slot, stream first exports every table (full_reload files);
+    // the backlog is what comes after, so that export happens now.
+    log("cdc-egress stream: initial export");
+    const warmUp = new StreamProcess(cliEnv);
+    await warmUp.waitFor(async () => {
+      const res = await db.query(
+        `SELECT (SELECT count(*) FROM cdc_registry.table_state WHERE mode = 'streaming')::int AS streaming,
+                (SELECT count(*) FROM cdc_registry.file_log WHERE file_type = 'full_reload')::int AS exports`,
+      );
+      const { streaming, exports } = res.rows[0];
+      return { done: streaming >= 4 && exports >= 4, state: `${exports} of 4 tables exported` };
+    });
+    await warmUp.stop();
+    // The twin slot starts where ours now stands: both see exactly the backlog.
+    await db.query("SELECT pg_create_logical_replication_slot('bench_twin', 'pgoutput')");
+
+    log(
+      `generating ${
+        txns * CHANGES_PER_TXN
+      } row changes (${txns} transactions of 3 UPDATEs + 1 INSERT)`,
+    );
+    const startLsn = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
+    const genStart = performance.now();
+    const script = join(cluster.dir, "bench-txn.sql");
+    await Deno.writeTextFile(script, TXN_SCRIPT);
+    await exec(pgbench, [
+      "-n",
+      "-f",
+      script,
+      "-M",
+      "prepared",
+      "-c",
+      String(clients),
+      "-j",
+      String(Math.min(clients, 2)),
+      "-t",
+      String(perClient),
+    ], pgEnv);
+    // The marker: its change is the last one; its pre-commit insert position
+    // is the end LSN (its commit record ends after it).
+    await db.query("BEGIN");
+    await db.query(
+      "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())",
+    );
+    const endLsn = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
+    await db.query("COMMIT");
+    const history = Number(
+      (await db.query("SELECT count(*)::bigint AS n FROM pgbench_history")).rows[0].n,
+    );
+    const walBytes = Number(
+      (await db.query("SELECT ($1::pg_lsn - $2::pg_lsn)::bigint AS n", [endLsn, startLsn])).rows[0]
+        .n,
+    );
+    // Every pgbench transaction inserts one history row; the marker adds one change.
+    generated = {
+      txns: history - 1,
+      changes: (history - 1) * CHANGES_PER_TXN + 1,
+      endLsn,
+      seconds: (performance.now() - genStart) / 1000,
+      walBytes,
+    };
+    log(
+      `generated ${generated.changes} changes in ${generated.txns} transactions, ` +
+        `${(walBytes / 1e6).toFixed(0)} MB of WAL, in ${generated.seconds.toFixed(1)} s; ` +
+        `end LSN ${endLsn}`,
+    );
+
+    // With --repeat, keep a copy of the cluster's data so every run reads the same backlog.
+    const pgData = join(cluster.dir, "data");
+    const snapshot = join(cluster.dir, "data.bench-snapshot");
+    if (repeat > 1) {
+      await db.end();
+      await cluster.stopServer();
+      await exec("cp", ["-a", pgData, snapshot]);
+      await cluster.startServer();
+    }
+
+    for (let run = 1; run <= repeat; run++) {
+      let client = db;
+      if (repeat > 1) {
+        if (run > 1) {
+          await cluster.stopServer();
+          await exec("rm", ["-rf", pgData]);
+          await exec("cp", ["-a", snapshot, pgData]);
+          await cluster.startServer();
+          await Deno.remove(dataDir, { recursive: true });
+          await Deno.mkdir(dataDir);
+        }
+        client = new pg.Client({ connectionString: cluster.url() });
+        await client.connect();
+      }
+      try {
+        results.push(
+          await runOnce(cluster, client, recvlogical, cliEnv, dataDir, endLsn, generated.changes),
+        );
+      } finally {
+        if (repeat > 1) await client.end();
+      }
+      const r = results.at(-1)!;
+      log(
+        `run ${run}: baseline ${r.baselineSeconds.toFixed(2)} s, ours ${
+          r.oursSeconds.toFixed(2)
+        } s, ratio ${r.ratio.toFixed(2)}, RSS ${r.peakRssMb.toFixed(0)} MB`,
+      );
+    }
+
+    log("comparing gzip size with gzip -6");
+    const files = await listFiles(repeat > 1 ? null : db, dataDir, cluster);
+    const { gzip6, csv } = await gzip6Bytes(files.map((f) => join(dataDir, f)));
+    const last = results.at(-1)!;
+    const best = results.reduce((a, b) => (b.ratio < a.ratio ? b : a));
+    const summary = {
+      date: new Date().toISOString(),
+      postgres: version,
+      deno: Deno.version.deno,
+      cpus: navigator.hardwareConcurrency,
+      batchInterval: args.interval,
+      generated,
+      runs: results,
+      gzip: {
+        oursBytes: last.gzipBytes,
+        gzip6Bytes: gzip6,
+        csvBytes: csv,
+        sizeVsGzip6: last.gzipBytes / gzip6,
+      },
+      targets: { ratio: TARGET_RATIO, rssMb: TARGET_RSS_MB, sizeVsGzip6: TARGET_GZIP_RATIO },
+    };
+    await Deno.mkdir(dirname(RESULTS), { recursive: true });
+    await Deno.writeTextFile(RESULTS, JSON.stringify(summary, null, 2) + "\n");
+
+    const row = (what: string, value: string, target: string, ok?: boolean) =>
+      console.log(
+        `${what.padEnd(26)} ${value.padStart(14)}   ${target.padEnd(10)} ${
+          ok === undefined ? "" : ok ? "ok" : "MISSED"
+        }`,
+      );
+    console.log();
+    console.log(
+      `backlog: ${generated.changes} changes, ${generated.txns} transactions, PostgreSQL ${version}, ` +
+        `batch interval ${args.interval}${repeat > 1 ? `, best of ${repeat} runs by ratio` : ""}`,
+    );
+    row("", "measured", "target");
+    row("baseline pg_recvlogical s", best.baselineSeconds.toFixed(2), "");
+    row("ours (stream) s", best.oursSeconds.toFixed(2), "");
+    row("ratio", best.ratio.toFixed(2), `<= ${TARGET_RATIO}`, best.ratio <= TARGET_RATIO);
+    row("walsender CPU s, baseline", best.cpu.baselineWalsender.toFixed(2), "");
+    row("walsender CPU s, ours", best.cpu.oursWalsender.toFixed(2), "");
+    row("our process CPU s", best.cpu.ours.toFixed(2), "");
+    const maxRss = Math.max(...results.map((r) => r.peakRssMb));
+    row("peak RSS MB", maxRss.toFixed(1), `<= ${TARGET_RSS_MB}`, maxRss <= TARGET_RSS_MB);
+    row(
+      "rows registered",
+      String(last.rowsRegistered),
+      `${generated.changes}`,
+      last.rowsRegistered === generated.changes,
+    );
+    row("files", String(last.files), "");
+    row("gzip bytes", String(last.gzipBytes), "");
+    row("gzip -6 bytes, same CSV", String(gzip6), "");
+    row(
+      "size vs gzip -6",
+      summary.gzip.sizeVsGzip6.toFixed(4),
+      `<= ${TARGET_GZIP_RATIO}`,
+      summary.gzip.sizeVsGzip6 <= TARGET_GZIP_RATIO,
+    );
+    console.log(`\nresults: ${RESULTS}`);
+    if (args.keep) console.log(`cluster: ${cluster.dir}\ndata dir: ${dataDir}`);
+  } finally {
+    await db.end().catch(() => {});
+    await cluster.destroy();
+    if (!args.keep) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
+async function listFiles(client: pg.Client | null, _dataDir: string, cluster: Cluster) {
+  const c = client ?? new pg.Client({ connectionString: cluster.url() });
+  if (!client) await c.connect();
+  try {
+    const res = await c.query(
+      "SELECT path FROM cdc_registry.file_log WHERE file_type = 'streaming' ORDER BY id",
+    );
+    return res.rows.map((r) => r.path as string);
+  } finally {
+    if (!client) await c.end();
+  }
+}
+
+/** A `cdc-egress stream` child process. */
+class StreamProcess {
+  readonly child: Deno.ChildProcess;
+  #stderr = "";
+  #collect: Promise<void>;
+  #status: Promise<Deno.CommandStatus>;
+  #exited = false;
+
+  constructor(env: Record<string, string>, denoFlags: string[] = []) {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: cliArgs(["stream"], env, denoFlags),
+      env,
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.child = child;
+    children.add(child);
+    this.#collect = (async () => {
+      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+        this.#stderr += chunk;
+        if (this.#stderr.length > 1_000_000) this.#stderr = this.#stderr.slice(-100_000);
+      }
+    })();
+    this.#status = child.status.then((s) => {
+      this.#exited = true;
+      return s;
+    });
+  }
+
+  /** The last lines the process logged. */
+  get logTail(): string {
+    return this.#stderr.slice(-2000);
+  }
+
+  /** Peak resident set size in MB (VmHWM); 0 once the process is gone. */
+  async peakRssMb(): Promise<number> {
+    try {
+      const status = await Deno.readTextFile(`/proc/${this.child.pid}/status`);
+      return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** Polls `check` every 50 ms until it reports done; fails on exit or after --timeout. */
+  async waitFor(
+    check: () => Promise<{ done: boolean; state: string }>,
+  ): Promise<void> {
+    const started = performance.now();
+    const timeoutMs = Number(args.timeout) * 1000;
+    let nextReport = 10_000;
+    try {
+      while (true) {
+        if (this.#exited) throw new Error(`stream exited early: ${this.logTail}`);
+        const { done, state } = await check();
+        if (done) return;
+        const elapsed = performance.now() - started;
+        if (elapsed > timeoutMs) {
+          throw new Error(`stream did not finish in ${args.timeout} s (${state}): ${this.logTail}`);
+        }
+        if (elapsed > nextReport) {
+          nextReport += 10_000;
+          log(`stream: ${state}`);
+        }
+        await sleep(50);
+      }
+    } catch (error) {
+      if (!this.#exited) this.child.kill("SIGKILL");
+      await this.#status;
+      await this.#collect;
+      children.delete(this.child);
+      throw error;
+    }
+  }
+
+  /** SIGTERM, then waits; throws unless it exits 0. */
+  async stop(): Promise<void> {
+    this.child.kill("SIGTERM");
+    const { code } = await this.#status;
+    await this.#collect;
+    children.delete(this.child);
+    if (code !== 0) throw new Error(`stream exited ${code} after SIGTERM: ${this.logTail}`);
+  }
+}
+
+async function runOnce(
+  cluster: Cluster,
+  db: pg.Client,
+  recvlogical: string,
+  cliEnv: Record<string, string>,
+  dataDir: string,
+  endLsn: string,
+  changes: number,
+): Promise<RunResult> {
+  const loadBefore = await loadAverage();
+  log(`baseline: pg_recvlogical --slot bench_twin --endpos ${endLsn} (load average ${loadBefore})`);
+  const baseStart = performance.now();
+  const baseSender = new WalsenderCpu(db, "pg_recvlogical");
+  await exec(recvlogical, [
+    "-d",
+    cluster.url(),
+    "--slot",
+    "bench_twin",
+    "--start",
+    "-o",
+    "proto_version=1",
+    "-o",
+    "publication_names=cdc_egress",
+    "--endpos",
+    endLsn,
+    "--no-loop",
+    "-f",
+    "/dev/null",
+  ]);
+  const baselineSeconds = (performance.now() - baseStart) / 1000;
+  const baselineWalsender = await baseSender.stop();
+  log(`baseline: ${baselineSeconds.toFixed(2)} s, walsender CPU ${baselineWalsender.toFixed(2)} s`);
+
+  log("ours: cdc-egress stream");
+  const prof = args["cpu-prof"];
+  const oursStart = performance.now();
+  const stream = new StreamProcess(cliEnv, prof ? ["--cpu-prof", `--cpu-prof-dir=${prof}`] : []);
+  const oursSender = new WalsenderCpu(db, "cdc-egress/cdc_egress");
+  let rss = 0;
+  await stream.waitFor(async () => {
+    rss = Math.max(rss, await stream.peakRssMb());
+    const res = await db.query(
+      `SELECT (SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots
+                WHERE slot_name = 'cdc_egress') AS caught_up,
+              (SELECT confirmed_flush_lsn::text FROM pg_replication_slots
+                WHERE slot_name = 'cdc_egress') AS confirmed,
+              (SELECT coalesce(sum(row_count), 0)::bigint FROM cdc_registry.file_log
+                WHERE file_type = 'streaming') AS rows`,
+      [endLsn],
+    );
+    const rows = Number(res.rows[0].rows);
+    return {
+      done: res.rows[0].caught_up && rows >= changes,
+      state: `slot at ${res.rows[0].confirmed}, ${rows} of ${changes} rows registered`,
+    };
+  });
+  const oursSeconds = (performance.now() - oursStart) / 1000;
+  rss = Math.max(rss, await stream.peakRssMb());
+  const oursCpu = await cpuSeconds(stream.child.pid);
+  const oursWalsender = await oursSender.stop();
+  await stream.stop();
+  log(
+    `ours: ${oursSeconds.toFixed(2)} s, peak RSS ${rss.toFixed(1)} MB, CPU ${
+      oursCpu.toFixed(2)
+    } s, walsender CPU ${oursWalsender.toFixed(2)} s`,
+  );
+
+  const reg = await db.query(
+    `SELECT count(*)::int AS files, coalesce(sum(row_count), 0)::bigint AS rows,
+            coalesce(sum(byte_size), 0)::bigint AS bytes
+       FROM cdc_registry.file_log WHERE file_type = 'streaming'`,
+  );
+  void dataDir;
+  return {
+    loadBefore,
+    baselineSeconds,
+    oursSeconds,
+    ratio: oursSeconds / baselineSeconds,
+    cpu: { baselineWalsender, oursWalsender, ours: oursCpu },
+    peakRssMb: rss,
+    rowsRegistered: Number(reg.rows[0].rows),
+    files: reg.rows[0].files,
+    gzipBytes: Number(reg.rows[0].bytes),
+  };
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (error) {
+    console.error(`bench: ${error instanceof Error ? error.message : error}`);
+    Deno.exit(1);
+  }
+}
