@@ -27,7 +27,7 @@ import { Registry } from "../registry/registry.ts";
 import { replayTable } from "../replay/replay_files.ts";
 import { connect, redact } from "../source/connect.ts";
 import { parseTablePattern, qualifiedName, quoteIdent } from "../source/table_selection.ts";
-import { ensureDir, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
+import { ensureDir, pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 
 /** Options of `verify`. */
@@ -241,16 +241,6 @@ export async function scanFile(path: string, gzipCsv: boolean): Promise<ScannedF
     }
   }
   return { size, sha256: hash.digest("hex"), records, corrupt };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
 
 /** Runs `fn` over `items` with at most `limit` at a time. */
@@ -553,16 +543,16 @@ async function checkFile(
   const full = join(dataDir, f.path);
   const temp = join(dirname(full), TEMP_PREFIX + full.split("/").pop()!);
   const base = { table: f.tableName, path: f.path };
-  if (!(await exists(full))) {
-    const underTemp = await exists(temp);
+  if (!(await pathExists(full))) {
+    const underTemp = await pathExists(temp);
     // A running stream renames a file right after registering it: give it a moment.
     if (underTemp && streamRunning) {
       const deadline = Date.now() + PUBLISH_WAIT_MS;
-      while (Date.now() < deadline && !(await exists(full))) {
+      while (Date.now() < deadline && !(await pathExists(full))) {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
-    if (!(await exists(full))) {
+    if (!(await pathExists(full))) {
       return {
         problem: {
           kind: "missing",
@@ -715,7 +705,7 @@ async function findOrphans(
   const late = new Set(again.rows.map((r) => r.path as string));
   const out: string[] = [];
   for (const c of candidates) {
-    if (!late.has(c) && await exists(join(dataDir, c))) out.push(c);
+    if (!late.has(c) && await pathExists(join(dataDir, c))) out.push(c);
   }
   return out;
 }

@@ -8,6 +8,7 @@ import type { TupleData } from "../decode/pgoutput.ts";
 import { UNCHANGED_TOAST } from "../decode/pgoutput.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 import type { TableSchema } from "../write/schema_yml.ts";
+import { splitQualifiedName } from "../source/table_selection.ts";
 import type { RelationInfo } from "./relation_catalog.ts";
 
 /** A column as the event trigger saw it right after the command. */
@@ -79,38 +80,10 @@ export function isTableEvent(event: DdlEvent): boolean {
   return event.objectType === "table" || event.objectType === "table column";
 }
 
-/**
- * Splits an object identity (`public."we.ird"` or `s.t.col`) into its
- * unquoted parts, as `quote_ident` printed them.
- */
-export function splitIdentity(identity: string): string[] {
-  const parts: string[] = [];
-  let current = "";
-  let quoted = false;
-  for (let i = 0; i < identity.length; i++) {
-    const ch = identity[i];
-    if (ch === '"') {
-      if (quoted && identity[i + 1] === '"') {
-        current += '"';
-        i++;
-      } else {
-        quoted = !quoted;
-      }
-    } else if (ch === "." && !quoted) {
-      parts.push(current);
-      current = "";
-    } else {
-      current += ch;
-    }
-  }
-  parts.push(current);
-  return parts;
-}
-
 /** The schema and table an event is about, from its identity. */
 export function eventTable(event: DdlEvent): { schema: string; table: string } | null {
   if (!isTableEvent(event) || !event.objectIdentity) return null;
-  const parts = splitIdentity(event.objectIdentity);
+  const parts = splitQualifiedName(event.objectIdentity);
   if (parts.length < 2) return null;
   return { schema: parts[0], table: parts[1] };
 }

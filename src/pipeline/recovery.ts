@@ -9,20 +9,10 @@
 
 import { basename, dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
-import { syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
+import { pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
 
 // Side files of a batch that never got registered; data files are never removed.
 const OWN_FILES = new Set(["schema.yml", "ddl.sql"]);
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
 
 async function removeIfExists(path: string): Promise<boolean> {
   try {
@@ -52,9 +42,9 @@ export async function recoverDataDir(
   for (const rel of registered) {
     registeredDirs.add(dirname(rel));
     const finalPath = join(dataDir, rel);
-    if (await exists(finalPath)) continue;
+    if (await pathExists(finalPath)) continue;
     const temp = join(dirname(finalPath), TEMP_PREFIX + basename(finalPath));
-    if (await exists(temp)) {
+    if (await pathExists(temp)) {
       await Deno.rename(temp, finalPath);
       await syncDir(dirname(finalPath));
       report.renamed.push(rel);

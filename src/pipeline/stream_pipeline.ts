@@ -352,12 +352,7 @@ export class StreamPipeline {
     }
     const seq = txn.seq++;
     const pos: TablePosition = { lsn: txn.commitLsn, seq };
-    const known = this.#opts.positions.get(rel.key)?.last;
-    const boundary = this.#opts.boundaries.get(rel.key);
-    if (
-      (known && comparePosition(pos, known) <= 0) ||
-      (boundary !== undefined && pos.lsn < boundary)
-    ) {
+    if (this.#covered(rel.key, pos)) {
       this.stats.rowsSkipped++;
       return undefined;
     }
@@ -401,12 +396,7 @@ export class StreamPipeline {
         continue;
       }
       const pos: TablePosition = { lsn: txn.commitLsn, seq };
-      const known = this.#opts.positions.get(rel.key)?.last;
-      const boundary = this.#opts.boundaries.get(rel.key);
-      if (
-        (known && comparePosition(pos, known) <= 0) ||
-        (boundary !== undefined && pos.lsn < boundary)
-      ) {
+      if (this.#covered(rel.key, pos)) {
         this.stats.rowsSkipped++;
         continue;
       }
@@ -416,6 +406,17 @@ export class StreamPipeline {
       this.stats.rowsWritten++;
       await this.#afterRow(rel.key, batch);
     }
+  }
+
+  /**
+   * Whether a change is already in registered files: at or before the
+   * table's last registered position, or before its newest export.
+   */
+  #covered(key: string, pos: TablePosition): boolean {
+    const known = this.#opts.positions.get(key)?.last;
+    if (known && comparePosition(pos, known) <= 0) return true;
+    const boundary = this.#opts.boundaries.get(key);
+    return boundary !== undefined && pos.lsn < boundary;
   }
 
   async #batchFor(rel: RelationInfo): Promise<TableBatch> {

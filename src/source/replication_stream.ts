@@ -28,7 +28,7 @@ export interface ReplicationOptions {
 
 // Pause the socket when this much is queued; resume under the low mark.
 // Changes arrive as many tiny frames (about 60 bytes for a narrow insert),
-// each a Uint8Array with its own ArrayBuffer. Counted by payload alone, a
+// each a Uint8Array view plus queue bookkeeping. Counted by payload alone, a
 // 16 MiB mark let 175k frames queue up and a 500k-row transaction or a 1M-row
 // backlog take the process past 256 MB (peak RSS 250-530 MB); with the cost
 // per frame and these marks it stays under 200 MB at the same CPU time.

@@ -29,8 +29,12 @@ function globToRegExp(glob: string): RegExp {
   return new RegExp(`^${re}$`, "su");
 }
 
-/** Splits `schema.table` at the first dot outside double quotes; unquotes both parts. */
-function splitPattern(text: string): [string | null, string] {
+/**
+ * Splits a dotted name at the dots outside double quotes and unquotes each
+ * part (`"a.b".c` gives `a.b` and `c`), as quote_ident printed it. `limit`
+ * stops splitting after that many parts; the rest stays in the last one.
+ */
+export function splitQualifiedName(text: string, limit = Infinity): string[] {
   const parts: string[] = [];
   let current = "";
   let quoted = false;
@@ -43,15 +47,26 @@ function splitPattern(text: string): [string | null, string] {
       } else {
         quoted = !quoted;
       }
-    } else if (ch === "." && !quoted && parts.length === 0) {
+    } else if (ch === "." && !quoted && parts.length < limit - 1) {
       parts.push(current);
       current = "";
     } else {
       current += ch;
     }
   }
-  if (quoted) throw new SyntaxError(`Cannot parse table pattern "${text}": unclosed quote`);
+  if (quoted) throw new SyntaxError(`Cannot parse name "${text}": unclosed quote`);
   parts.push(current);
+  return parts;
+}
+
+/** Splits `schema.table` at the first dot outside double quotes; unquotes both parts. */
+function splitPattern(text: string): [string | null, string] {
+  let parts: string[];
+  try {
+    parts = splitQualifiedName(text, 2);
+  } catch {
+    throw new SyntaxError(`Cannot parse table pattern "${text}": unclosed quote`);
+  }
   if (parts.some((p) => p.length === 0)) {
     throw new SyntaxError(`Cannot parse table pattern "${text}": empty name part`);
   }

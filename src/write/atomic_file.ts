@@ -166,3 +166,14 @@ export async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<vo
     offset += await file.write(bytes.subarray(offset));
   }
 }
+
+/** Whether anything (file, directory, symlink) exists at `path`. */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
