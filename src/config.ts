@@ -18,6 +18,7 @@ export interface Config {
   batchMaxBytes: number;
   batchMaxRows: number;
   exportWorkers: number;
+  exportSplitBytes: number;
   /** Registry connection URL; undefined means the source. */
   registryUrl: string | undefined;
   metricsAddr: string;
@@ -209,6 +210,14 @@ export const SETTINGS: readonly Setting[] = [
     help: "parallel table exports (default 4)",
   },
   {
+    key: "exportSplitBytes",
+    flag: "export-split-bytes",
+    env: "CDC_EXPORT_SPLIT_BYTES",
+    yaml: "export_split_bytes",
+    parse: parseByteSize,
+    help: "split tables larger than this into block ranges exported in parallel (default 1GiB)",
+  },
+  {
     key: "registryUrl",
     flag: "registry-url",
     env: "CDC_REGISTRY_URL",
@@ -270,6 +279,7 @@ export const DEFAULTS: Config = {
   batchMaxBytes: 256 * 1024 * 1024,
   batchMaxRows: 1_000_000,
   exportWorkers: 4,
+  exportSplitBytes: 1024 ** 3,
   registryUrl: undefined,
   metricsAddr: "127.0.0.1:9187",
   heartbeatIntervalMs: 30_000,

@@ -302,6 +302,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
         slot: config.slot,
         dataDir,
         workers: config.exportWorkers,
+        splitBytes: config.exportSplitBytes,
         logger,
         metrics,
       })

@@ -22,7 +22,14 @@ import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
 import { qualifiedName } from "../source/table_selection.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
-import { exportTable, type TableExport } from "./table_export.ts";
+import {
+  type ExportPart,
+  exportTable,
+  exportTablePart,
+  joinParts,
+  type SealedPart,
+  type TableExport,
+} from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
 
 /** What the coordinator needs from the stream loop. */
@@ -46,6 +53,8 @@ export interface ReloadOptions {
   slot: string;
   dataDir: string;
   workers: number;
+  /** Heap tables larger than this are split into block ranges exported in parallel. */
+  splitBytes: number;
   logger: Logger;
   metrics?: StreamMetrics;
 }
@@ -58,7 +67,24 @@ interface Job {
   size: number;
   /** The export folder's name, taken when the snapshot is, so it sorts before later batches. */
   batchTs: string;
+  /** A large heap table exported by several workers, one block range each. */
+  split?: {
+    oid: number;
+    parts: ExportPart[];
+    sealed: SealedPart[];
+    bytes: number;
+    failed: boolean;
+  };
 }
+
+/** One unit of work for an export worker: a whole table or one part of one. */
+interface Task {
+  job: Job;
+  part?: ExportPart;
+}
+
+/** At most this many parts per table. */
+const MAX_PARTS = 16;
 
 const POLL_INTERVAL_MS = 2000;
 const PROGRESS_INTERVAL_MS = 5000;
@@ -138,6 +164,7 @@ export class ReloadCoordinator {
     );
     jobs.forEach((j, i) => j.size = Number(sizes.rows[i].size));
     jobs.sort((a, b) => b.size - a.size);
+    await this.#planSplits(jobs);
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
     const snapshot = await exportSnapshot(this.#opts.sourceUrl, slotName);
     try {
@@ -171,9 +198,41 @@ export class ReloadCoordinator {
     this.#tasks.add(task);
   }
 
+  /**
+   * Splits heap tables above `splitBytes` into block ranges (TID range
+   * scans), so several workers export one big table; the parts are gzip
+   * members joined into one file.
+   */
+  async #planSplits(jobs: Job[]): Promise<void> {
+    if (this.#opts.workers < 2) return;
+    for (const job of jobs) {
+      if (job.size < this.#opts.splitBytes) continue;
+      const res = await this.#catalog.query(
+        `SELECT c.oid::int8 AS oid, c.relkind,
+                (pg_relation_size(c.oid) / current_setting('block_size')::int8) AS blocks
+         FROM pg_class c WHERE c.oid = to_regclass($1)`,
+        [qualifiedName(job)],
+      );
+      const row = res.rows[0];
+      if (!row || row.relkind !== "r") continue;
+      const blocks = Number(row.blocks);
+      const count = Math.min(MAX_PARTS, Math.ceil(job.size / this.#opts.splitBytes), blocks);
+      if (count < 2) continue;
+      const step = Math.ceil(blocks / count);
+      const parts: ExportPart[] = [];
+      for (let i = 0; i < count; i++) {
+        // The last range is open-ended: the table may have grown since we measured it.
+        parts.push({ index: i, from: i * step, to: i === count - 1 ? null : (i + 1) * step });
+      }
+      job.split = { oid: Number(row.oid), parts, sealed: [], bytes: 0, failed: false };
+    }
+  }
+
   async #runJobs(jobs: Job[], snapshot: ExportedSnapshot): Promise<void> {
-    const queue = [...jobs];
-    const workers = Math.min(this.#opts.workers, jobs.length);
+    const queue: Task[] = jobs.flatMap((job) =>
+      job.split ? job.split.parts.map((part) => ({ job, part })) : [{ job }]
+    );
+    const workers = Math.min(this.#opts.workers, queue.length);
     let imported = 0;
     const worker = async () => {
       let client: pg.Client | null = null;
@@ -186,8 +245,10 @@ export class ReloadCoordinator {
         if (++imported === workers) await snapshot.release();
       }
       try {
-        let job: Job | undefined;
-        while (!this.#stopping && (job = queue.shift())) await this.#runJob(client, job, snapshot);
+        let task: Task | undefined;
+        while (!this.#stopping && (task = queue.shift())) {
+          await this.#runJob(client, task.job, snapshot, task.part);
+        }
       } finally {
         this.#clients.delete(client);
         await client.query("COMMIT").catch(() => {});
@@ -196,7 +257,7 @@ export class ReloadCoordinator {
     };
     const results = await Promise.allSettled(Array.from({ length: workers }, worker));
     // Jobs no worker could take (a worker failed to connect) are retried later.
-    for (const job of queue) this.#running.delete(job.key);
+    for (const task of queue) this.#running.delete(task.job.key);
     for (const r of results) {
       if (r.status === "rejected" && !this.#stopping) {
         this.#opts.logger.error("export worker failed", { error: String(r.reason?.message) });
@@ -204,13 +265,23 @@ export class ReloadCoordinator {
     }
   }
 
-  async #runJob(client: pg.Client, job: Job, snapshot: ExportedSnapshot): Promise<void> {
+  async #runJob(
+    client: pg.Client,
+    job: Job,
+    snapshot: ExportedSnapshot,
+    part?: ExportPart,
+  ): Promise<void> {
     const started = performance.now();
     let exp: TableExport | null = null;
     try {
+      if (job.split?.failed) return;
       const oid = await client.query("SELECT to_regclass($1)::int8 AS oid", [qualifiedName(job)]);
       if (oid.rows[0].oid === null) {
         // Gone before the snapshot: nothing to export, ever.
+        if (job.split) {
+          if (job.split.failed) return;
+          job.split.failed = true;
+        }
         await this.#registry.noteReloadError(job.ops, "table does not exist", true);
         this.#host.release(job.key);
         this.#running.delete(job.key);
@@ -219,17 +290,29 @@ export class ReloadCoordinator {
       }
       const batchTs = job.batchTs;
       let counted = 0;
-      exp = await exportTable(
-        client,
-        Number(oid.rows[0].oid),
-        snapshot.lsn,
-        this.#opts.dataDir,
-        batchTs,
-        (bytes) => {
-          this.#progress.bytes += bytes - counted;
-          counted = bytes;
-        },
-      );
+      const onBytes = (bytes: number) => {
+        this.#progress.bytes += bytes - counted;
+        counted = bytes;
+      };
+      const split = job.split;
+      if (part && split) {
+        const dir = this.#opts.dataDir;
+        split.sealed.push(await exportTablePart(client, split.oid, part, dir, batchTs, onBytes));
+        split.bytes += counted;
+        // The worker that finishes the last part joins them and registers the table.
+        if (split.sealed.length < split.parts.length) return;
+        counted = split.bytes;
+        exp = await joinParts(client, split.oid, snapshot.lsn, dir, batchTs, split.sealed);
+      } else {
+        exp = await exportTable(
+          client,
+          Number(oid.rows[0].oid),
+          snapshot.lsn,
+          this.#opts.dataDir,
+          batchTs,
+          onBytes,
+        );
+      }
       await this.#registry.finishReload(job.ops, {
         schema: job.schema,
         table: job.table,
@@ -262,10 +345,16 @@ export class ReloadCoordinator {
         rows: exp.rows,
         bytes: exp.byteSize,
         lsn: formatLsn(snapshot.lsn),
+        parts: job.split?.parts.length ?? 1,
         ms: Math.round(performance.now() - started),
       });
     } catch (error) {
       await exp?.abort().catch(() => {});
+      if (job.split) {
+        // Report a split table's failure once; its other parts stop at their next check.
+        if (job.split.failed) return;
+        job.split.failed = true;
+      }
       this.#running.delete(job.key);
       if (this.#stopping) return;
       const message = (error as Error).message.split("\n")[0];

@@ -12,7 +12,8 @@ import type { Lsn } from "../lsn.ts";
 import { formatLsn } from "../lsn.ts";
 import { copyOut } from "../source/copy_out.ts";
 import { qualifiedName, quoteIdent } from "../source/table_selection.ts";
-import { ensureDir, writeFileAtomic } from "../write/atomic_file.ts";
+import { ensureDir, syncDir, writeAll, writeFileAtomic } from "../write/atomic_file.ts";
+import { createHash } from "node:crypto";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 import { tableDirName } from "../write/table_dir.ts";
@@ -93,6 +94,45 @@ export async function describeTable(
   };
 }
 
+/** A block range of a heap table, exported as one gzip member of a split export. */
+export interface ExportPart {
+  index: number;
+  /** First block (inclusive). */
+  from: number;
+  /** Last block (exclusive); null for "to the end". */
+  to: number | null;
+}
+
+/** One finished part of a split export, sealed under a temp name. */
+export interface SealedPart {
+  index: number;
+  tempPath: string;
+  rows: number;
+}
+
+async function copyInto(
+  client: pg.Client,
+  schema: TableSchema,
+  only: string,
+  where: string,
+  header: boolean,
+  writer: GzipFileWriter,
+  onBytes: (csvBytes: number) => void,
+): Promise<number> {
+  const list = schema.columns.map((c) => quoteIdent(c.name)).join(", ");
+  // A table whose columns are all generated or dropped still exports its row count.
+  const select = `SELECT ${list || "NULL"} FROM ${only}${qualifiedName(schema)}${where}`;
+  const result = { rowCount: 0 };
+  let csvBytes = 0;
+  const options = header ? "FORMAT csv, HEADER" : "FORMAT csv";
+  for await (const chunk of copyOut(client, `COPY (${select}) TO STDOUT (${options})`, result)) {
+    csvBytes += chunk.length;
+    await writer.write(chunk);
+    onBytes(csvBytes);
+  }
+  return result.rowCount;
+}
+
 /**
  * Exports table `oid` through `client`, which must be inside the snapshot
  * transaction. `onBytes` is called with the number of CSV bytes read so far.
@@ -115,19 +155,7 @@ export async function exportTable(
     tempPath: join(dir, `.tmp-${FULL_RELOAD_FILE}`),
   });
   try {
-    const list = schema.columns.map((c) => quoteIdent(c.name)).join(", ");
-    // A table whose columns are all generated or dropped still exports its row count.
-    const select = `SELECT ${list || "NULL"} FROM ${only}${qualifiedName(schema)}`;
-    const result = { rowCount: 0 };
-    let csvBytes = 0;
-    for await (
-      const chunk of copyOut(client, `COPY (${select}) TO STDOUT (FORMAT csv, HEADER)`, result)
-    ) {
-      csvBytes += chunk.length;
-      await writer.write(chunk);
-      onBytes(csvBytes);
-    }
-    const rows = result.rowCount;
+    const rows = await copyInto(client, schema, only, "", true, writer, onBytes);
     const sealed = await writer.seal();
     await writeFileAtomic(
       join(dir, "schema.yml"),
@@ -148,4 +176,94 @@ export async function exportTable(
     await writer.abort().catch(() => {});
     throw error;
   }
+}
+
+/**
+ * Exports one block range of a heap table (a TID range scan) as a gzip
+ * file of its own; part 0 carries the CSV header. The parts are joined by
+ * {@linkcode joinParts}: concatenated gzip members form one valid file.
+ */
+export async function exportTablePart(
+  client: pg.Client,
+  oid: number,
+  part: ExportPart,
+  dataDir: string,
+  batchTs: string,
+  onBytes: (csvBytes: number) => void = () => {},
+): Promise<SealedPart> {
+  const schema = await describeTable(client, oid, 0n as Lsn);
+  const dir = join(dataDir, tableDirName(schema.schema, schema.table), batchTs);
+  await ensureDir(dir);
+  const tempPath = join(dir, `.tmp-${FULL_RELOAD_FILE}.part${part.index}`);
+  const finalPath = join(dir, `.tmp-${FULL_RELOAD_FILE}.part${part.index}.done`);
+  const writer = await GzipFileWriter.create(finalPath, { tempPath });
+  try {
+    const where = ` WHERE ctid >= '(${part.from},0)'::tid` +
+      (part.to === null ? "" : ` AND ctid < '(${part.to},0)'::tid`);
+    const rows = await copyInto(client, schema, "ONLY ", where, part.index === 0, writer, onBytes);
+    await writer.seal();
+    return { index: part.index, tempPath, rows };
+  } catch (error) {
+    await writer.abort().catch(() => {});
+    throw error;
+  }
+}
+
+/**
+ * Joins sealed parts, in order, into the table's full_reload temp file and
+ * writes schema.yml; the result publishes like a whole-table export.
+ */
+export async function joinParts(
+  client: pg.Client,
+  oid: number,
+  snapshotLsn: Lsn,
+  dataDir: string,
+  batchTs: string,
+  parts: SealedPart[],
+): Promise<TableExport> {
+  const schema = await describeTable(client, oid, snapshotLsn);
+  const tableDir = tableDirName(schema.schema, schema.table);
+  const dir = join(dataDir, tableDir, batchTs);
+  const finalPath = join(dir, FULL_RELOAD_FILE);
+  const tempPath = join(dir, `.tmp-${FULL_RELOAD_FILE}`);
+  const hash = createHash("sha256");
+  let byteSize = 0;
+  const out = await Deno.open(tempPath, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    for (const part of [...parts].sort((a, b) => a.index - b.index)) {
+      const input = await Deno.open(part.tempPath, { read: true });
+      try {
+        const buf = new Uint8Array(1024 * 1024);
+        while (true) {
+          const n = await input.read(buf);
+          if (n === null) break;
+          const chunk = buf.subarray(0, n);
+          hash.update(chunk);
+          byteSize += n;
+          await writeAll(out, chunk);
+        }
+      } finally {
+        input.close();
+      }
+    }
+    await out.sync();
+  } finally {
+    out.close();
+  }
+  for (const part of parts) await Deno.remove(part.tempPath).catch(() => {});
+  await writeFileAtomic(join(dir, "schema.yml"), new TextEncoder().encode(renderSchemaYml(schema)));
+  return {
+    schema,
+    tableDir,
+    batchTs,
+    path: `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`,
+    rows: parts.reduce((n, p) => n + p.rows, 0),
+    byteSize,
+    sha256: hash.digest("hex"),
+    publish: async () => {
+      await Deno.rename(tempPath, finalPath);
+      await syncDir(dir);
+    },
+    abort: () => Deno.remove(tempPath).catch(() => {}),
+  };
 }
