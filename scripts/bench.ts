@@ -1,5 +1,9 @@
 /**
- * The backlog benchmark (`deno task bench`): how long `cdc-egress stream`
+ * The benchmarks of DESIGN.md §7 (`deno task bench`), each side by side with
+ * its baseline in the same run on its own embedded cluster; `--only` picks
+ * some of `backlog`, `export` and `bigtxn` (default all).
+ *
+ * **backlog**: how long `cdc-egress stream`
  * takes to turn a backlog of ~1M row changes into registered gzip CSV files,
  * next to `pg_recvlogical` reading the same changes from a twin slot into
  * /dev/null, in the same run on the same cluster.
@@ -18,12 +22,35 @@
  *    before it is stopped with SIGTERM.
  * 6. Compares the gzip size with `gzip -6` on the same CSV.
  *
- * Prints a table and writes `.bench/results.json`.
+ * **export**: one table of `--export-rows` rows (bigint key, int, md5 text,
+ * timestamptz, numeric). Baseline: `psql -c "\copy t to stdout csv header" |
+ * gzip -6 > file` in bash (wall time). Ours: `cdc-egress init` (not timed) on a
+ * fresh slot, then `stream` with CDC_EXPORT_WORKERS=`--export-workers` from
+ * process start until the table's full_reload row is in file_log; also the
+ * export alone, from the "export started" to the "export registered" JSON log
+ * line. Compares row counts and our gzip size with the baseline's file and
+ * with `gzip -6` on our own CSV.
  *
- * Usage: deno task bench [--changes N] [--interval DUR] [--pg 14..18]
- *        [--clients N] [--repeat N] [--cpu-prof DIR] [--timeout S] [--keep]
+ * **bigtxn**: one transaction of `--bigtxn-rows` INSERTs into a small table,
+ * committed after our slot's initial export and after the twin slot
+ * `bench_twin` is created. Baseline: `pg_recvlogical -o proto_version=2 -o
+ * streaming=on --endpos <LSN after the commit>`. Ours: `stream` until the
+ * slot's confirmed_flush_lsn passes that LSN and the registry holds every
+ * row. Reports `pg_stat_replication_slots` spill and stream bytes for both
+ * slots (ours must not spill) and our peak RSS.
  *
- * Needs Debian's PostgreSQL client programs (pgbench, pg_recvlogical):
+ * With `--repeat N` the sides run alternately N times: backlog reports the
+ * best run by ratio, export and bigtxn the median run by ratio. Each prints
+ * the load average (other work on a 2-CPU machine skews the figures).
+ * Prints tables and writes `.bench/results.json` (`benchmarks.<name>`; the
+ * benchmarks not run keep their previous results).
+ *
+ * Usage: deno task bench [--only backlog,export,bigtxn] [--changes N]
+ *        [--interval DUR] [--pg 14..18] [--clients N] [--repeat N]
+ *        [--export-rows N] [--export-workers N] [--bigtxn-rows N]
+ *        [--cpu-prof DIR] [--timeout S] [--keep]
+ *
+ * Needs Debian's PostgreSQL client programs (psql, pgbench, pg_recvlogical):
  * `apt-get install -y postgresql-client`.
  *
  * @module
@@ -79,21 +106,31 @@ const { values: args } = parseArgs({
     "cpu-prof": { type: "string" },
     keep: { type: "boolean", default: false },
     timeout: { type: "string", default: "600" },
+    only: { type: "string", default: "backlog,export,bigtxn" },
+    "export-rows": { type: "string", default: "2000000" },
+    "export-workers": { type: "string", default: "1" },
+    "bigtxn-rows": { type: "string", default: "2000000" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 
 if (args.help) {
   console.log(
-    `Usage: deno task bench [--changes N] [--interval DUR] [--pg 14..18] [--clients N]
-                       [--repeat N] [--cpu-prof DIR] [--timeout S] [--keep]
+    `Usage: deno task bench [--only backlog,export,bigtxn] [--changes N] [--interval DUR]
+                       [--pg 14..18] [--clients N] [--repeat N] [--export-rows N]
+                       [--export-workers N] [--bigtxn-rows N] [--cpu-prof DIR]
+                       [--timeout S] [--keep]
 
+  --only LIST     benchmarks to run, comma-separated (default backlog,export,bigtxn)
   --changes N     row changes to generate (default 1000000; 4 per pgbench transaction)
   --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
   --pg N          PostgreSQL major version of the embedded cluster (default 18)
   --clients N     pgbench clients while generating (default 1)
-  --repeat N      run both sides N times on the same backlog (cluster restored in between)
-  --cpu-prof DIR  run the stream process with --cpu-prof into DIR
+  --repeat N      run both sides N times on the same data (backlog: best run; others: median)
+  --export-rows N rows in the export benchmark's table (default 2000000)
+  --export-workers N  CDC_EXPORT_WORKERS for the export benchmark (default 1)
+  --bigtxn-rows N rows in the bigtxn benchmark's one transaction (default 2000000)
+  --cpu-prof DIR  run the backlog's stream process with --cpu-prof into DIR
   --timeout S     give up on the stream run after S seconds (default 600)
   --keep          keep the cluster and data dir (paths are printed)`,
   );
@@ -255,7 +292,7 @@ interface RunResult {
   gzipBytes: number;
 }
 
-async function main(): Promise<void> {
+async function benchBacklog(): Promise<Record<string, unknown>> {
   const pgbench = await findTool("pgbench");
   const recvlogical = await findTool("pg_recvlogical");
   const txns = Math.max(1, Math.round(changesWanted / CHANGES_PER_TXN));
@@ -441,9 +478,6 @@ async function main(): Promise<void> {
       },
       targets: { ratio: TARGET_RATIO, rssMb: TARGET_RSS_MB, sizeVsGzip6: TARGET_GZIP_RATIO },
     };
-    await Deno.mkdir(dirname(RESULTS), { recursive: true });
-    await Deno.writeTextFile(RESULTS, JSON.stringify(summary, null, 2) + "\n");
-
     const row = (what: string, value: string, target: string, ok?: boolean) =>
       console.log(
         `${what.padEnd(26)} ${value.padStart(14)}   ${target.padEnd(10)} ${
@@ -453,7 +487,8 @@ async function main(): Promise<void> {
     console.log();
     console.log(
       `backlog: ${generated.changes} changes, ${generated.txns} transactions, PostgreSQL ${version}, ` +
-        `batch interval ${args.interval}${repeat > 1 ? `, best of ${repeat} runs by ratio` : ""}`,
+        `batch interval ${args.interval}${repeat > 1 ? `, best of ${repeat} runs by ratio` : ""}` +
+        `, load average before ${best.loadBefore}`,
     );
     row("", "measured", "target");
     row("baseline pg_recvlogical s", best.baselineSeconds.toFixed(2), "");
@@ -479,9 +514,11 @@ async function main(): Promise<void> {
       `<= ${TARGET_GZIP_RATIO}`,
       summary.gzip.sizeVsGzip6 <= TARGET_GZIP_RATIO,
     );
-    console.log(`\nresults: ${RESULTS}`);
     if (args.keep) console.log(`cluster: ${cluster.dir}\ndata dir: ${dataDir}`);
+    return summary;
   } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
     await db.end().catch(() => {});
     await cluster.destroy();
     if (!args.keep) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
@@ -501,10 +538,16 @@ async function listFiles(client: pg.Client | null, _dataDir: string, cluster: Cl
   }
 }
 
+/** Log messages whose times the export benchmark reads. */
+const WATCHED = new Set(["export started", "export registered"]);
+
 /** A `cdc-egress stream` child process. */
 class StreamProcess {
   readonly child: Deno.ChildProcess;
   #stderr = "";
+  #partial = "";
+  /** JSON log records whose msg is in WATCHED, in order, with their fields. */
+  readonly events: { msg: string; ts: number; fields: Record<string, unknown> }[] = [];
   #collect: Promise<void>;
   #status: Promise<Deno.CommandStatus>;
   #exited = false;
@@ -521,6 +564,7 @@ class StreamProcess {
     this.#collect = (async () => {
       for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
         this.#stderr += chunk;
+        this.#scan(chunk);
         if (this.#stderr.length > 1_000_000) this.#stderr = this.#stderr.slice(-100_000);
       }
     })();
@@ -528,6 +572,23 @@ class StreamProcess {
       this.#exited = true;
       return s;
     });
+  }
+
+  /** Records the JSON log lines named in WATCHED (timestamps from the log record). */
+  #scan(chunk: string): void {
+    const lines = (this.#partial + chunk).split("\n");
+    this.#partial = lines.pop() ?? "";
+    for (const line of lines) {
+      if (!line.startsWith("{")) continue;
+      try {
+        const rec = JSON.parse(line);
+        if (WATCHED.has(rec.msg)) {
+          this.events.push({ msg: rec.msg, ts: Date.parse(rec.ts), fields: rec });
+        }
+      } catch {
+        // not a JSON record
+      }
+    }
   }
 
   /** The last lines the process logged. */
@@ -670,6 +731,537 @@ async function runOnce(
     files: reg.rows[0].files,
     gzipBytes: Number(reg.rows[0].bytes),
   };
+}
+
+/** Starts a cluster for one benchmark, connects, and removes it (and the signal hook) after. */
+async function withCluster<T>(
+  fn: (cluster: Cluster, db: pg.Client) => Promise<T>,
+): Promise<T> {
+  log(`starting PostgreSQL ${version}`);
+  const cluster = await startCluster({
+    version,
+    keep: args.keep,
+    settings: { max_wal_size: "'8GB'", checkpoint_timeout: "'30min'" },
+  });
+  const db = new pg.Client({ connectionString: cluster.url() });
+  const onSignal = () => {
+    log("interrupted: cleaning up");
+    for (const child of children) {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    cluster.destroy().catch(() => {}).finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  try {
+    await db.connect();
+    return await fn(cluster, db);
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    await db.end().catch(() => {});
+    if (args.keep) console.log(`cluster: ${cluster.dir}`);
+    await cluster.destroy();
+  }
+}
+
+/** The environment of a `cdc-egress` run on `cluster` with its own data dir and slot. */
+function benchCliEnv(cluster: Cluster, dataDir: string, slot: string): Record<string, string> {
+  return {
+    CDC_SOURCE_URL: cluster.url(),
+    CDC_DATA_DIR: dataDir,
+    CDC_SLOT: slot,
+    CDC_BATCH_INTERVAL: args.interval!,
+    CDC_LOG_FORMAT: "json",
+    CDC_METRICS_ADDR: "127.0.0.1:0",
+    NO_COLOR: "1",
+  };
+}
+
+/** The median of the runs by `key` (the lower middle one for an even count). */
+function median<T>(runs: T[], key: (r: T) => number): T {
+  const sorted = [...runs].sort((a, b) => key(a) - key(b));
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+function printRow(what: string, value: string, target = "", ok?: boolean): void {
+  console.log(
+    `${what.padEnd(34)} ${value.padStart(14)}   ${target.padEnd(10)} ${
+      ok === undefined ? "" : ok ? "ok" : "MISSED"
+    }`,
+  );
+}
+
+const EXPORT_TABLE = "bench_export";
+const EXPORT_TARGET_RATIO = 1.2;
+
+interface ExportRun {
+  loadBefore: number;
+  baselineSeconds: number;
+  baselineRows: number;
+  baselineGzipBytes: number;
+  /** From the stream process's start until its full_reload row is in file_log. */
+  oursSeconds: number;
+  /** From the "export started" to the "export registered" log line. */
+  oursExportSeconds: number;
+  ratio: number;
+  exportRatio: number;
+  initSeconds: number;
+  oursRows: number;
+  oursGzipBytes: number;
+  parts: unknown;
+  peakRssMb: number;
+  oursCpu: number;
+  /** gzip -6 on our own (decompressed) full_reload CSV. */
+  oursCsvBytes: number;
+  oursCsvGzip6Bytes: number;
+}
+
+/** Export: psql \copy | gzip -6 against cdc-egress's initial export of one large table. */
+async function benchExport(): Promise<Record<string, unknown>> {
+  const psql = await findTool("psql");
+  const rows = positiveInt("--export-rows", args["export-rows"]!);
+  const workers = positiveInt("--export-workers", args["export-workers"]!);
+  return await withCluster(async (cluster, db) => {
+    log(`export: creating ${EXPORT_TABLE} with ${rows} rows`);
+    await db.query(
+      `CREATE TABLE ${EXPORT_TABLE} (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric)`,
+    );
+    await db.query(
+      `INSERT INTO ${EXPORT_TABLE}
+       SELECT g, (g * 7919) % 1000003, md5(g::text),
+              timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
+              round((g % 100000) / 7.0, 4)
+         FROM generate_series(1, $1::bigint) g`,
+      [rows],
+    );
+    await db.query(`VACUUM (FREEZE, ANALYZE) ${EXPORT_TABLE}`);
+    const tableBytes = Number(
+      (await db.query(`SELECT pg_table_size('${EXPORT_TABLE}')::bigint AS n`)).rows[0].n,
+    );
+    log(`export: table is ${(tableBytes / 1e6).toFixed(0)} MB`);
+    const runs: ExportRun[] = [];
+    for (let run = 1; run <= repeat; run++) {
+      const r = await exportOnce(cluster, db, psql, run, workers);
+      runs.push(r);
+      log(
+        `export run ${run}: baseline ${r.baselineSeconds.toFixed(2)} s, ours ${
+          r.oursSeconds.toFixed(2)
+        } s (export alone ${r.oursExportSeconds.toFixed(2)} s), ratio ${r.ratio.toFixed(2)}, RSS ${
+          r.peakRssMb.toFixed(0)
+        } MB`,
+      );
+    }
+    const m = median(runs, (r) => r.ratio);
+    const sizeRatio = m.oursGzipBytes / m.baselineGzipBytes;
+    const maxRss = Math.max(...runs.map((r) => r.peakRssMb));
+    console.log();
+    console.log(
+      `export: one table of ${rows} rows (${(tableBytes / 1e6).toFixed(0)} MB), ` +
+        `PostgreSQL ${version}, CDC_EXPORT_WORKERS=${workers}` +
+        `${
+          repeat > 1 ? `, median of ${repeat} runs by ratio` : ""
+        }, load average before ${m.loadBefore}`,
+    );
+    printRow("", "measured", "target");
+    printRow("baseline psql \\copy | gzip -6 s", m.baselineSeconds.toFixed(2));
+    printRow("ours (stream start→registered) s", m.oursSeconds.toFixed(2));
+    printRow(
+      "ratio",
+      m.ratio.toFixed(2),
+      `<= ${EXPORT_TARGET_RATIO}`,
+      m.ratio <= EXPORT_TARGET_RATIO,
+    );
+    printRow("ours, export log lines only s", m.oursExportSeconds.toFixed(2));
+    printRow("ratio, export alone", m.exportRatio.toFixed(2));
+    printRow("init s (not counted)", m.initSeconds.toFixed(2));
+    printRow("our process CPU s", m.oursCpu.toFixed(2));
+    printRow("peak RSS MB", maxRss.toFixed(1), `<= ${TARGET_RSS_MB}`, maxRss <= TARGET_RSS_MB);
+    printRow("rows, baseline", String(m.baselineRows), String(rows), m.baselineRows === rows);
+    printRow("rows, ours", String(m.oursRows), String(rows), m.oursRows === rows);
+    printRow("export parts", String(m.parts));
+    printRow("gzip bytes, baseline", String(m.baselineGzipBytes));
+    printRow("gzip bytes, ours", String(m.oursGzipBytes));
+    printRow(
+      "size vs baseline gzip -6",
+      sizeRatio.toFixed(4),
+      `<= ${TARGET_GZIP_RATIO}`,
+      sizeRatio <= TARGET_GZIP_RATIO,
+    );
+    printRow("our CSV bytes", String(m.oursCsvBytes));
+    printRow("gzip -6 on our CSV bytes", String(m.oursCsvGzip6Bytes));
+    printRow("size vs gzip -6 on our CSV", (m.oursGzipBytes / m.oursCsvGzip6Bytes).toFixed(4));
+    return {
+      rows,
+      tableBytes,
+      workers,
+      runs,
+      median: m,
+      sizeVsBaseline: sizeRatio,
+      peakRssMb: maxRss,
+      targets: { ratio: EXPORT_TARGET_RATIO, rssMb: TARGET_RSS_MB, sizeVsGzip6: TARGET_GZIP_RATIO },
+    };
+  });
+}
+
+async function exportOnce(
+  cluster: Cluster,
+  db: pg.Client,
+  psql: string,
+  run: number,
+  workers: number,
+): Promise<ExportRun> {
+  const loadBefore = await loadAverage();
+  const out = join(cluster.dir, "baseline.csv.gz");
+  log(`export baseline: psql \\copy | gzip -6 (load average ${loadBefore})`);
+  const baseStart = performance.now();
+  await exec("bash", [
+    "-c",
+    `set -o pipefail; "$PSQL" -X -q "$URL" -c "\\copy ${EXPORT_TABLE} to stdout csv header" | gzip -6 > "$OUT"`,
+  ], { PSQL: psql, URL: cluster.url(), OUT: out });
+  const baselineSeconds = (performance.now() - baseStart) / 1000;
+  const baselineGzipBytes = (await Deno.stat(out)).size;
+  const lines = await exec("bash", ["-c", `gzip -dc "$OUT" | wc -l`], { OUT: out });
+  const baselineRows = Number(lines.stdout.trim()) - 1; // less the header
+  await Deno.remove(out);
+  log(`export baseline: ${baselineSeconds.toFixed(2)} s`);
+
+  // A fresh slot and data dir each run: the stream's first start exports the table.
+  const slot = `bench_export_${run}`;
+  const dataDir = await Deno.makeTempDir({ prefix: "cdc-bench-export-" });
+  try {
+    const env = { ...benchCliEnv(cluster, dataDir, slot), CDC_EXPORT_WORKERS: String(workers) };
+    const initStart = performance.now();
+    await exec(Deno.execPath(), cliArgs(["init"], env), env);
+    const initSeconds = (performance.now() - initStart) / 1000;
+    log(`export ours: cdc-egress stream (slot ${slot})`);
+    const oursStart = performance.now();
+    const stream = new StreamProcess(env);
+    let rss = 0;
+    await stream.waitFor(async () => {
+      rss = Math.max(rss, await stream.peakRssMb());
+      const res = await db.query(
+        `SELECT count(*)::int AS n FROM cdc_registry.file_log
+          WHERE slot_name = $1 AND file_type = 'full_reload'`,
+        [slot],
+      );
+      return { done: res.rows[0].n >= 1, state: "exporting" };
+    });
+    const oursSeconds = (performance.now() - oursStart) / 1000;
+    rss = Math.max(rss, await stream.peakRssMb());
+    const oursCpu = await cpuSeconds(stream.child.pid);
+    // The log line follows the registry commit; give it a moment to arrive.
+    for (let i = 0; i < 100 && !stream.events.some((e) => e.msg === "export registered"); i++) {
+      await sleep(20);
+    }
+    await stream.stop();
+    const started = stream.events.find((e) => e.msg === "export started");
+    const registered = stream.events.find((e) => e.msg === "export registered");
+    const oursExportSeconds = started && registered ? (registered.ts - started.ts) / 1000 : NaN;
+    const reg = await db.query(
+      `SELECT path, row_count::bigint AS rows, byte_size::bigint AS bytes FROM cdc_registry.file_log
+        WHERE slot_name = $1 AND file_type = 'full_reload'`,
+      [slot],
+    );
+    const file = reg.rows[0];
+    const { gzip6, csv } = await gzip6Bytes([join(dataDir, file.path)]);
+    await db.query("SELECT pg_drop_replication_slot($1)", [slot]);
+    return {
+      loadBefore,
+      baselineSeconds,
+      baselineRows,
+      baselineGzipBytes,
+      oursSeconds,
+      oursExportSeconds,
+      ratio: oursSeconds / baselineSeconds,
+      exportRatio: oursExportSeconds / baselineSeconds,
+      initSeconds,
+      oursRows: Number(file.rows),
+      oursGzipBytes: Number(file.bytes),
+      parts: registered?.fields.parts ?? null,
+      peakRssMb: rss,
+      oursCpu,
+      oursCsvBytes: csv,
+      oursCsvGzip6Bytes: gzip6,
+    };
+  } finally {
+    if (!args.keep) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
+const BIGTXN_TABLE = "bench_bigtxn";
+const BIGTXN_TARGET_RATIO = 1.5;
+
+interface BigTxnRun {
+  loadBefore: number;
+  baselineSeconds: number;
+  oursSeconds: number;
+  ratio: number;
+  peakRssMb: number;
+  oursCpu: number;
+  rowsRegistered: number;
+  files: number;
+  slots: Record<string, { spillBytes: number; streamBytes: number; totalBytes: number }>;
+}
+
+/** Slot statistics (spill and stream bytes) for the given slots. */
+async function slotStats(db: pg.Client, slots: string[]): Promise<BigTxnRun["slots"]> {
+  const res = await db.query(
+    `SELECT slot_name, spill_bytes::bigint AS spill, stream_bytes::bigint AS stream,
+            total_bytes::bigint AS total
+       FROM pg_stat_replication_slots WHERE slot_name = ANY($1)`,
+    [slots],
+  );
+  const out: BigTxnRun["slots"] = {};
+  for (const r of res.rows) {
+    out[r.slot_name] = {
+      spillBytes: Number(r.spill),
+      streamBytes: Number(r.stream),
+      totalBytes: Number(r.total),
+    };
+  }
+  return out;
+}
+
+/** One 2M-row transaction: pg_recvlogical (proto 2, streaming) against cdc-egress stream. */
+async function benchBigTxn(): Promise<Record<string, unknown>> {
+  const recvlogical = await findTool("pg_recvlogical");
+  const rows = positiveInt("--bigtxn-rows", args["bigtxn-rows"]!);
+  return await withCluster(async (cluster, db) => {
+    const dataDir = await Deno.makeTempDir({ prefix: "cdc-bench-bigtxn-" });
+    try {
+      const slot = "cdc_egress";
+      const env = benchCliEnv(cluster, dataDir, slot);
+      await db.query(`CREATE TABLE ${BIGTXN_TABLE} (id bigint PRIMARY KEY, v int, s text)`);
+      log("bigtxn: cdc-egress init, then stream for the initial export");
+      await exec(Deno.execPath(), cliArgs(["init"], env), env);
+      const warmUp = new StreamProcess(env);
+      await warmUp.waitFor(async () => {
+        const res = await db.query(
+          `SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE file_type = 'full_reload'`,
+        );
+        return { done: res.rows[0].n >= 1, state: "exporting" };
+      });
+      await warmUp.stop();
+      await db.query("SELECT pg_create_logical_replication_slot('bench_twin', 'pgoutput')");
+      const workMem = (await db.query("SHOW logical_decoding_work_mem")).rows[0]
+        .logical_decoding_work_mem;
+      log(`bigtxn: one transaction inserting ${rows} rows (logical_decoding_work_mem ${workMem})`);
+      const genStart = performance.now();
+      await db.query("BEGIN");
+      await db.query(
+        `INSERT INTO ${BIGTXN_TABLE} SELECT g, g % 1000, 'row ' || g FROM generate_series(1, $1::bigint) g`,
+        [rows],
+      );
+      await db.query("COMMIT");
+      const endLsn = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
+      const genSeconds = (performance.now() - genStart) / 1000;
+      log(`bigtxn: committed in ${genSeconds.toFixed(1)} s; end LSN ${endLsn}`);
+
+      const pgData = join(cluster.dir, "data");
+      const snapshot = join(cluster.dir, "data.bench-snapshot");
+      let client = db;
+      if (repeat > 1) {
+        await db.end();
+        await cluster.stopServer();
+        await exec("cp", ["-a", pgData, snapshot]);
+        await exec("cp", ["-a", dataDir, dataDir + ".snapshot"]);
+        await cluster.startServer();
+      }
+      const runs: BigTxnRun[] = [];
+      for (let run = 1; run <= repeat; run++) {
+        if (repeat > 1) {
+          if (run > 1) {
+            await cluster.stopServer();
+            await exec("rm", ["-rf", pgData, dataDir]);
+            await exec("cp", ["-a", snapshot, pgData]);
+            await exec("cp", ["-a", dataDir + ".snapshot", dataDir]);
+            await cluster.startServer();
+          }
+          client = new pg.Client({ connectionString: cluster.url() });
+          await client.connect();
+        }
+        try {
+          runs.push(await bigTxnOnce(cluster, client, recvlogical, env, endLsn, rows));
+        } finally {
+          if (repeat > 1) await client.end();
+        }
+        const r = runs.at(-1)!;
+        log(
+          `bigtxn run ${run}: baseline ${r.baselineSeconds.toFixed(2)} s, ours ${
+            r.oursSeconds.toFixed(2)
+          } s, ratio ${r.ratio.toFixed(2)}, RSS ${r.peakRssMb.toFixed(0)} MB, spill ${
+            r.slots[slot]?.spillBytes
+          }`,
+        );
+      }
+      if (repeat > 1) await exec("rm", ["-rf", dataDir + ".snapshot"]);
+      const m = median(runs, (r) => r.ratio);
+      const maxRss = Math.max(...runs.map((r) => r.peakRssMb));
+      const ours = m.slots[slot] ?? { spillBytes: NaN, streamBytes: NaN, totalBytes: NaN };
+      const twin = m.slots["bench_twin"] ?? { spillBytes: NaN, streamBytes: NaN, totalBytes: NaN };
+      const maxSpill = Math.max(...runs.map((r) => r.slots[slot]?.spillBytes ?? NaN));
+      console.log();
+      console.log(
+        `bigtxn: one transaction of ${rows} INSERTs, PostgreSQL ${version}, ` +
+          `logical_decoding_work_mem ${workMem}, batch interval ${args.interval}` +
+          `${
+            repeat > 1 ? `, median of ${repeat} runs by ratio` : ""
+          }, load average before ${m.loadBefore}`,
+      );
+      printRow("", "measured", "target");
+      printRow("baseline pg_recvlogical (v2) s", m.baselineSeconds.toFixed(2));
+      printRow("ours (stream) s", m.oursSeconds.toFixed(2));
+      printRow(
+        "ratio",
+        m.ratio.toFixed(2),
+        `<= ${BIGTXN_TARGET_RATIO}`,
+        m.ratio <= BIGTXN_TARGET_RATIO,
+      );
+      printRow("our process CPU s", m.oursCpu.toFixed(2));
+      printRow("peak RSS MB", maxRss.toFixed(1), `<= ${TARGET_RSS_MB}`, maxRss <= TARGET_RSS_MB);
+      printRow("spill bytes, ours", String(maxSpill), "0", maxSpill === 0);
+      printRow("stream bytes, ours", String(ours.streamBytes));
+      printRow("spill bytes, bench_twin", String(twin.spillBytes));
+      printRow("stream bytes, bench_twin", String(twin.streamBytes));
+      printRow(
+        "rows registered",
+        String(m.rowsRegistered),
+        String(rows),
+        m.rowsRegistered === rows,
+      );
+      printRow("files", String(m.files));
+      return {
+        rows,
+        endLsn,
+        genSeconds,
+        logicalDecodingWorkMem: workMem,
+        runs,
+        median: m,
+        peakRssMb: maxRss,
+        targets: { ratio: BIGTXN_TARGET_RATIO, rssMb: TARGET_RSS_MB, spillBytes: 0 },
+      };
+    } finally {
+      if (!args.keep) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  });
+}
+
+async function bigTxnOnce(
+  cluster: Cluster,
+  db: pg.Client,
+  recvlogical: string,
+  env: Record<string, string>,
+  endLsn: string,
+  rows: number,
+): Promise<BigTxnRun> {
+  const loadBefore = await loadAverage();
+  log(`bigtxn baseline: pg_recvlogical proto 2 streaming --endpos ${endLsn} (load ${loadBefore})`);
+  const baseStart = performance.now();
+  await exec(recvlogical, [
+    "-d",
+    cluster.url(),
+    "--slot",
+    "bench_twin",
+    "--start",
+    "-o",
+    "proto_version=2",
+    "-o",
+    "streaming=on",
+    "-o",
+    "publication_names=cdc_egress",
+    "--endpos",
+    endLsn,
+    "--no-loop",
+    "-f",
+    "/dev/null",
+  ]);
+  const baselineSeconds = (performance.now() - baseStart) / 1000;
+  log(`bigtxn baseline: ${baselineSeconds.toFixed(2)} s`);
+
+  log("bigtxn ours: cdc-egress stream");
+  const oursStart = performance.now();
+  const stream = new StreamProcess(env);
+  let rss = 0;
+  await stream.waitFor(async () => {
+    rss = Math.max(rss, await stream.peakRssMb());
+    const res = await db.query(
+      `SELECT (SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots
+                WHERE slot_name = 'cdc_egress') AS caught_up,
+              (SELECT coalesce(sum(row_count), 0)::bigint FROM cdc_registry.file_log
+                WHERE file_type = 'streaming') AS rows`,
+      [endLsn],
+    );
+    const n = Number(res.rows[0].rows);
+    return { done: res.rows[0].caught_up && n >= rows, state: `${n} of ${rows} rows registered` };
+  });
+  const oursSeconds = (performance.now() - oursStart) / 1000;
+  rss = Math.max(rss, await stream.peakRssMb());
+  const oursCpu = await cpuSeconds(stream.child.pid);
+  await stream.stop();
+  const reg = await db.query(
+    `SELECT count(*)::int AS files, coalesce(sum(row_count), 0)::bigint AS rows
+       FROM cdc_registry.file_log WHERE file_type = 'streaming'`,
+  );
+  return {
+    loadBefore,
+    baselineSeconds,
+    oursSeconds,
+    ratio: oursSeconds / baselineSeconds,
+    peakRssMb: rss,
+    oursCpu,
+    rowsRegistered: Number(reg.rows[0].rows),
+    files: reg.rows[0].files,
+    slots: await slotStats(db, ["cdc_egress", "bench_twin"]),
+  };
+}
+
+const BENCHMARKS: Record<string, () => Promise<Record<string, unknown>>> = {
+  backlog: benchBacklog,
+  export: benchExport,
+  bigtxn: benchBigTxn,
+};
+
+async function main(): Promise<void> {
+  const only = args.only!.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const name of only) {
+    if (!(name in BENCHMARKS)) {
+      fail(`--only ${name}: expected some of ${Object.keys(BENCHMARKS).join(",")}`);
+    }
+  }
+  // Keep the other benchmarks' last results when running only some of them.
+  let previous: Record<string, unknown> = {};
+  try {
+    const old = JSON.parse(await Deno.readTextFile(RESULTS));
+    if (old && typeof old === "object" && "benchmarks" in old) previous = old.benchmarks;
+  } catch {
+    // none yet
+  }
+  const benchmarks: Record<string, unknown> = { ...previous };
+  for (const name of only) {
+    const loadBefore = await loadAverage();
+    const result = await BENCHMARKS[name]();
+    benchmarks[name] = {
+      date: new Date().toISOString(),
+      postgres: version,
+      deno: Deno.version.deno,
+      cpus: navigator.hardwareConcurrency,
+      loadAverageBefore: loadBefore,
+      loadAverageAfter: await loadAverage(),
+      ...result,
+    };
+    await Deno.mkdir(dirname(RESULTS), { recursive: true });
+    await Deno.writeTextFile(
+      RESULTS,
+      JSON.stringify({ date: new Date().toISOString(), benchmarks }, null, 2) + "\n",
+    );
+  }
+  console.log(`\nload average now ${await loadAverage()} (${navigator.hardwareConcurrency} CPUs)`);
+  console.log(`results: ${RESULTS}`);
 }
 
 if (import.meta.main) {
