@@ -1003,6 +1003,8 @@ interface BigTxnRun {
   ratio: number;
   peakRssMb: number;
   oursCpu: number;
+  /** CPU seconds of the walsender during the baseline and during ours (sampled). */
+  walsenderCpu: { baseline: number; ours: number };
   rowsRegistered: number;
   files: number;
   slots: Record<string, { spillBytes: number; streamBytes: number; totalBytes: number }>;
@@ -1122,6 +1124,8 @@ async function benchBigTxn(): Promise<Record<string, unknown>> {
         `<= ${BIGTXN_TARGET_RATIO}`,
         m.ratio <= BIGTXN_TARGET_RATIO,
       );
+      printRow("walsender CPU s, baseline", m.walsenderCpu.baseline.toFixed(2));
+      printRow("walsender CPU s, ours", m.walsenderCpu.ours.toFixed(2));
       printRow("our process CPU s", m.oursCpu.toFixed(2));
       printRow("peak RSS MB", maxRss.toFixed(1), `<= ${TARGET_RSS_MB}`, maxRss <= TARGET_RSS_MB);
       printRow("spill bytes, ours", String(maxSpill), "0", maxSpill === 0);
@@ -1162,6 +1166,7 @@ async function bigTxnOnce(
   const loadBefore = await loadAverage();
   log(`bigtxn baseline: pg_recvlogical proto 2 streaming --endpos ${endLsn} (load ${loadBefore})`);
   const baseStart = performance.now();
+  const baseSender = new WalsenderCpu(db, "pg_recvlogical");
   await exec(recvlogical, [
     "-d",
     cluster.url(),
@@ -1181,11 +1186,13 @@ async function bigTxnOnce(
     "/dev/null",
   ]);
   const baselineSeconds = (performance.now() - baseStart) / 1000;
+  const baselineWalsender = await baseSender.stop();
   log(`bigtxn baseline: ${baselineSeconds.toFixed(2)} s`);
 
   log("bigtxn ours: cdc-egress stream");
   const oursStart = performance.now();
   const stream = new StreamProcess(env);
+  const oursSender = new WalsenderCpu(db, "cdc-egress/cdc_egress");
   let rss = 0;
   await stream.waitFor(async () => {
     rss = Math.max(rss, await stream.peakRssMb());
@@ -1202,6 +1209,7 @@ async function bigTxnOnce(
   const oursSeconds = (performance.now() - oursStart) / 1000;
   rss = Math.max(rss, await stream.peakRssMb());
   const oursCpu = await cpuSeconds(stream.child.pid);
+  const oursWalsender = await oursSender.stop();
   await stream.stop();
   const reg = await db.query(
     `SELECT count(*)::int AS files, coalesce(sum(row_count), 0)::bigint AS rows
@@ -1214,6 +1222,7 @@ async function bigTxnOnce(
     ratio: oursSeconds / baselineSeconds,
     peakRssMb: rss,
     oursCpu,
+    walsenderCpu: { baseline: baselineWalsender, ours: oursWalsender },
     rowsRegistered: Number(reg.rows[0].rows),
     files: reg.rows[0].files,
     slots: await slotStats(db, ["cdc_egress", "bench_twin"]),
