@@ -24,24 +24,13 @@ import { parseCsv } from "../../src/replay/csv_reader.ts";
 import { type CliProcess, runCli, waitFor } from "../harness/cli.ts";
 import { registeredRows } from "../harness/replay_check.ts";
 import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { prng } from "../harness/prng.ts";
 
 const ROUNDS = Number(Deno.env.get("CDC_CRASH_ROUNDS") ?? 26);
 const TABLES = ["accounts", "events", "keyless"] as const;
 /** Rounds that may kill the stream before its initial export is registered. */
 const EXPORT_ROUNDS = 4;
 const STREAM_ENV = { CDC_BATCH_INTERVAL: "200ms", CDC_BATCH_MAX_ROWS: "500" };
-
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
