@@ -9,7 +9,7 @@ import { join } from "node:path";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import type { Lsn } from "../lsn.ts";
-import { formatLsn } from "../lsn.ts";
+import { formatLsn, ZERO_LSN } from "../lsn.ts";
 import { copyOut } from "../source/copy_out.ts";
 import { qualifiedName, quoteIdent } from "../source/table_selection.ts";
 import { ensureDir, syncDir, writeAll, writeFileAtomic } from "../write/atomic_file.ts";
@@ -191,7 +191,8 @@ export async function exportTablePart(
   batchTs: string,
   onBytes: (csvBytes: number) => void = () => {},
 ): Promise<SealedPart> {
-  const schema = await describeTable(client, oid, 0n as Lsn);
+  // Parts carry no schema.yml: the LSN is not used.
+  const schema = await describeTable(client, oid, ZERO_LSN);
   const dir = join(dataDir, tableDirName(schema.schema, schema.table), batchTs);
   await ensureDir(dir);
   const tempPath = join(dir, `.tmp-${FULL_RELOAD_FILE}.part${part.index}`);
