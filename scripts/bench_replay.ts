@@ -20,6 +20,8 @@ import { Registry } from "../src/registry/registry.ts";
 import { SchemaLookup } from "../src/pipeline/relation_catalog.ts";
 import { connect } from "../src/source/connect.ts";
 import { Logger } from "../src/log.ts";
+import { SourceCatalog } from "../src/source/source_catalog.ts";
+import { tableDirName } from "../src/write/table_dir.ts";
 import { type Lsn, ZERO_LSN } from "../src/lsn.ts";
 import { decodeCopyFrame } from "../src/decode/copy_frame.ts";
 import { cpuUsage } from "node:process";
@@ -117,8 +119,18 @@ if (mode === "capture") {
       protocol: 4,
       limits: { maxRows: 1_000_000, maxBytes: 256 * 1024 * 1024, intervalMs: Number(intervalMs) },
       startLsn: ZERO_LSN,
-      positions: new Map(),
-      boundaries: new Map(),
+      // Every published table streams from the start: no exports here.
+      tables: new Map(
+        (await new SourceCatalog(source).publishedTables("cdc_egress")).map((t) => [t.oid, {
+          ...t,
+          tableDir: tableDirName(t.schema, t.table),
+          mode: "streaming",
+          reloadLsn: ZERO_LSN,
+          last: null,
+          lastBatchTs: null,
+        }]),
+      ),
+      reloadAfterDdl: "never",
       logger: new Logger({ level: "warn", format: "json" }),
     },
   );

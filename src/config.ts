@@ -19,6 +19,8 @@ export interface Config {
   batchMaxRows: number;
   exportWorkers: number;
   exportSplitBytes: number;
+  /** Whether DDL that changes existing rows without row events triggers a reload. */
+  reloadAfterDdl: "auto" | "never";
   /** Registry connection URL; undefined means the source. */
   registryUrl: string | undefined;
   metricsAddr: string;
@@ -218,6 +220,14 @@ export const SETTINGS: readonly Setting[] = [
     help: "split tables larger than this into block ranges exported in parallel (default 1GiB)",
   },
   {
+    key: "reloadAfterDdl",
+    flag: "reload-after-ddl",
+    env: "CDC_RELOAD_AFTER_DDL",
+    yaml: "reload_after_ddl",
+    parse: oneOf(["auto", "never"] as const),
+    help: "auto (default): reload a table after DDL that changes its rows without row events; never",
+  },
+  {
     key: "registryUrl",
     flag: "registry-url",
     env: "CDC_REGISTRY_URL",
@@ -280,6 +290,7 @@ export const DEFAULTS: Config = {
   batchMaxRows: 1_000_000,
   exportWorkers: 4,
   exportSplitBytes: 1024 ** 3,
+  reloadAfterDdl: "auto",
   registryUrl: undefined,
   metricsAddr: "127.0.0.1:9187",
   heartbeatIntervalMs: 30_000,

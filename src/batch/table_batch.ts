@@ -32,6 +32,11 @@ export class TableBatch {
   readonly safeBefore: Lsn;
   readonly openedAt: number;
   readonly encoder = new CsvRowEncoder();
+  /**
+   * Held for an export: never flushed by the policy; when it must close, it
+   * waits sealed and unregistered until the export is registered.
+   */
+  held = false;
   rows = 0;
   first: TablePosition | null = null;
   last: TablePosition | null = null;

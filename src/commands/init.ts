@@ -28,6 +28,8 @@ export interface InitOptions {
 const EVENT_TRIGGERS = [
   { name: "cdc_egress_ddl", event: "ddl_command_end", fn: "cdc_registry.capture_ddl" },
   { name: "cdc_egress_drop", event: "sql_drop", fn: "cdc_registry.capture_drop" },
+  // Marks commands that rewrite a table: their new values reach no WAL row event.
+  { name: "cdc_egress_rewrite", event: "table_rewrite", fn: "cdc_registry.capture_rewrite" },
 ];
 
 /** Tables that would make UPDATE/DELETE fail once published: no key, identity DEFAULT/NOTHING. */

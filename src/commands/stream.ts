@@ -12,7 +12,7 @@ import type { Config } from "../config.ts";
 import { CdcError } from "../errors.ts";
 import { Logger } from "../log.ts";
 import { formatLsn, type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
-import { recoverDataDir } from "../pipeline/recovery.ts";
+import { EXPORT_STAGING_DIR, recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
@@ -258,11 +258,13 @@ async function runSession(ctx: StreamContext): Promise<void> {
     }
     const startLsn = await slotState(source, config.slot, config.publication);
     const states = await registry.tableStates();
-    const positions = new Map(
-      [...states].map(([k, s]) => [k, { last: s.last, lastBatchTs: s.lastBatchTs }]),
-    );
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
     await recoverDataDir(dataDir, await registry.registeredPaths(), logger);
+    // Exports are staged here until registered: what a crash left is never registered.
+    const stagingDir = join(dataDir, EXPORT_STAGING_DIR, config.slot);
+    await Deno.remove(stagingDir, { recursive: true }).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
     const protocol = info.major >= 16 ? 4 : 2;
     stream = await ReplicationStream.start(config.sourceUrl, {
       slot: config.slot,
@@ -281,7 +283,8 @@ async function runSession(ctx: StreamContext): Promise<void> {
         intervalMs: config.batchIntervalMs,
       },
       startLsn,
-      positions,
+      tables: states,
+      reloadAfterDdl: config.reloadAfterDdl,
       onCreateTable: (schema, table) =>
         publishNewTable(source, config, schema, table, logger).catch((error) =>
           logger.warn("cannot add new table to the publication", {
@@ -289,9 +292,6 @@ async function runSession(ctx: StreamContext): Promise<void> {
             error: (error as Error).message.split("\n")[0],
           })
         ),
-      boundaries: new Map(
-        [...states].flatMap(([k, s]) => s.reloadLsn !== null ? [[k, s.reloadLsn]] : []),
-      ),
       logger,
       metrics,
     });
@@ -301,6 +301,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
         publication: config.publication,
         slot: config.slot,
         dataDir,
+        stagingDir,
         workers: config.exportWorkers,
         splitBytes: config.exportSplitBytes,
         logger,

@@ -28,6 +28,7 @@ import { replayTable } from "../replay/replay_files.ts";
 import { connect, redact } from "../source/connect.ts";
 import { parseTablePattern, qualifiedName, quoteIdent } from "../source/table_selection.ts";
 import { ensureDir, pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
+import { EXPORT_STAGING_DIR } from "../pipeline/recovery.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 
 /** Options of `verify`. */
@@ -58,7 +59,8 @@ export type ProblemKind =
   | "reload_lsn" // table_state.reload_lsn is not the newest full_reload's LSN
   | "orphan" // a file under the data dir the registry does not know
   | "deep_mismatch" // replay of the files differs from the live table
-  | "deep_error"; // the files could not be replayed
+  | "deep_error" // the files could not be replayed
+  | "deep_columns"; // columns only the files or only the live table have
 
 /** One inconsistency. */
 export interface Problem {
@@ -91,6 +93,8 @@ export interface TableReport {
   schema: string;
   table: string;
   mode: string | null;
+  /** The relation the name means now (a re-created table is another relation). */
+  relation_oid: number | null;
   files: number;
   rows: number;
   bytes: number;
@@ -118,6 +122,8 @@ export interface VerifyReport {
 
 interface FileRow {
   id: number;
+  /** The relation; null for files registered before registry migration 3. */
+  oid: number | null;
   schema: string;
   table: string;
   tableName: string;
@@ -337,7 +343,8 @@ async function runVerify(
   // Tables: those with registered state or files for this slot.
   const states = await registry.tableStates();
   const fileRes = await registryClient.query(
-    `SELECT id, schema_name, table_name, table_dir, batch_ts, path, file_type,
+    `SELECT id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts, path,
+            file_type,
             start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
             row_count, byte_size, sha256
      FROM cdc_registry.file_log WHERE slot_name = $1 ORDER BY id`,
@@ -345,6 +352,7 @@ async function runVerify(
   );
   let files: FileRow[] = fileRes.rows.map((r) => ({
     id: Number(r.id),
+    oid: r.oid === null ? null : Number(r.oid),
     schema: r.schema_name,
     table: r.table_name,
     tableName: tableName(r.schema_name, r.table_name),
@@ -367,6 +375,7 @@ async function runVerify(
         schema,
         table,
         mode: null,
+        relation_oid: null,
         files: 0,
         rows: 0,
         bytes: 0,
@@ -377,7 +386,10 @@ async function runVerify(
   };
   for (const s of states.values()) {
     const t = addTable(s.schema, s.table);
+    // A name may have meant several relations: report the one it means now.
+    if (t.mode !== null && t.mode !== "dropped" && s.mode === "dropped") continue;
     t.mode = s.mode;
+    t.relation_oid = s.oid;
     t.reload_lsn = s.reloadLsn === null ? null : formatLsn(s.reloadLsn);
   }
   for (const f of files) addTable(f.schema, f.table);
@@ -461,14 +473,19 @@ async function runVerify(
     }
   });
 
-  // 2. Per table: streaming ranges ordered, not overlapping, not straddling the reload LSN.
-  const byTable = new Map<string, FileRow[]>();
+  // 2. Per relation: streaming ranges ordered, not overlapping, not straddling a
+  // reload LSN; folders in LSN order.
+  const byRelation = new Map<string, FileRow[]>();
   for (const f of files) {
-    const list = byTable.get(f.tableName) ?? [];
+    const key = f.oid === null ? `name:${f.tableName}` : `oid:${f.oid}`;
+    const list = byRelation.get(key) ?? [];
     list.push(f);
-    byTable.set(f.tableName, list);
+    byRelation.set(key, list);
   }
-  for (const [name, list] of byTable) checkRanges(name, list, tables.get(name)!, problem);
+  for (const list of byRelation.values()) {
+    const newest = list.reduce((a, b) => (a.id > b.id ? a : b));
+    checkRanges(newest.tableName, list, tables.get(newest.tableName)!, problem);
+  }
 
   // 3. Orphans.
   const orphans = await findOrphans(
@@ -609,19 +626,32 @@ function checkRanges(
           formatPosition(a.start)
         }-${formatPosition(a.end)})`,
       });
-    } else if (b.batchTs <= a.batchTs) {
+    }
+  }
+  // Every folder, DDL and export folders included, sorts by the position
+  // its content is valid from; an export's content is valid from just before C.
+  const validFrom = (f: FileRow): Position =>
+    f.fileType === "full_reload" ? { lsn: f.start.lsn, seq: -1 } : f.start;
+  const folders = [...list].sort((a, b) =>
+    comparePosition(validFrom(a), validFrom(b)) || a.id - b.id
+  );
+  for (let i = 1; i < folders.length; i++) {
+    const a = folders[i - 1];
+    const b = folders[i];
+    if (b.tableDir === a.tableDir && b.batchTs <= a.batchTs) {
       problem({
         kind: "out_of_order",
         table: name,
         path: b.path,
-        detail: `folder ${b.batchTs} sorts before ${a.path} but its changes come after`,
+        detail: `folder ${b.batchTs} sorts before ${a.path} but its content comes after`,
       });
     }
   }
   const reloads = list.filter((f) => f.fileType === "full_reload");
   if (reloads.length === 0) return;
   const c = reloads.reduce((m, f) => (f.start.lsn > m ? f.start.lsn : m), reloads[0].start.lsn);
-  if (table.reload_lsn !== null && table.reload_lsn !== formatLsn(c)) {
+  const sameRelation = list[0].oid === null || list[0].oid === table.relation_oid;
+  if (sameRelation && table.reload_lsn !== null && table.reload_lsn !== formatLsn(c)) {
     problem({
       kind: "reload_lsn",
       table: name,
@@ -631,16 +661,18 @@ function checkRanges(
       }`,
     });
   }
-  for (const f of streaming) {
-    if (f.start.lsn < c && f.end.lsn >= c) {
-      problem({
-        kind: "straddle",
-        table: name,
-        path: f.path,
-        detail: `range ${formatLsn(f.start.lsn)}-${formatLsn(f.end.lsn)} straddles the reload LSN ${
-          formatLsn(c)
-        }`,
-      });
+  for (const r of reloads) {
+    for (const f of streaming) {
+      if (f.start.lsn < r.start.lsn && f.end.lsn >= r.start.lsn) {
+        problem({
+          kind: "straddle",
+          table: name,
+          path: f.path,
+          detail: `range ${formatLsn(f.start.lsn)}-${
+            formatLsn(f.end.lsn)
+          } straddles the reload LSN ${formatLsn(r.start.lsn)}`,
+        });
+      }
     }
   }
 }
@@ -673,7 +705,10 @@ async function findOrphans(
     for (const e of entries.sort((a, b) => a.name < b.name ? -1 : 1)) {
       const path = rel ? `${rel}/${e.name}` : e.name;
       if (rel === "") {
-        if (e.isDirectory && (e.name === SPOOL_DIR || e.name === QUARANTINE_DIR)) continue;
+        if (
+          e.isDirectory &&
+          (e.name === SPOOL_DIR || e.name === QUARANTINE_DIR || e.name === EXPORT_STAGING_DIR)
+        ) continue;
         if (tableDirs !== null && !tableDirs.has(e.name)) continue;
       }
       if (e.isDirectory) {
@@ -765,10 +800,13 @@ async function deepTable(
   report: VerifyReport,
 ): Promise<DeepResult> {
   if (t.mode === "dropped") return emptyDeep("table dropped");
+  const liveRel = await live.query("SELECT to_regclass($1)::oid::int8 AS oid", [qualifiedName(t)]);
+  const oid = liveRel.rows[0]?.oid == null ? null : Number(liveRel.rows[0].oid);
+  if (oid === null) return emptyDeep("live table not found");
   const hasData = await registryClient.query(
-    `SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1 AND schema_name = $2
-       AND table_name = $3 AND file_type IN ('full_reload', 'streaming') LIMIT 1`,
-    [slot, t.schema, t.table],
+    `SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1 AND relation_oid = $2
+       AND file_type IN ('full_reload', 'streaming') LIMIT 1`,
+    [slot, oid],
   );
   if (hasData.rowCount === 0) return emptyDeep("no data files registered yet");
   const cols = await live.query(
@@ -782,7 +820,7 @@ async function deepTable(
 
   let replay;
   try {
-    replay = (await replayTable(registryClient, dataDir, slot, t.schema, t.table)).replay;
+    replay = (await replayTable(registryClient, dataDir, slot, t.schema, t.table, { oid })).replay;
   } catch (error) {
     report.problems.push({
       kind: "deep_error",
@@ -863,6 +901,14 @@ async function deepTable(
     deep.note = `compared on the common columns; only in the files: ${
       onlyFiles.join(", ") || "none"
     }; only in the live table: ${onlyLive.join(", ") || "none"}`;
+    report.problems.push({
+      kind: "deep_columns",
+      table: t.name,
+      path: null,
+      detail: `columns not compared: only in the files: ${
+        onlyFiles.join(", ") || "none"
+      }; only in the live table: ${onlyLive.join(", ") || "none"}`,
+    });
   }
   if (deep.missing_rows + deep.extra_rows > 0) {
     report.problems.push({
@@ -903,6 +949,7 @@ const KIND_TEXT: Record<ProblemKind, string> = {
   orphan: "orphan file",
   deep_mismatch: "replay differs from live table",
   deep_error: "replay failed",
+  deep_columns: "columns not compared",
 };
 
 function humanBytes(n: number): string {

@@ -23,6 +23,10 @@ interface CapturedColumn {
   generated?: boolean;
   is_pk?: boolean;
   is_key?: boolean;
+  /** Captured since registry migration 3. */
+  default?: string | null;
+  /** An added column whose existing rows now read a stored default. */
+  fills_existing?: boolean;
 }
 
 const IDENTITY: Record<string, TableSchema["replicaIdentity"]> = {
@@ -47,6 +51,8 @@ export interface DdlEvent {
   columns: CapturedColumn[] | null;
   /** `relreplident` right after the command. */
   replicaIdentity: string | null;
+  /** The command rewrote the table (captured since registry migration 3). */
+  rewrites: boolean;
 }
 
 const decoder = new TextDecoder();
@@ -66,6 +72,7 @@ export function ddlEventFromRow(rel: RelationInfo, tuple: TupleData): DdlEvent {
     attnums,
     columns,
     replicaIdentity: get("replica_identity"),
+    rewrites: get("rewrites") === "t",
     commandTag: get("command_tag") ?? "",
     objectType: get("object_type"),
     schema: get("schema_name"),
@@ -115,6 +122,32 @@ export function schemaFromEvent(
       nullable: c.nullable ?? true,
       isKey: c.is_key ?? false,
       attnum: c.attnum,
+      default: c.default ?? null,
     })),
   };
+}
+
+/** Command tags that create a table the `--tables` patterns may select. */
+const CREATE_TAGS = new Set(["CREATE TABLE", "CREATE TABLE AS", "SELECT INTO"]);
+
+/** Whether the event creates a table. */
+export function createsTable(event: DdlEvent): boolean {
+  return CREATE_TAGS.has(event.commandTag);
+}
+
+/**
+ * Whether the command changed existing rows without WAL row events: a
+ * table rewrite (ALTER COLUMN TYPE, a volatile default, a stored generated
+ * column), or an added column whose existing rows read a stored default.
+ * `knownMaxAttnum` (the highest attnum the stream knew before) catches an
+ * added column when the trigger could not tell (DDL in a savepoint).
+ */
+export function changesExistingRows(event: DdlEvent, knownMaxAttnum?: number): boolean {
+  if (event.commandTag !== "ALTER TABLE" && !event.rewrites) return false;
+  if (event.rewrites) return true;
+  return (event.columns ?? []).some((c) =>
+    c.fills_existing === true ||
+    (knownMaxAttnum !== undefined && c.attnum > knownMaxAttnum && c.default != null &&
+      !c.generated)
+  );
 }

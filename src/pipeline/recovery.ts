@@ -11,6 +11,9 @@ import { basename, dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
 
+/** Exports are written under `<data_dir>/.exports/<slot>/` until they are registered. */
+export const EXPORT_STAGING_DIR = ".exports";
+
 // Side files of a batch that never got registered; data files are never removed.
 const OWN_FILES = new Set(["schema.yml", "ddl.sql"]);
 

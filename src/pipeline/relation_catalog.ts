@@ -8,7 +8,6 @@
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import type { RelationMessage } from "../decode/pgoutput.ts";
-import { tableKey } from "../registry/registry.ts";
 import { encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import type { TableSchema } from "../write/schema_yml.ts";
 import { tableDirName } from "../write/table_dir.ts";
@@ -38,7 +37,8 @@ export interface RelationInfo {
   message: RelationMessage;
   schema: string;
   table: string;
-  key: string;
+  /** The relation's OID: a table is its relation, not its name. */
+  key: number;
   tableDir: string;
   /** Changes when the column set changes; a batch never mixes two. */
   fingerprint: string;
@@ -56,9 +56,11 @@ export function relationInfo(message: RelationMessage): RelationInfo {
     message,
     schema: message.namespace,
     table: message.name,
-    key: tableKey(message.namespace, message.name),
+    key: message.relationId,
     tableDir: tableDirName(message.namespace, message.name),
     fingerprint: JSON.stringify([
+      message.namespace,
+      message.name,
       message.replicaIdentity,
       message.columns.map((c) => [c.name, c.typeOid, c.typeModifier, c.flags]),
     ]),
@@ -114,10 +116,12 @@ export class SchemaLookup {
     const res = await this.#client.query(
       `SELECT format_type(t.oid, t.typmod) AS type,
               a.attnotnull AS not_null, a.attnum,
+              pg_get_expr(d.adbin, d.adrelid) AS default,
               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $3 AND i.indisprimary
                         AND a.attnum = ANY(i.indkey)) AS is_pk
        FROM unnest($1::oid[], $2::int4[], $4::text[]) WITH ORDINALITY AS t(oid, typmod, name, n)
        LEFT JOIN pg_attribute a ON a.attrelid = $3 AND a.attname = t.name AND NOT a.attisdropped
+       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
        ORDER BY t.n`,
       [
         cols.map((c) => c.typeOid),
@@ -140,6 +144,7 @@ export class SchemaLookup {
         nullable: !res.rows[i]?.not_null,
         isKey: (c.flags & 1) === 1,
         attnum: res.rows[i]?.attnum ?? null,
+        default: res.rows[i]?.default ?? null,
       })),
     };
     this.#cache.set(cacheKey, described);

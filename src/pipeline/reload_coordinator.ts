@@ -1,49 +1,64 @@
 /**
  * Runs full exports (the initial export of a fresh slot, tables that join
- * the publication, and `reload` requests) inside the stream process, at an
- * exact WAL boundary.
+ * the publication, `reload` requests, and reloads after DDL that changed
+ * existing rows) inside the stream process, at an exact WAL boundary.
  *
- * The stream loop calls {@linkcode ReloadCoordinator.poll} between frames,
- * so while a snapshot is being created no change is being processed. The
- * snapshot comes from a temporary slot, whose consistent point C splits the
- * table's history exactly: commits before C are in the export, commits at or
- * after C are streamed. Before setting C the table's open batch is closed
- * (its rows are all before C); afterwards rows before C are skipped and rows
- * from C on are held in an open batch until the export is registered, so no
- * streaming file straddles C and none after the export precedes it.
+ * The snapshot comes from a temporary slot, whose consistent point C splits
+ * the table's history exactly: commits before C are in the export, commits
+ * at or after C are streamed. Workers export into a staging folder. The
+ * stream loop (the {@linkcode ReloadHost}) names the export's folder when
+ * it reaches C, however far behind C it is, and registers the export there
+ * together with what it held back meanwhile; so a table's streaming files
+ * keep every change, none straddles C, and folders sort in LSN order.
  */
 
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
+import { join } from "node:path";
 import type { Logger } from "../log.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
-import { type Registry, type ReloadRequest, tableKey } from "../registry/registry.ts";
+import type { Registry, ReloadRequest, TablePosition } from "../registry/registry.ts";
+import { SourceCatalog } from "../source/source_catalog.ts";
 import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
-import { qualifiedName } from "../source/table_selection.ts";
-import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
+import { tableDirName } from "../write/table_dir.ts";
 import {
   type ExportPart,
   exportTable,
   exportTablePart,
   joinParts,
   type SealedPart,
-  type TableExport,
+  type StagedExport,
 } from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
 
+/** A sealed export, handed to the stream loop to register. */
+export interface SealedExport {
+  ops: ReloadRequest[];
+  boundary: Lsn;
+  rows: number;
+  byteSize: number;
+  sha256: string;
+  /** Moves the file into its folder under its temp name; returns its relative path. */
+  place(tableDir: string, batchTs: string): Promise<string>;
+  /** Gives the registered file its final name. */
+  publish(): Promise<void>;
+  /** Removes the file. */
+  abort(): Promise<void>;
+  /** Called once the export is registered. */
+  onRegistered(path: string): void;
+}
+
 /** What the coordinator needs from the stream loop. */
 export interface ReloadHost {
-  /** Closes and registers the open batches of these tables (rows before the boundary). */
-  cut(keys: string[]): Promise<void>;
-  /** From now on skip the table's rows before `boundary` and hold its batches. */
-  hold(key: string, boundary: Lsn): void;
-  /** The export is registered: the table's batches may flush again. */
-  release(key: string): void;
-  /** The last batch timestamp used for a table, to keep folder names increasing. */
-  lastBatchTs(key: string): string | undefined;
-  /** Records a new batch timestamp for a table. */
-  noteBatchTs(key: string, batchTs: string): void;
+  /** A pending reload after DDL: hold the table's changes after `hold` already. */
+  holdFor(oid: number, hold: TablePosition, reason: string): void;
+  /** A snapshot at `boundary` exists for these relations: cut and gate them. */
+  beginExports(oids: number[], boundary: Lsn): Promise<void>;
+  /** An export is sealed; the loop registers it once the stream has reached its boundary. */
+  exportSealed(oid: number, sealed: SealedExport): void;
+  /** An export failed (`final`: its table is gone). */
+  exportFailed(oid: number, final: boolean): Promise<void>;
 }
 
 /** Options for {@linkcode ReloadCoordinator}. */
@@ -52,6 +67,8 @@ export interface ReloadOptions {
   publication: string;
   slot: string;
   dataDir: string;
+  /** Where exports are written until they are registered; emptied at start. */
+  stagingDir: string;
   workers: number;
   /** Heap tables larger than this are split into block ranges exported in parallel. */
   splitBytes: number;
@@ -60,13 +77,15 @@ export interface ReloadOptions {
 }
 
 interface Job {
-  key: string;
+  oid: number;
   schema: string;
   table: string;
   ops: ReloadRequest[];
   size: number;
-  /** The export folder's name, taken when the snapshot is, so it sorts before later batches. */
-  batchTs: string;
+  /** Where the export is written until the stream registers it. */
+  stageDir: string;
+  /** Abandoned (DDL changed the table after C): its result is thrown away. */
+  stale: boolean;
   /** A large heap table exported by several workers, one block range each. */
   split?: {
     oid: number;
@@ -87,6 +106,8 @@ interface Task {
 const MAX_PARTS = 16;
 
 const POLL_INTERVAL_MS = 2000;
+const RETRY_BASE_MS = 2000;
+const MAX_RETRY_MS = 5 * 60_000;
 const PROGRESS_INTERVAL_MS = 5000;
 const BAR_INTERVAL_MS = 250;
 
@@ -108,9 +129,13 @@ function newProgress() {
 export class ReloadCoordinator {
   #registry: Registry;
   #catalog: pg.Client;
+  #source: SourceCatalog;
   #opts: ReloadOptions;
   #host: ReloadHost;
-  #running = new Set<string>();
+  /** Jobs under way (exporting, or sealed and waiting to be registered), by OID. */
+  #running = new Map<number, Job>();
+  /** Consecutive failures per relation, for the retry backoff. */
+  #failures = new Map<number, { count: number; retryAt: number }>();
   #tasks = new Set<Promise<void>>();
   #clients = new Set<pg.Client>();
   #lastPoll = 0;
@@ -121,13 +146,22 @@ export class ReloadCoordinator {
   constructor(registry: Registry, catalog: pg.Client, host: ReloadHost, options: ReloadOptions) {
     this.#registry = registry;
     this.#catalog = catalog;
+    this.#source = new SourceCatalog(catalog);
     this.#host = host;
     this.#opts = options;
   }
 
-  /** Tables being exported now. */
-  get running(): ReadonlySet<string> {
-    return this.#running;
+  /** Relations being exported now. */
+  get running(): ReadonlySet<number> {
+    return new Set(this.#running.keys());
+  }
+
+  /** Throws away the export under way for `oid`; its operations are taken up again. */
+  abandon(oid: number): void {
+    const job = this.#running.get(oid);
+    if (!job) return;
+    job.stale = true;
+    this.#running.delete(oid);
   }
 
   /** Looks for new work at most every two seconds (always when `force`). */
@@ -137,30 +171,64 @@ export class ReloadCoordinator {
     this.#logProgress(now);
     if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
     this.#lastPoll = now;
-    await this.#registry.requestMissingExports(this.#opts.publication);
+    await this.#registry.requestMissingExports(
+      await this.#source.publishedTables(this.#opts.publication),
+    );
     const pending = await this.#registry.pendingReloads();
-    const jobs = new Map<string, Job>();
+    await this.#resolveOids(pending);
+    const jobs = new Map<number, Job>();
     for (const op of pending) {
-      const key = tableKey(op.schema, op.table);
-      if (this.#running.has(key)) continue;
-      const job = jobs.get(key);
+      if (op.oid === null) continue;
+      if (op.hold !== null) this.#host.holdFor(op.oid, op.hold, op.reason);
+      if (this.#running.has(op.oid)) continue;
+      const failed = this.#failures.get(op.oid);
+      if (failed && failed.retryAt > now) continue;
+      const job = jobs.get(op.oid);
       if (job) job.ops.push(op);
       else {
-        jobs.set(key, { key, schema: op.schema, table: op.table, ops: [op], size: 0, batchTs: "" });
+        jobs.set(op.oid, {
+          oid: op.oid,
+          schema: op.schema,
+          table: op.table,
+          ops: [op],
+          size: 0,
+          stageDir: "",
+          stale: false,
+        });
       }
     }
     if (jobs.size > 0) await this.#start([...jobs.values()]);
+  }
+
+  /**
+   * Binds operations requested by name to the relation that has the name
+   * now; an operation whose table no longer exists fails for good.
+   */
+  async #resolveOids(ops: ReloadRequest[]): Promise<void> {
+    const open = ops.filter((o) => o.oid === null);
+    if (open.length === 0) return;
+    const res = await this.#catalog.query(
+      `SELECT to_regclass(format('%I.%I', s, t))::oid::int8 AS oid
+       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, n) ORDER BY n`,
+      [open.map((o) => o.schema), open.map((o) => o.table)],
+    );
+    const gone: ReloadRequest[] = [];
+    open.forEach((o, i) => {
+      const oid = res.rows[i].oid;
+      if (oid === null) gone.push(o);
+      else o.oid = Number(oid);
+    });
+    if (gone.length > 0) await this.#registry.noteReloadError(gone, "table does not exist", true);
   }
 
   async #start(jobs: Job[]): Promise<void> {
     // Largest first, so the long exports overlap the short ones. A
     // partitioned table has no storage of its own: count its partitions.
     const sizes = await this.#catalog.query(
-      `SELECT n, COALESCE((SELECT sum(pg_total_relation_size(relid))
-                           FROM pg_partition_tree(to_regclass(n))),
-                          pg_total_relation_size(to_regclass(n)), 0)::int8 AS size
-       FROM unnest($1::text[]) AS n`,
-      [jobs.map((j) => qualifiedName(j))],
+      `SELECT COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(o)),
+                       pg_total_relation_size(o), 0)::int8 AS size
+       FROM unnest($1::oid[]) WITH ORDINALITY AS u(o, n) ORDER BY n`,
+      [jobs.map((j) => j.oid)],
     );
     jobs.forEach((j, i) => j.size = Number(sizes.rows[i].size));
     jobs.sort((a, b) => b.size - a.size);
@@ -168,21 +236,23 @@ export class ReloadCoordinator {
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
     const snapshot = await exportSnapshot(this.#opts.sourceUrl, slotName);
     try {
-      await this.#host.cut(jobs.map((j) => j.key));
       for (const j of jobs) {
-        this.#running.add(j.key);
-        this.#host.hold(j.key, snapshot.lsn);
-        j.batchTs = batchTimestamp(new Date(), this.#host.lastBatchTs(j.key));
-        this.#host.noteBatchTs(j.key, j.batchTs);
-        this.#opts.metrics?.setTableMode(`${j.schema}.${j.table}`, "reloading");
+        j.stageDir = join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`);
+        this.#running.set(j.oid, j);
       }
+      await this.#host.beginExports(jobs.map((j) => j.oid), snapshot.lsn);
       await this.#registry.startReloads(
         jobs.flatMap((j) => j.ops),
         snapshot.lsn,
-        new Map(jobs.map((j) => [j.key, tableDirName(j.schema, j.table)])),
+        new Map(jobs.map((j) => [j.oid, {
+          schema: j.schema,
+          table: j.table,
+          tableDir: tableDirName(j.schema, j.table),
+        }])),
+        (op) => op.oid!,
       );
     } catch (error) {
-      for (const j of jobs) this.#running.delete(j.key);
+      for (const j of jobs) this.#running.delete(j.oid);
       await snapshot.release();
       throw error;
     }
@@ -210,8 +280,8 @@ export class ReloadCoordinator {
       const res = await this.#catalog.query(
         `SELECT c.oid::int8 AS oid, c.relkind,
                 (pg_relation_size(c.oid) / current_setting('block_size')::int8) AS blocks
-         FROM pg_class c WHERE c.oid = to_regclass($1)`,
-        [qualifiedName(job)],
+         FROM pg_class c WHERE c.oid = $1`,
+        [job.oid],
       );
       const row = res.rows[0];
       if (!row || row.relkind !== "r") continue;
@@ -257,7 +327,7 @@ export class ReloadCoordinator {
     };
     const results = await Promise.allSettled(Array.from({ length: workers }, worker));
     // Jobs no worker could take (a worker failed to connect) are retried later.
-    for (const task of queue) this.#running.delete(task.job.key);
+    for (const task of queue) await this.#failed(task.job, "no export worker could take it", false);
     for (const r of results) {
       if (r.status === "rejected" && !this.#stopping) {
         this.#opts.logger.error("export worker failed", { error: String(r.reason?.message) });
@@ -272,81 +342,70 @@ export class ReloadCoordinator {
     part?: ExportPart,
   ): Promise<void> {
     const started = performance.now();
-    let exp: TableExport | null = null;
+    let exp: StagedExport | null = null;
     try {
-      if (job.split?.failed) return;
-      const oid = await client.query("SELECT to_regclass($1)::int8 AS oid", [qualifiedName(job)]);
-      if (oid.rows[0].oid === null) {
+      if (job.split?.failed || job.stale) return;
+      const exists = await client.query("SELECT 1 FROM pg_class WHERE oid = $1", [job.oid]);
+      if (exists.rowCount === 0) {
         // Gone before the snapshot: nothing to export, ever.
         if (job.split) {
           if (job.split.failed) return;
           job.split.failed = true;
         }
-        await this.#registry.noteReloadError(job.ops, "table does not exist", true);
-        this.#host.release(job.key);
-        this.#running.delete(job.key);
-        this.#progress.done++;
+        await this.#failed(job, "table does not exist", true);
         return;
       }
-      const batchTs = job.batchTs;
       let counted = 0;
       const onBytes = (bytes: number) => {
         this.#progress.bytes += bytes - counted;
         counted = bytes;
       };
       const split = job.split;
+      const dataDir = this.#opts.dataDir;
       if (part && split) {
-        const dir = this.#opts.dataDir;
-        split.sealed.push(await exportTablePart(client, split.oid, part, dir, batchTs, onBytes));
+        split.sealed.push(await exportTablePart(client, job.oid, part, job.stageDir, onBytes));
         split.bytes += counted;
-        // The worker that finishes the last part joins them and registers the table.
+        // The worker that finishes the last part joins them.
         if (split.sealed.length < split.parts.length) return;
         counted = split.bytes;
-        exp = await joinParts(client, split.oid, snapshot.lsn, dir, batchTs, split.sealed);
+        exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
       } else {
-        exp = await exportTable(
-          client,
-          Number(oid.rows[0].oid),
-          snapshot.lsn,
-          this.#opts.dataDir,
-          batchTs,
-          onBytes,
-        );
+        exp = await exportTable(client, job.oid, snapshot.lsn, dataDir, job.stageDir, onBytes);
       }
-      await this.#registry.finishReload(job.ops, {
-        schema: job.schema,
-        table: job.table,
-        tableDir: exp.tableDir,
-        batchTs,
-        path: exp.path,
-        fileType: "full_reload",
-        startLsn: snapshot.lsn,
-        endLsn: snapshot.lsn,
-        startSeq: null,
-        endSeq: null,
-        rowCount: exp.rows,
-        byteSize: exp.byteSize,
-        sha256: exp.sha256,
-        hasDdl: false,
-      }, Number(oid.rows[0].oid));
-      await exp.publish();
-      this.#host.release(job.key);
-      const table = `${job.schema}.${job.table}`;
-      this.#opts.metrics?.setTableMode(table, "streaming");
-      this.#opts.metrics?.fileRegistered(table, "full_reload", exp.byteSize, counted);
-      this.#running.delete(job.key);
-      this.#progress.done++;
-      this.#progress.doneSize += job.size;
-      this.#progress.rows += exp.rows;
-      this.#logProgress(Date.now());
-      this.#opts.logger.info("export registered", {
-        table: `${job.schema}.${job.table}`,
-        path: exp.path,
-        rows: exp.rows,
-        bytes: exp.byteSize,
-        lsn: formatLsn(snapshot.lsn),
-        parts: job.split?.parts.length ?? 1,
-        ms: Math.round(performance.now() - started),
+      if (job.stale) {
+        await exp.abort();
+        return;
+      }
+      const done = exp;
+      const csvBytes = counted;
+      this.#failures.delete(job.oid);
+      this.#host.exportSealed(job.oid, {
+        ops: job.ops,
+        boundary: snapshot.lsn,
+        rows: done.rows,
+        byteSize: done.byteSize,
+        sha256: done.sha256,
+        place: (tableDir, batchTs) => done.place(tableDir, batchTs),
+        publish: () => done.publish(),
+        abort: () => done.abort(),
+        onRegistered: (path) => {
+          this.#running.delete(job.oid);
+          const table = `${job.schema}.${job.table}`;
+          this.#opts.metrics?.fileRegistered(table, "full_reload", done.byteSize, csvBytes);
+          this.#progress.done++;
+          this.#progress.doneSize += job.size;
+          this.#progress.rows += done.rows;
+          this.#logProgress(Date.now());
+          this.#opts.logger.info("export registered", {
+            table,
+            path,
+            rows: done.rows,
+            bytes: done.byteSize,
+            lsn: formatLsn(snapshot.lsn),
+            parts: job.split?.parts.length ?? 1,
+            ms: Math.round(performance.now() - started),
+          });
+        },
       });
     } catch (error) {
       await exp?.abort().catch(() => {});
@@ -355,18 +414,34 @@ export class ReloadCoordinator {
         if (job.split.failed) return;
         job.split.failed = true;
       }
-      this.#running.delete(job.key);
       if (this.#stopping) return;
-      const message = (error as Error).message.split("\n")[0];
-      this.#opts.logger.error("export failed; it will be retried", {
-        table: `${job.schema}.${job.table}`,
-        error: message,
-      });
-      await this.#registry.noteReloadError(job.ops, message, false).catch(() => {});
-      // The snapshot is gone with this worker's transaction; the next poll
+      await this.#failed(job, (error as Error).message.split("\n")[0], false);
+      // The snapshot is gone with this worker's transaction; a later poll
       // starts the table again with a fresh one.
       throw error;
     }
+  }
+
+  /** Records a failed job; it is retried with backoff unless `final`. */
+  async #failed(job: Job, message: string, final: boolean): Promise<void> {
+    if (this.#running.get(job.oid) === job) this.#running.delete(job.oid);
+    await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
+    if (job.stale) return;
+    const f = this.#failures.get(job.oid) ?? { count: 0, retryAt: 0 };
+    f.count++;
+    f.retryAt = Date.now() + Math.min(MAX_RETRY_MS, RETRY_BASE_MS * 2 ** (f.count - 1));
+    this.#failures.set(job.oid, f);
+    if (!final) {
+      this.#opts.logger.error("export failed; it will be retried", {
+        table: `${job.schema}.${job.table}`,
+        error: message,
+        attempt: f.count,
+        retry_in_ms: f.retryAt - Date.now(),
+      });
+    }
+    this.#progress.done++;
+    await this.#registry.noteReloadError(job.ops, message, final).catch(() => {});
+    await this.#host.exportFailed(job.oid, final);
   }
 
   /**
@@ -420,5 +495,9 @@ export class ReloadCoordinator {
     this.#stopping = true;
     for (const c of this.#clients) await c.end().catch(() => {});
     await Promise.allSettled([...this.#tasks]);
+    for (const job of this.#running.values()) {
+      await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
+    }
+    this.#running.clear();
   }
 }

@@ -11,40 +11,66 @@
  * 3. The slot is acknowledged only up to the checkpoint, the end of the
  *    newest transaction that has nothing left in an open batch, and only
  *    after the registry holds that checkpoint.
+ *
+ * Tables are relations (OIDs). What happens to each change of a table, and
+ * when its exports may be registered, is decided by its
+ * {@linkcode TableLife} (table_lifecycle.ts); this loop carries it out.
  */
 
 import { join } from "node:path";
 import { flushDecision, type FlushReason } from "../batch/flush_policy.ts";
 import { STREAMING_FILE, TableBatch } from "../batch/table_batch.ts";
 import { TransactionSpool } from "../batch/transaction_spool.ts";
+import { type ChangeMessage, encodeChangeRow } from "../batch/change_row.ts";
 import { decodeCopyFrame } from "../decode/copy_frame.ts";
 import {
   formatCommitTime,
   PgoutputDecoder,
   type PgoutputMessage,
   type PgoutputProtocol,
-  type TupleData,
-  UNCHANGED_TOAST,
 } from "../decode/pgoutput.ts";
 import { CdcError } from "../errors.ts";
 import type { Logger } from "../log.ts";
-import { compareLsn, formatLsn, type Lsn, maxLsn, minLsn } from "../lsn.ts";
-import {
-  type FileRecord,
-  type Registry,
-  tableKey,
-  type TablePosition,
-  type TableStateUpdate,
+import { formatLsn, type Lsn, maxLsn, minLsn } from "../lsn.ts";
+import type {
+  FileRecord,
+  Registry,
+  ReloadInsert,
+  TablePosition,
+  TableState,
+  TableStateUpdate,
 } from "../registry/registry.ts";
 import type { ReplicationStream } from "../source/replication_stream.ts";
-import { ensureDir, writeFileAtomic } from "../write/atomic_file.ts";
+import { writeFileAtomic } from "../write/atomic_file.ts";
 import { renderSchemaYml } from "../write/schema_yml.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
-import type { ReloadCoordinator, ReloadHost } from "./reload_coordinator.ts";
-import { type DdlEvent, ddlEventFromRow, eventTable, schemaFromEvent } from "./ddl_events.ts";
+import type { ReloadCoordinator, ReloadHost, SealedExport } from "./reload_coordinator.ts";
+import {
+  changesExistingRows,
+  createsTable,
+  type DdlEvent,
+  ddlEventFromRow,
+  eventTable,
+  schemaFromEvent,
+} from "./ddl_events.ts";
+import { DDL_FILE, writeDdlFolder } from "./ddl_folder.ts";
+import {
+  comparePosition,
+  ddlNeedsExport,
+  exportAbandoned,
+  exportPlaceable,
+  exportRegistered,
+  nameExportFolder,
+  newLife,
+  noteRegistered,
+  openGate,
+  reachesBoundary,
+  rowAction,
+  setBoundary,
+  type TableLife,
+} from "./table_lifecycle.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
-import { createHash } from "node:crypto";
 
 /** Settings of the pipeline. */
 export interface PipelineOptions {
@@ -53,10 +79,10 @@ export interface PipelineOptions {
   limits: { maxRows: number; maxBytes: number; intervalMs: number };
   /** The slot's confirmed_flush_lsn at start: everything before it is done. */
   startLsn: Lsn;
-  /** Per-table position of the last registered row, keyed by tableKey(). */
-  positions: Map<string, { last: TablePosition | null; lastBatchTs: string | null }>;
-  /** Per-table LSN of the newest registered export: earlier changes are in it. */
-  boundaries: Map<string, Lsn>;
+  /** What the registry holds per relation, keyed by OID. */
+  tables: Map<number, TableState>;
+  /** Whether DDL that changes existing rows without row events triggers a reload. */
+  reloadAfterDdl: "auto" | "never";
   /** Called when CREATE TABLE is seen, to add a matching table to the publication. */
   onCreateTable?: (schema: string, table: string) => Promise<void>;
   metrics?: StreamMetrics;
@@ -72,19 +98,27 @@ interface Txn {
   xidText: string;
 }
 
-const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder();
-const OP = {
-  I: textEncoder.encode("I"),
-  U: textEncoder.encode("U"),
-  D: textEncoder.encode("D"),
-  T: textEncoder.encode("T"),
-};
+/** A table's current name and folder. */
+interface TableName {
+  schema: string;
+  table: string;
+  tableDir: string;
+}
+
+/** A sealed file held back, unregistered, until the table's export is registered. */
+interface HeldFile {
+  file: FileRecord;
+  last: TablePosition | null;
+  /** The checkpoint that was valid before the file's first change. */
+  safeBefore: Lsn;
+  publish(): Promise<void>;
+  abort(): Promise<void>;
+}
+
 const STATUS_INTERVAL_MS = 10_000;
 /** XLogData frames: 'w', WAL start, WAL end, send time, then one pgoutput message. */
 const XLOGDATA = 0x77;
 const XLOGDATA_HEADER = 1 + 8 + 8 + 8;
-const DDL_FILE = "ddl.sql";
 const IDLE_CHECKPOINT_INTERVAL_MS = 10_000;
 
 /** Counters the pipeline exposes (status, metrics, tests). */
@@ -94,11 +128,6 @@ export interface PipelineStats {
   filesWritten: number;
   bytesWritten: number;
   transactions: number;
-}
-
-/** Compares two positions. */
-function comparePosition(a: TablePosition, b: TablePosition): number {
-  return compareLsn(a.lsn, b.lsn) || a.seq - b.seq;
 }
 
 /** Runs the replication stream into files until stopped. */
@@ -118,7 +147,19 @@ export class StreamPipeline {
   #replayDecoder: PgoutputDecoder;
   #spool: TransactionSpool;
   #relations = new Map<number, RelationInfo>();
-  #batches = new Map<string, TableBatch>();
+  /** Every captured relation's life, by OID. */
+  #lives = new Map<number, TableLife>();
+  /** Every known relation's current name, by OID (dropped ones included). */
+  #names = new Map<number, TableName>();
+  /** The newest folder name per table dir, so names only grow. */
+  #lastBatchTs = new Map<string, string>();
+  #batches = new Map<number, TableBatch>();
+  /** Files held back per relation until its export is registered. */
+  #held = new Map<number, HeldFile[]>();
+  /** Sealed exports waiting until the stream reaches their boundary. */
+  #ready = new Map<number, SealedExport>();
+  /** Relations whose export boundary the stream has not reached yet. */
+  #awaitingBoundary = new Set<number>();
   #txn: Txn | null = null;
   #streamXid: number | null = null;
   /** End LSN of the newest fully processed transaction. */
@@ -130,10 +171,8 @@ export class StreamPipeline {
   #lastStatusAt = 0;
   #lastIdleSaveAt = 0;
   #stopping = false;
-  /** Tables being exported: their batches stay open until the export is registered. */
-  #held = new Set<string>();
-  /** Column name → attnum per table, from the newest captured DDL. */
-  #attnums = new Map<string, Map<string, number>>();
+  /** Column name → attnum per relation, from the newest captured DDL. */
+  #attnums = new Map<number, Map<string, number>>();
   #reloads: ReloadCoordinator | null = null;
 
   constructor(
@@ -155,6 +194,14 @@ export class StreamPipeline {
     this.#lastCommitEnd = options.startLsn;
     this.#lastWalEnd = options.startLsn;
     this.#durable = options.startLsn;
+    for (const [oid, t] of options.tables) {
+      this.#lives.set(oid, newLife(oid, t));
+      this.#names.set(oid, { schema: t.schema, table: t.table, tableDir: t.tableDir });
+      const known = this.#lastBatchTs.get(t.tableDir);
+      if (t.lastBatchTs && (!known || t.lastBatchTs > known)) {
+        this.#lastBatchTs.set(t.tableDir, t.lastBatchTs);
+      }
+    }
   }
 
   /** The LSN the registry holds and the slot was acknowledged to. */
@@ -165,22 +212,12 @@ export class StreamPipeline {
   /** Attaches the coordinator that runs exports between frames. */
   attachReloads(make: (host: ReloadHost) => ReloadCoordinator): void {
     this.#reloads = make({
-      cut: async (keys) => {
-        const open = keys.filter((k) => this.#batches.has(k));
-        if (open.length > 0) await this.#flush(open, "reload");
+      holdFor: (oid, hold, reason) => openGate(this.#life(oid), hold, reason),
+      beginExports: (oids, boundary) => this.#beginExports(oids, boundary),
+      exportSealed: (oid, sealed) => {
+        this.#ready.set(oid, sealed);
       },
-      hold: (key, boundary) => {
-        this.#held.add(key);
-        this.#opts.boundaries.set(key, boundary);
-      },
-      release: (key) => {
-        this.#held.delete(key);
-      },
-      lastBatchTs: (key) => this.#opts.positions.get(key)?.lastBatchTs ?? undefined,
-      noteBatchTs: (key, batchTs) => {
-        const state = this.#opts.positions.get(key);
-        this.#opts.positions.set(key, { last: state?.last ?? null, lastBatchTs: batchTs });
-      },
+      exportFailed: (oid, final) => this.#exportFailed(oid, final),
     });
   }
 
@@ -213,7 +250,7 @@ export class StreamPipeline {
       }
       await this.#reloads?.stop();
       await this.#flushAll("shutdown");
-      for (const key of this.#held) await this.#batches.get(key)?.abort();
+      await this.#dropHeld();
       this.#sendStatus(true);
     } finally {
       await this.#reloads?.stop();
@@ -221,11 +258,36 @@ export class StreamPipeline {
     }
   }
 
-  /** Aborts open batches without registering them (after a failure). */
+  /** Aborts open batches and held files without registering them (after a failure). */
   async discard(): Promise<void> {
+    await this.#dropHeld();
     for (const batch of this.#batches.values()) await batch.abort().catch(() => {});
     this.#batches.clear();
     await this.#spool.close().catch(() => {});
+  }
+
+  /** Held work belongs after an export that is not registered: it is sent again after a restart. */
+  async #dropHeld(): Promise<void> {
+    for (const [oid, batch] of this.#batches) {
+      if (!batch.held) continue;
+      await batch.abort().catch(() => {});
+      this.#batches.delete(oid);
+    }
+    for (const list of this.#held.values()) {
+      for (const h of list) await h.abort().catch(() => {});
+    }
+    this.#held.clear();
+    for (const sealed of this.#ready.values()) await sealed.abort().catch(() => {});
+    this.#ready.clear();
+  }
+
+  #life(oid: number): TableLife {
+    let life = this.#lives.get(oid);
+    if (life === undefined) {
+      life = newLife(oid);
+      this.#lives.set(oid, life);
+    }
+    return life;
   }
 
   /**
@@ -332,12 +394,16 @@ export class StreamPipeline {
   }
 
   #onRelation(msg: Extract<PgoutputMessage, { type: "relation" }>): void {
-    this.#relations.set(msg.relationId, relationInfo(msg));
+    const rel = relationInfo(msg);
+    this.#relations.set(msg.relationId, rel);
+    if (!rel.captured) return;
+    this.#life(rel.key);
+    this.#names.set(rel.key, { schema: rel.schema, table: rel.table, tableDir: rel.tableDir });
   }
 
   /**
    * The common case of {@linkcode #onChangeSlow} without a promise: a change
-   * of a captured table with an open batch of the same column set, appended
+   * of a streaming table with an open batch of the same column set, appended
    * synchronously; anything else (and any I/O afterwards) goes the slow way.
    */
   #onChange(
@@ -346,40 +412,43 @@ export class StreamPipeline {
     const txn = this.#txn;
     const rel = this.#relations.get(msg.relationId);
     if (txn === null || rel === undefined || !rel.captured) return this.#onChangeSlow(msg);
+    const life = this.#lives.get(rel.key);
     const batch = this.#batches.get(rel.key);
-    if (batch === undefined || batch.relation.fingerprint !== rel.fingerprint) {
+    if (
+      life === undefined || life.gate !== null || batch === undefined ||
+      batch.relation.fingerprint !== rel.fingerprint
+    ) {
       return this.#onChangeSlow(msg);
     }
     const seq = txn.seq++;
     const pos: TablePosition = { lsn: txn.commitLsn, seq };
-    if (this.#covered(rel.key, pos)) {
+    if (rowAction(life, pos) !== "write") {
       this.stats.rowsSkipped++;
       return undefined;
     }
-    this.#writeRow(batch, msg, txn, seq);
+    encodeChangeRow(batch.encoder, rel, msg, txn, seq);
     batch.noteRow(pos);
     this.stats.rowsWritten++;
-    if (batch.drainDue || this.#limitReached(rel.key, batch)) return this.#afterRow(rel.key, batch);
+    if (batch.drainDue || this.#limitReached(batch)) return this.#afterRow(batch);
     return undefined;
   }
 
   /** Whether an open batch (not held for an export) reached its row or byte limit. */
-  #limitReached(key: string, batch: TableBatch): boolean {
+  #limitReached(batch: TableBatch): boolean {
     return (batch.rows >= this.#opts.limits.maxRows ||
-      batch.bytes >= this.#opts.limits.maxBytes) && !this.#held.has(key);
+      batch.bytes >= this.#opts.limits.maxBytes) && !batch.held;
   }
 
   /** Hands encoded rows to gzip, and flushes the batch at its size limits. */
-  async #afterRow(key: string, batch: TableBatch): Promise<void> {
+  async #afterRow(batch: TableBatch): Promise<void> {
     await batch.maybeDrain();
-    if (this.#limitReached(key, batch)) {
-      await this.#flush([key], batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes");
+    if (this.#limitReached(batch)) {
+      const reason = batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes";
+      await this.#flush([batch.relation.key], reason);
     }
   }
 
-  async #onChangeSlow(
-    msg: Extract<PgoutputMessage, { type: "insert" | "update" | "delete" | "truncate" }>,
-  ): Promise<void> {
+  async #onChangeSlow(msg: ChangeMessage): Promise<void> {
     const txn = this.#txn;
     if (!txn) throw new CdcError("protocol", `Received ${msg.type} outside a transaction`);
     const relIds = msg.type === "truncate" ? msg.relationIds : [msg.relationId];
@@ -396,36 +465,27 @@ export class StreamPipeline {
         continue;
       }
       const pos: TablePosition = { lsn: txn.commitLsn, seq };
-      if (this.#covered(rel.key, pos)) {
+      const life = this.#life(rel.key);
+      if (reachesBoundary(life, pos)) await this.#reachBoundary(life);
+      const action = rowAction(life, pos);
+      if (action === "skip") {
         this.stats.rowsSkipped++;
         continue;
       }
-      const batch = await this.#batchFor(rel);
-      this.#writeRow(batch, msg, txn, seq);
+      const batch = await this.#batchFor(rel, action === "hold");
+      encodeChangeRow(batch.encoder, rel, msg, txn, seq);
       batch.noteRow(pos);
       this.stats.rowsWritten++;
-      await this.#afterRow(rel.key, batch);
+      await this.#afterRow(batch);
     }
   }
 
-  /**
-   * Whether a change is already in registered files: at or before the
-   * table's last registered position, or before its newest export.
-   */
-  #covered(key: string, pos: TablePosition): boolean {
-    const known = this.#opts.positions.get(key)?.last;
-    if (known && comparePosition(pos, known) <= 0) return true;
-    const boundary = this.#opts.boundaries.get(key);
-    return boundary !== undefined && pos.lsn < boundary;
-  }
-
-  async #batchFor(rel: RelationInfo): Promise<TableBatch> {
+  async #batchFor(rel: RelationInfo, held: boolean): Promise<TableBatch> {
     const open = this.#batches.get(rel.key);
-    if (open && open.relation.fingerprint === rel.fingerprint) return open;
-    // A new column set starts a new folder with its own schema.yml.
-    if (open) await this.#flush([rel.key], "schema");
-    const state = this.#opts.positions.get(rel.key);
-    const batchTs = batchTimestamp(new Date(), state?.lastBatchTs ?? undefined);
+    if (open && open.relation.fingerprint === rel.fingerprint && open.held === held) return open;
+    // A new column set (or name) starts a new folder with its own schema.yml.
+    if (open) await this.#close([rel.key], "schema");
+    const batchTs = this.#nextBatchTs(rel.tableDir);
     // Describe the column set now, when it takes effect: the attnums known
     // from captured DDL are the ones of this point in the stream.
     const schema = await this.#schemas.describe(rel, this.#attnums.get(rel.key));
@@ -436,87 +496,111 @@ export class StreamPipeline {
     // steady writes to several tables the slot never advanced.)
     const batch = await TableBatch.open(rel, batchTs, this.#opts.dataDir, this.#lastCommitEnd);
     batch.schema = schema;
+    batch.held = held;
     this.#batches.set(rel.key, batch);
-    this.#opts.positions.set(rel.key, { last: state?.last ?? null, lastBatchTs: batchTs });
     return batch;
   }
 
-  #writeRow(
-    batch: TableBatch,
-    msg: Extract<PgoutputMessage, { type: "insert" | "update" | "delete" | "truncate" }>,
-    txn: Txn,
-    seq: number,
-  ): void {
-    const csv = batch.encoder;
-    const rel = batch.relation;
-    let values: TupleData | null;
-    let old: TupleData | undefined;
-    let op: Uint8Array;
-    switch (msg.type) {
-      case "insert":
-        op = OP.I;
-        values = msg.newTuple;
-        break;
-      case "update":
-        op = OP.U;
-        values = msg.newTuple;
-        old = msg.keyTuple ?? msg.oldTuple;
-        break;
-      case "delete":
-        op = OP.D;
-        values = msg.keyTuple ?? msg.oldTuple ?? null;
-        break;
-      case "truncate":
-        op = OP.T;
-        values = null;
-        break;
-    }
-    csv.field(op);
-    csv.fieldText(txn.lsnText);
-    csv.fieldText(String(seq));
-    csv.fieldText(txn.tsText);
-    csv.fieldText(txn.xidText);
-    // _cdc_unchanged_cols
-    let unchanged: string[] | null = null;
-    if (values) {
-      for (let i = 0; i < values.length; i++) {
-        if (values[i] === UNCHANGED_TOAST) (unchanged ??= []).push(rel.columnNames[i]);
-      }
-    }
-    csv.fieldText(unchanged ? JSON.stringify(unchanged) : null);
-    // _cdc_old_key: the key columns of a 'K' tuple, every sent column of an 'O' tuple.
-    if (old) {
-      const keyOnly = msg.type === "update" && msg.keyTuple !== undefined;
-      const obj: Record<string, string | null> = {};
-      for (let i = 0; i < old.length; i++) {
-        const v = old[i];
-        if (v === UNCHANGED_TOAST) continue;
-        if (keyOnly && !rel.keyColumns.includes(i)) continue;
-        obj[rel.columnNames[i]] = v === null ? null : textDecoder.decode(v);
-      }
-      csv.fieldText(JSON.stringify(obj));
-    } else {
-      csv.fieldText(null);
-    }
-    const n = rel.columnNames.length;
-    for (let i = 0; i < n; i++) {
-      const v = values ? values[i] : null;
-      csv.field(v === UNCHANGED_TOAST || v === undefined ? null : v);
-    }
-    csv.endRow();
+  /** A folder name for `tableDir`, later than every earlier one. */
+  #nextBatchTs(tableDir: string): string {
+    const batchTs = batchTimestamp(new Date(), this.#lastBatchTs.get(tableDir));
+    this.#lastBatchTs.set(tableDir, batchTs);
+    return batchTs;
   }
 
-  /** The newest LSN whose transactions have nothing in an open batch. */
+  /** Closes the open batches of `oids`: registered now, or held for an export. */
+  async #close(oids: number[], reason: FlushReason | "schema" | "reload" | "ddl"): Promise<void> {
+    const now: number[] = [];
+    for (const oid of oids) {
+      const batch = this.#batches.get(oid);
+      if (!batch) continue;
+      if (batch.held) await this.#holdBatch(batch);
+      else now.push(oid);
+    }
+    if (now.length > 0) await this.#flush(now, reason);
+  }
+
+  /** Seals a held batch and keeps it, unregistered, until the export is registered. */
+  async #holdBatch(batch: TableBatch): Promise<void> {
+    const oid = batch.relation.key;
+    this.#batches.delete(oid);
+    if (batch.rows === 0) {
+      await batch.abort();
+      return;
+    }
+    const sealed = await batch.seal();
+    await this.#writeBatchSchema(batch);
+    const list = this.#held.get(oid) ?? [];
+    list.push({
+      file: this.#fileRecord(batch, sealed),
+      last: batch.last,
+      safeBefore: batch.safeBefore,
+      publish: () => batch.publish(),
+      abort: () => batch.abort(),
+    });
+    this.#held.set(oid, list);
+  }
+
+  async #writeBatchSchema(batch: TableBatch): Promise<void> {
+    const schema = batch.schema ?? await this.#schemas.describe(batch.relation);
+    const prev = this.#previousName(batch.relation.key, batch.relation);
+    await writeFileAtomic(
+      join(batch.absDir, "schema.yml"),
+      new TextEncoder().encode(
+        renderSchemaYml({
+          ...schema,
+          validFromLsn: formatLsn(batch.first!.lsn),
+          previousName: prev,
+        }),
+      ),
+    );
+  }
+
+  #fileRecord(batch: TableBatch, sealed: { byteSize: number; sha256: string }): FileRecord {
+    return {
+      schema: batch.relation.schema,
+      table: batch.relation.table,
+      tableDir: batch.relation.tableDir,
+      relationOid: batch.relation.key,
+      batchTs: batch.batchTs,
+      path: `${batch.relDir}/${STREAMING_FILE}`,
+      fileType: "streaming",
+      startLsn: batch.first!.lsn,
+      endLsn: batch.last!.lsn,
+      startSeq: batch.first!.seq,
+      endSeq: batch.last!.seq,
+      rowCount: batch.rows,
+      byteSize: sealed.byteSize,
+      sha256: sealed.sha256,
+      hasDdl: false,
+    };
+  }
+
+  /** The relation's earlier name when it was renamed while we streamed it. */
+  #previousName(oid: number, now: { schema: string; table: string }): string | null {
+    const before = this.#opts.tables.get(oid);
+    if (!before || (before.schema === now.schema && before.table === now.table)) return null;
+    return `${before.schema}.${before.table}`;
+  }
+
+  /** The newest LSN whose transactions have nothing in an open batch or held file. */
   #checkpoint(): Lsn {
     let cp = this.#lastCommitEnd;
     if (
       this.#txn === null && this.#streamXid === null && this.#spool.openCount === 0 &&
-      this.#batches.size === 0
+      this.#batches.size === 0 && this.#held.size === 0
     ) {
       cp = maxLsn(cp, this.#lastWalEnd);
     }
     for (const batch of this.#batches.values()) cp = minLsn(cp, batch.safeBefore);
+    for (const list of this.#held.values()) for (const h of list) cp = minLsn(cp, h.safeBefore);
     return maxLsn(cp, this.#durable);
+  }
+
+  /** Every commit before this LSN has been processed. */
+  #frontier(): Lsn {
+    if (this.#txn !== null) return this.#txn.commitLsn;
+    return maxLsn(this.#lastCommitEnd, this.#lastWalEnd);
   }
 
   /** Flushes the batches that are due; a promise only when there are some. */
@@ -524,7 +608,7 @@ export class StreamPipeline {
     if (this.#batches.size === 0) return undefined;
     const now = Date.now();
     const { maxRows, maxBytes, intervalMs } = this.#opts.limits;
-    let due: string[] | null = null;
+    let due: number[] | null = null;
     let reason: FlushReason | null = null;
     for (const [key, batch] of this.#batches) {
       // Cheap test first: this runs at every commit.
@@ -532,7 +616,7 @@ export class StreamPipeline {
         !shuttingDown && now - batch.openedAt < intervalMs && batch.rows < maxRows &&
         batch.bytes < maxBytes
       ) continue;
-      if (this.#held.has(key)) continue;
+      if (batch.held) continue;
       const r = flushDecision(
         { rows: batch.rows, bytes: batch.bytes, ageMs: now - batch.openedAt, shuttingDown },
         this.#opts.limits,
@@ -548,151 +632,327 @@ export class StreamPipeline {
   async #flushAll(reason: FlushReason): Promise<void> {
     // Held batches belong after an export that is not registered: they are
     // dropped (and sent again after a restart), never registered alone.
-    const keys = [...this.#batches.keys()].filter((k) => !this.#held.has(k));
+    const keys = [...this.#batches].filter(([_k, b]) => !b.held).map(([k]) => k);
     if (keys.length > 0) await this.#flush(keys, reason);
     else await this.#advanceIdle(true);
+  }
+
+  /**
+   * An export's snapshot was taken at `boundary`: close the tables' open
+   * batches (their changes are before it) and hold what comes after.
+   */
+  async #beginExports(oids: number[], boundary: Lsn): Promise<void> {
+    await this.#close(oids.filter((oid) => this.#batches.has(oid)), "reload");
+    for (const oid of oids) {
+      setBoundary(this.#life(oid), boundary);
+      this.#awaitingBoundary.add(oid);
+      const name = this.#names.get(oid);
+      if (name) this.#opts.metrics?.setTableMode(`${name.schema}.${name.table}`, "reloading");
+    }
+    await this.#reachBoundaries();
+  }
+
+  /** Names the export folders of tables whose boundary the stream has passed. */
+  async #reachBoundaries(): Promise<void> {
+    if (this.#awaitingBoundary.size === 0) return;
+    const frontier = this.#frontier();
+    for (const oid of [...this.#awaitingBoundary]) {
+      const life = this.#lives.get(oid);
+      const g = life?.gate;
+      if (!life || !g || g.boundary === null || g.batchTs !== null) {
+        this.#awaitingBoundary.delete(oid);
+        continue;
+      }
+      if (frontier >= g.boundary) await this.#reachBoundary(life);
+    }
+  }
+
+  /**
+   * The stream reached the export's boundary C: the table's open batch (its
+   * changes before C) is closed, and the export folder is named now, so it
+   * sorts after every folder of earlier changes and before later ones.
+   */
+  async #reachBoundary(life: TableLife): Promise<void> {
+    await this.#close([life.oid], "reload");
+    const name = this.#names.get(life.oid);
+    if (!name) throw new CdcError("protocol", `No name known for relation ${life.oid}`);
+    nameExportFolder(life, this.#nextBatchTs(name.tableDir));
+    this.#awaitingBoundary.delete(life.oid);
+  }
+
+  /** Registers sealed exports whose boundary the stream has reached, with what they held. */
+  async #placeReadyExports(): Promise<void> {
+    for (const [oid, sealed] of [...this.#ready]) {
+      const life = this.#lives.get(oid);
+      if (!life || !exportPlaceable(life) || life.gate!.boundary !== sealed.boundary) continue;
+      this.#ready.delete(oid);
+      await this.#registerExport(life, sealed);
+    }
+  }
+
+  async #registerExport(life: TableLife, sealed: SealedExport): Promise<void> {
+    const oid = life.oid;
+    const name = this.#names.get(oid)!;
+    const batchTs = life.gate!.batchTs!;
+    const reason = life.gate!.reason;
+    const path = await sealed.place(name.tableDir, batchTs);
+    const held = this.#held.get(oid) ?? [];
+    this.#held.delete(oid);
+    let last: TablePosition | null = null;
+    for (const h of held) {
+      if (h.last && (last === null || comparePosition(h.last, last) > 0)) last = h.last;
+    }
+    const files: FileRecord[] = [...held.map((h) => h.file), {
+      schema: name.schema,
+      table: name.table,
+      tableDir: name.tableDir,
+      relationOid: oid,
+      batchTs,
+      path,
+      fileType: "full_reload",
+      startLsn: sealed.boundary,
+      endLsn: sealed.boundary,
+      startSeq: null,
+      endSeq: null,
+      rowCount: sealed.rows,
+      byteSize: sealed.byteSize,
+      sha256: sealed.sha256,
+      hasDdl: false,
+      reloadReason: reason,
+    }];
+    const checkpoint = this.#checkpoint();
+    // Once this call is sent the registry decides: on any error the session
+    // fails and start-up recovery settles the files against the registry.
+    await this.#registry.finishReload(sealed.ops, files, {
+      oid,
+      ...name,
+      last,
+      lastBatchTs: this.#lastBatchTs.get(name.tableDir) ?? batchTs,
+      mode: life.phase === "dropped" ? "dropped" : "streaming",
+      reloadLsn: sealed.boundary,
+    }, checkpoint);
+    for (const h of held) await h.publish();
+    await sealed.publish();
+    exportRegistered(life, sealed.boundary, last);
+    const open = this.#batches.get(oid);
+    if (open) open.held = false;
+    this.#durable = maxLsn(this.#durable, checkpoint);
+    const table = `${name.schema}.${name.table}`;
+    this.#opts.metrics?.setTableMode(table, life.phase);
+    for (const h of held) {
+      this.stats.filesWritten++;
+      this.stats.bytesWritten += h.file.byteSize;
+    }
+    sealed.onRegistered(path);
+    this.#sendStatus(true);
+  }
+
+  /** An export failed: `final` when its table is gone for good. */
+  async #exportFailed(oid: number, final: boolean): Promise<void> {
+    const life = this.#lives.get(oid);
+    this.#ready.get(oid)?.abort().catch(() => {});
+    this.#ready.delete(oid);
+    this.#awaitingBoundary.delete(oid);
+    if (!life) return;
+    exportAbandoned(life);
+    if (!final) return;
+    // Nothing will come to wait for: register what was held, as it is.
+    const open = this.#batches.get(oid);
+    if (open) open.held = false;
+    const held = this.#held.get(oid) ?? [];
+    this.#held.delete(oid);
+    life.gate = null;
+    if (held.length === 0) return;
+    const name = this.#names.get(oid)!;
+    const checkpoint = this.#checkpoint();
+    const last = held.at(-1)!.last;
+    await this.#registry.commitFlush(held.map((h) => h.file), [{
+      oid,
+      ...name,
+      last,
+      lastBatchTs: this.#lastBatchTs.get(name.tableDir)!,
+    }], checkpoint);
+    for (const h of held) await h.publish();
+    if (last) noteRegistered(life, last);
+    this.#durable = maxLsn(this.#durable, checkpoint);
+  }
+
+  /**
+   * Handles a captured DDL command at its position: a `ddl.sql` folder for
+   * the table it changed (after closing the table's open batch, so that no
+   * file spans the change), a new export when the command changed existing
+   * rows without row events or made a name mean another relation, and the
+   * publication for new tables.
+   */
+  async #onDdl(event: DdlEvent, pos: TablePosition): Promise<void> {
+    const target = eventTable(event);
+    if (!target) return;
+    if (createsTable(event)) {
+      await this.#opts.onCreateTable?.(target.schema, target.table);
+      return;
+    }
+    const oid = event.objid;
+    if (oid === null) return;
+    const life = this.#lives.get(oid);
+    if (!life) return; // not a table we capture
+    const knownMaxAttnum = this.#maxAttnum(oid);
+    if (event.attnums) this.#attnums.set(oid, event.attnums);
+    if (reachesBoundary(life, pos)) await this.#reachBoundary(life);
+    const action = rowAction(life, pos);
+    if (action === "skip") return;
+    const before = this.#names.get(oid);
+    const tableDir = tableDirName(target.schema, target.table);
+    const renamed = before !== undefined &&
+      (before.schema !== target.schema || before.table !== target.table);
+    await this.#close([oid], "ddl");
+    this.#names.set(oid, { schema: target.schema, table: target.table, tableDir });
+    const dropped = event.commandTag === "DROP TABLE";
+    const batchTs = this.#nextBatchTs(tableDir);
+    const dir = join(this.#opts.dataDir, tableDir, batchTs);
+    let schema = null;
+    if (!dropped) {
+      // The catalog may already show later DDL: prefer what the trigger captured.
+      schema = schemaFromEvent(event, target, pos.lsn) ??
+        await this.#schemas.describeOid(oid, pos.lsn);
+      if (schema && renamed) schema.previousName = `${before!.schema}.${before!.table}`;
+    }
+    const folder = await writeDdlFolder(dir, event.commandTag, event.command, pos.lsn, schema);
+    const file: FileRecord = {
+      schema: target.schema,
+      table: target.table,
+      tableDir,
+      relationOid: oid,
+      batchTs,
+      path: `${tableDir}/${batchTs}/${DDL_FILE}`,
+      fileType: "ddl",
+      startLsn: pos.lsn,
+      endLsn: pos.lsn,
+      startSeq: pos.seq,
+      endSeq: pos.seq,
+      rowCount: 1,
+      byteSize: folder.byteSize,
+      sha256: folder.sha256,
+      hasDdl: true,
+    };
+    const reloads: ReloadInsert[] = [];
+    const reason = this.#reloadReason(event, oid, target, renamed, knownMaxAttnum);
+    if (reason !== null && ddlNeedsExport(life, pos)) {
+      if (life.gate?.boundary != null) {
+        // The export under way predates the change: start again after it.
+        this.#reloads?.abandon(oid);
+        await this.#exportFailed(oid, false);
+      }
+      reloads.push({ oid, schema: target.schema, table: target.table, reason, hold: pos });
+    }
+    if (dropped) life.phase = "dropped";
+    const table = `${target.schema}.${target.table}`;
+    if (action === "hold") {
+      if (!this.#held.has(oid)) this.#held.set(oid, []);
+      this.#held.get(oid)!.push({
+        file,
+        last: pos,
+        safeBefore: this.#lastCommitEnd,
+        publish: folder.publish,
+        abort: folder.abort,
+      });
+      if (reloads.length > 0) await this.#registry.commitFlush([], [], this.#checkpoint(), reloads);
+    } else {
+      const checkpoint = this.#checkpoint();
+      await this.#registry.commitFlush([file], [{
+        oid,
+        schema: target.schema,
+        table: target.table,
+        tableDir,
+        last: pos,
+        lastBatchTs: batchTs,
+        mode: dropped ? "dropped" : undefined,
+      }], checkpoint, reloads);
+      await folder.publish();
+      noteRegistered(life, pos);
+      this.#durable = maxLsn(this.#durable, checkpoint);
+      this.#opts.metrics?.fileRegistered(table, "ddl", folder.byteSize, 0);
+    }
+    for (const r of reloads) openGate(life, r.hold, r.reason);
+    if (dropped) this.#opts.metrics?.setTableMode(table, "dropped");
+    this.#opts.logger.info(action === "hold" ? "ddl held for an export" : "ddl registered", {
+      table,
+      command: event.commandTag,
+      path: file.path,
+      ...(reason !== null ? { reload: reason } : {}),
+    });
+  }
+
+  /** Why a DDL needs a new export of its table, or null. */
+  #reloadReason(
+    event: DdlEvent,
+    oid: number,
+    target: { schema: string; table: string },
+    renamed: boolean,
+    knownMaxAttnum: number | undefined,
+  ): string | null {
+    if (this.#opts.reloadAfterDdl === "never" || event.commandTag === "DROP TABLE") return null;
+    if (changesExistingRows(event, knownMaxAttnum)) return "ddl";
+    if (renamed) {
+      // A rename onto a name that another relation had: its folders would
+      // follow the other relation's, so it starts over with an export.
+      for (const [other, n] of this.#names) {
+        if (other !== oid && n.schema === target.schema && n.table === target.table) {
+          return "rename";
+        }
+      }
+    }
+    return null;
+  }
+
+  /** The highest attnum known for a relation before the current DDL, if any. */
+  #maxAttnum(oid: number): number | undefined {
+    let max: number | undefined;
+    const fromDdl = this.#attnums.get(oid);
+    if (fromDdl) for (const a of fromDdl.values()) max = Math.max(max ?? 0, a);
+    const batch = this.#batches.get(oid);
+    for (const c of batch?.schema?.columns ?? []) {
+      if (c.attnum != null) max = Math.max(max ?? 0, c.attnum);
+    }
+    return max;
   }
 
   /**
    * Seals the batches of `keys`, registers them with the new checkpoint in
    * one transaction, publishes the files and acknowledges.
    */
-  /**
-   * Writes a captured DDL command as `ddl.sql` in a folder of its own for the
-   * table it changed, registered at the DDL's position, after closing the
-   * table's open batch so that no file spans the change.
-   */
-  async #onDdl(event: DdlEvent, pos: TablePosition): Promise<void> {
-    const target = eventTable(event);
-    if (!target) return;
-    const key = tableKey(target.schema, target.table);
-    if (event.commandTag === "CREATE TABLE") {
-      await this.#opts.onCreateTable?.(target.schema, target.table);
-      return;
-    }
-    // Track attnums even for DDL registered before a restart.
-    if (event.attnums) this.#attnums.set(key, event.attnums);
-    const state = this.#opts.positions.get(key);
-    const known = state?.last;
-    if (known && comparePosition(pos, known) <= 0) return;
-    const open = this.#batches.get(key);
-    const rel = [...this.#relations.values()].find((r) => r.key === key);
-    if (!state && !open && !rel) return; // not a table we capture
-    if (open) await this.#flush([key], "ddl");
-    const tableDir = tableDirName(target.schema, target.table);
-    const batchTs = batchTimestamp(
-      new Date(),
-      this.#opts.positions.get(key)?.lastBatchTs ?? undefined,
-    );
-    const dir = join(this.#opts.dataDir, tableDir, batchTs);
-    await ensureDir(dir);
-    const sql = `-- ${event.commandTag} committed at ${
-      formatLsn(pos.lsn)
-    }\n${event.command.trim()}\n`;
-    const bytes = textEncoder.encode(sql);
-    await writeFileAtomic(join(dir, DDL_FILE), bytes);
-    if (event.objid !== null && event.commandTag !== "DROP TABLE") {
-      // The catalog may already show later DDL: prefer what the trigger captured.
-      const schema = schemaFromEvent(event, target, pos.lsn) ??
-        await this.#schemas.describeOid(event.objid, pos.lsn);
-      if (schema) {
-        await writeFileAtomic(join(dir, "schema.yml"), textEncoder.encode(renderSchemaYml(schema)));
-      }
-    }
-    const sha = createHash("sha256").update(bytes).digest("hex");
-    await this.#registry.commitFlush(
-      [{
-        schema: target.schema,
-        table: target.table,
-        tableDir,
-        batchTs,
-        path: `${tableDir}/${batchTs}/${DDL_FILE}`,
-        fileType: "ddl",
-        startLsn: pos.lsn,
-        endLsn: pos.lsn,
-        startSeq: pos.seq,
-        endSeq: pos.seq,
-        rowCount: 1,
-        byteSize: bytes.length,
-        sha256: sha,
-        hasDdl: true,
-      }],
-      [{
-        schema: target.schema,
-        table: target.table,
-        tableDir,
-        relationOid: event.objid,
-        last: pos,
-        lastBatchTs: batchTs,
-        mode: event.commandTag === "DROP TABLE" ? "dropped" : undefined,
-      }],
-      this.#checkpoint(),
-    );
-    this.#opts.positions.set(key, { last: pos, lastBatchTs: batchTs });
-    this.#opts.metrics?.fileRegistered(`${target.schema}.${target.table}`, "ddl", bytes.length, 0);
-    if (event.commandTag === "DROP TABLE") {
-      this.#opts.metrics?.setTableMode(`${target.schema}.${target.table}`, "dropped");
-    }
-    this.#opts.logger.info("ddl registered", {
-      table: `${target.schema}.${target.table}`,
-      command: event.commandTag,
-      path: `${tableDir}/${batchTs}/${DDL_FILE}`,
-    });
-  }
-
-  async #flush(keys: string[], reason: FlushReason | "schema" | "reload" | "ddl"): Promise<void> {
+  async #flush(keys: number[], reason: FlushReason | "schema" | "reload" | "ddl"): Promise<void> {
     const started = performance.now();
-    const batches = keys.map((k) => this.#batches.get(k)!).filter((b) => b && b.rows > 0);
+    const batches = keys.map((k) => this.#batches.get(k)!).filter((b) => b && !b.held);
     const files: FileRecord[] = [];
     const states: TableStateUpdate[] = [];
+    const written: TableBatch[] = [];
     for (const batch of batches) {
+      this.#batches.delete(batch.relation.key);
+      if (batch.rows === 0) {
+        await batch.abort();
+        continue;
+      }
       const sealed = await batch.seal();
-      const schema = batch.schema ?? await this.#schemas.describe(batch.relation);
-      await writeFileAtomic(
-        join(batch.absDir, "schema.yml"),
-        textEncoder.encode(
-          renderSchemaYml({ ...schema, validFromLsn: formatLsn(batch.first!.lsn) }),
-        ),
-      );
-      files.push({
-        schema: batch.relation.schema,
-        table: batch.relation.table,
-        tableDir: batch.relation.tableDir,
-        batchTs: batch.batchTs,
-        path: `${batch.relDir}/${STREAMING_FILE}`,
-        fileType: "streaming",
-        startLsn: batch.first!.lsn,
-        endLsn: batch.last!.lsn,
-        startSeq: batch.first!.seq,
-        endSeq: batch.last!.seq,
-        rowCount: batch.rows,
-        byteSize: sealed.byteSize,
-        sha256: sealed.sha256,
-        hasDdl: false,
-      });
+      await this.#writeBatchSchema(batch);
+      written.push(batch);
+      files.push(this.#fileRecord(batch, sealed));
       states.push({
+        oid: batch.relation.key,
         schema: batch.relation.schema,
         table: batch.relation.table,
         tableDir: batch.relation.tableDir,
-        relationOid: batch.relation.message.relationId,
         last: batch.last!,
         lastBatchTs: batch.batchTs,
       });
     }
-    for (const key of keys) this.#batches.delete(key);
     const checkpoint = this.#checkpoint();
     await this.#registry.commitFlush(files, states, checkpoint);
-    for (const batch of batches) await batch.publish();
-    for (const s of states) {
-      this.#opts.positions.set(
-        `${s.schema}\0${s.table}`,
-        { last: s.last, lastBatchTs: s.lastBatchTs },
-      );
-    }
+    for (const batch of written) await batch.publish();
+    for (const batch of written) noteRegistered(this.#life(batch.relation.key), batch.last!);
     const m = this.#opts.metrics;
-    if (m && batches.length > 0) {
+    if (m && written.length > 0) {
       const seconds = (performance.now() - started) / 1000;
-      for (const b of batches) {
+      for (const [i, b] of written.entries()) {
         const table = `${b.relation.schema}.${b.relation.table}`;
         m.batchDuration.observe(seconds);
         m.batchSize.observe(b.bytes);
@@ -700,8 +960,7 @@ export class StreamPipeline {
         m.batchesProcessed.inc({ reason });
         m.rowsWritten.inc(b.rows);
         m.tablePending.set({ table }, 0);
-        const file = files.find((f) => f.path.startsWith(b.relDir + "/"));
-        if (file) m.fileRegistered(table, "streaming", file.byteSize, b.bytes);
+        m.fileRegistered(table, "streaming", files[i].byteSize, b.bytes);
       }
     }
     for (const f of files) {
@@ -720,11 +979,13 @@ export class StreamPipeline {
     this.#sendStatus(true);
   }
 
-  /** Periodic work between frames: interval flushes, idle checkpoints, status. */
+  /** Periodic work between frames: interval flushes, exports, idle checkpoints, status. */
   async #tick(): Promise<void> {
     const pending = this.#flushDue(false);
     if (pending !== undefined) await pending;
     await this.#reloads?.poll();
+    await this.#reachBoundaries();
+    if (this.#ready.size > 0) await this.#placeReadyExports();
     await this.#advanceIdle(false);
     if (Date.now() - this.#lastStatusAt >= STATUS_INTERVAL_MS) this.#sendStatus(false);
   }

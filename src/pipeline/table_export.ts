@@ -12,11 +12,17 @@ import type { Lsn } from "../lsn.ts";
 import { formatLsn, ZERO_LSN } from "../lsn.ts";
 import { copyOut } from "../source/copy_out.ts";
 import { qualifiedName, quoteIdent } from "../source/table_selection.ts";
-import { ensureDir, syncDir, writeAll, writeFileAtomic } from "../write/atomic_file.ts";
+import { dirname } from "node:path";
+import {
+  ensureDir,
+  syncDir,
+  TEMP_PREFIX,
+  writeAll,
+  writeFileAtomic,
+} from "../write/atomic_file.ts";
 import { createHash } from "node:crypto";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
-import { tableDirName } from "../write/table_dir.ts";
 
 /** Name of the export file inside a batch folder. */
 export const FULL_RELOAD_FILE = "full_reload.csv.gz";
@@ -28,20 +34,70 @@ const IDENTITY: Record<string, TableSchema["replicaIdentity"]> = {
   i: "index",
 };
 
-/** A finished (sealed, not yet published) export. */
-export interface TableExport {
+/**
+ * A finished export, sealed in a staging folder. Its table folder is named
+ * only when the stream reaches the export's boundary, so the file moves
+ * into it then ({@linkcode StagedExport.place}), is registered, and only
+ * then gets its final name ({@linkcode StagedExport.publish}).
+ */
+export interface StagedExport {
   schema: TableSchema;
-  tableDir: string;
-  batchTs: string;
-  /** Path relative to the data dir. */
-  path: string;
   rows: number;
   byteSize: number;
   sha256: string;
-  /** Renames the file to its final name; call after the registry commit. */
+  /**
+   * Moves the file, still under its temp name, into `<dataDir>/<tableDir>/<batchTs>/`
+   * with the folder's schema.yml; returns its path relative to the data dir.
+   */
+  place(tableDir: string, batchTs: string, previousName?: string | null): Promise<string>;
+  /** Renames the placed file to its final name; call after the registry commit. */
   publish(): Promise<void>;
-  /** Removes the temp file. */
+  /** Removes the file wherever it is and the staging folder. */
   abort(): Promise<void>;
+}
+
+/** Builds the {@linkcode StagedExport} of a sealed file at `stagedPath` in `stageDir`. */
+function stagedExport(
+  dataDir: string,
+  stageDir: string,
+  stagedPath: string,
+  schema: TableSchema,
+  rows: number,
+  sealed: { byteSize: number; sha256: string },
+): StagedExport {
+  let at = stagedPath;
+  let finalPath: string | null = null;
+  return {
+    schema,
+    rows,
+    byteSize: sealed.byteSize,
+    sha256: sealed.sha256,
+    async place(tableDir, batchTs, previousName) {
+      const dir = join(dataDir, tableDir, batchTs);
+      await ensureDir(dir);
+      const temp = join(dir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
+      await Deno.rename(at, temp);
+      at = temp;
+      finalPath = join(dir, FULL_RELOAD_FILE);
+      await syncDir(dir);
+      await syncDir(stageDir);
+      await writeFileAtomic(
+        join(dir, "schema.yml"),
+        new TextEncoder().encode(renderSchemaYml({ ...schema, previousName })),
+      );
+      return `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`;
+    },
+    async publish() {
+      if (finalPath === null) throw new RangeError("Cannot publish an export before placing it");
+      await Deno.rename(at, finalPath);
+      await syncDir(dirname(finalPath));
+      await Deno.remove(stageDir, { recursive: true }).catch(() => {});
+    },
+    async abort() {
+      await Deno.remove(at).catch(() => {});
+      await Deno.remove(stageDir, { recursive: true }).catch(() => {});
+    },
+  };
 }
 
 /**
@@ -64,6 +120,7 @@ export async function describeTable(
   const cols = await client.query(
     `SELECT a.attname AS name, a.attnum, format_type(a.atttypid, a.atttypmod) AS type,
             a.atttypid::int8 AS type_oid, a.atttypmod AS typmod, a.attnotnull AS not_null,
+            pg_get_expr(d.adbin, d.adrelid) AS default,
             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary
                       AND a.attnum = ANY(i.indkey)) AS is_pk,
             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
@@ -71,6 +128,7 @@ export async function describeTable(
                         OR (c.relreplident = 'i' AND i.indisreplident))
                       AND a.attnum = ANY(i.indkey)) AS is_identity
      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
      ORDER BY a.attnum`,
     [oid],
@@ -90,6 +148,7 @@ export async function describeTable(
       nullable: !c.not_null,
       isKey: ident === "f" || c.is_identity,
       attnum: Number(c.attnum),
+      default: c.default,
     })),
   };
 }
@@ -135,43 +194,27 @@ async function copyInto(
 
 /**
  * Exports table `oid` through `client`, which must be inside the snapshot
- * transaction. `onBytes` is called with the number of CSV bytes read so far.
+ * transaction, into the staging folder `stageDir`. `onBytes` is called with
+ * the number of CSV bytes read so far.
  */
 export async function exportTable(
   client: pg.Client,
   oid: number,
   snapshotLsn: Lsn,
   dataDir: string,
-  batchTs: string,
+  stageDir: string,
   onBytes: (csvBytes: number) => void = () => {},
-): Promise<TableExport> {
+): Promise<StagedExport> {
   const schema = await describeTable(client, oid, snapshotLsn);
   const kind = await client.query("SELECT relkind FROM pg_class WHERE oid = $1", [oid]);
   const only = kind.rows[0].relkind === "p" ? "" : "ONLY ";
-  const tableDir = tableDirName(schema.schema, schema.table);
-  const dir = join(dataDir, tableDir, batchTs);
-  await ensureDir(dir);
-  const writer = await GzipFileWriter.create(join(dir, FULL_RELOAD_FILE), {
-    tempPath: join(dir, `.tmp-${FULL_RELOAD_FILE}`),
-  });
+  await ensureDir(stageDir);
+  const tempPath = join(stageDir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
+  const writer = await GzipFileWriter.create(join(stageDir, FULL_RELOAD_FILE), { tempPath });
   try {
     const rows = await copyInto(client, schema, only, "", true, writer, onBytes);
     const sealed = await writer.seal();
-    await writeFileAtomic(
-      join(dir, "schema.yml"),
-      new TextEncoder().encode(renderSchemaYml(schema)),
-    );
-    return {
-      schema,
-      tableDir,
-      batchTs,
-      path: `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`,
-      rows,
-      byteSize: sealed.byteSize,
-      sha256: sealed.sha256,
-      publish: () => writer.publish(),
-      abort: () => writer.abort(),
-    };
+    return stagedExport(dataDir, stageDir, tempPath, schema, rows, sealed);
   } catch (error) {
     await writer.abort().catch(() => {});
     throw error;
@@ -187,13 +230,12 @@ export async function exportTablePart(
   client: pg.Client,
   oid: number,
   part: ExportPart,
-  dataDir: string,
-  batchTs: string,
+  stageDir: string,
   onBytes: (csvBytes: number) => void = () => {},
 ): Promise<SealedPart> {
   // Parts carry no schema.yml: the LSN is not used.
   const schema = await describeTable(client, oid, ZERO_LSN);
-  const dir = join(dataDir, tableDirName(schema.schema, schema.table), batchTs);
+  const dir = stageDir;
   await ensureDir(dir);
   const tempPath = join(dir, `.tmp-${FULL_RELOAD_FILE}.part${part.index}`);
   const finalPath = join(dir, `.tmp-${FULL_RELOAD_FILE}.part${part.index}.done`);
@@ -219,14 +261,11 @@ export async function joinParts(
   oid: number,
   snapshotLsn: Lsn,
   dataDir: string,
-  batchTs: string,
+  stageDir: string,
   parts: SealedPart[],
-): Promise<TableExport> {
+): Promise<StagedExport> {
   const schema = await describeTable(client, oid, snapshotLsn);
-  const tableDir = tableDirName(schema.schema, schema.table);
-  const dir = join(dataDir, tableDir, batchTs);
-  const finalPath = join(dir, FULL_RELOAD_FILE);
-  const tempPath = join(dir, `.tmp-${FULL_RELOAD_FILE}`);
+  const tempPath = join(stageDir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
   const hash = createHash("sha256");
   let byteSize = 0;
   const out = await Deno.open(tempPath, { write: true, create: true, truncate: true, mode: 0o600 });
@@ -252,19 +291,9 @@ export async function joinParts(
     out.close();
   }
   for (const part of parts) await Deno.remove(part.tempPath).catch(() => {});
-  await writeFileAtomic(join(dir, "schema.yml"), new TextEncoder().encode(renderSchemaYml(schema)));
-  return {
-    schema,
-    tableDir,
-    batchTs,
-    path: `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`,
-    rows: parts.reduce((n, p) => n + p.rows, 0),
+  const rows = parts.reduce((n, p) => n + p.rows, 0);
+  return stagedExport(dataDir, stageDir, tempPath, schema, rows, {
     byteSize,
     sha256: hash.digest("hex"),
-    publish: async () => {
-      await Deno.rename(tempPath, finalPath);
-      await syncDir(dir);
-    },
-    abort: () => Deno.remove(tempPath).catch(() => {}),
-  };
+  });
 }

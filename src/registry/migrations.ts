@@ -180,6 +180,90 @@ END
 $fn$;
 `,
   },
+  {
+    version: 3,
+    name: "tables by relation oid, reload gates, value-changing DDL",
+    // A table is its relation, not its name: table_state and file_log carry
+    // the oid, and a name that comes to mean another relation starts a new
+    // history. The DDL capture records column defaults and whether the
+    // command changed existing rows without row events (a rewrite, or an
+    // added column whose value is a stored "missing" default).
+    sql: `
+DELETE FROM cdc_registry.table_state WHERE relation_oid IS NULL;
+ALTER TABLE cdc_registry.table_state DROP CONSTRAINT table_state_pkey;
+ALTER TABLE cdc_registry.table_state ADD PRIMARY KEY (slot_name, relation_oid);
+ALTER TABLE cdc_registry.table_state ADD COLUMN previous_schema text,
+  ADD COLUMN previous_table text;
+CREATE INDEX table_state_name_idx ON cdc_registry.table_state (slot_name, schema_name, table_name);
+
+ALTER TABLE cdc_registry.file_log ADD COLUMN relation_oid oid,
+  ADD COLUMN reload_reason text;
+UPDATE cdc_registry.file_log f SET relation_oid = s.relation_oid
+FROM cdc_registry.table_state s
+WHERE s.slot_name = f.slot_name AND s.schema_name = f.schema_name AND s.table_name = f.table_name;
+CREATE INDEX file_log_relation_idx ON cdc_registry.file_log (slot_name, relation_oid, start_lsn);
+
+ALTER TABLE cdc_registry.reload_operations ADD COLUMN relation_oid oid,
+  ADD COLUMN reason text NOT NULL DEFAULT 'requested',
+  ADD COLUMN hold_lsn pg_lsn,
+  ADD COLUMN hold_seq integer;
+
+ALTER TABLE cdc_registry.ddl_history ADD COLUMN rewrites boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION cdc_registry.capture_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  -- Read back by capture_ddl at the end of the same command.
+  PERFORM set_config('cdc_registry.rewrite_' || pg_event_trigger_table_rewrite_oid(), 'on', true);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION cdc_registry.capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    IF r.schema_name IS DISTINCT FROM 'cdc_registry' THEN
+      INSERT INTO cdc_registry.ddl_history
+        (command_tag, object_type, schema_name, object_identity, objid, command, columns,
+         replica_identity, rewrites)
+      SELECT r.command_tag, r.object_type, r.schema_name, r.object_identity, r.objid,
+             current_query(),
+             CASE WHEN c.oid IS NOT NULL THEN (
+               SELECT jsonb_agg(jsonb_build_object(
+                        'attnum', a.attnum, 'name', a.attname,
+                        'type', format_type(a.atttypid, a.atttypmod),
+                        'type_oid', a.atttypid, 'type_modifier', a.atttypmod,
+                        'nullable', NOT a.attnotnull, 'generated', a.attgenerated <> '',
+                        'default', pg_get_expr(d.adbin, d.adrelid),
+                        -- An added column whose existing rows read a stored default
+                        -- changed values without row events.
+                        'fills_existing', a.atthasmissing
+                          AND a.xmin::text = (pg_current_xact_id()::xid)::text,
+                        'is_pk', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                                           AND i.indisprimary AND a.attnum = ANY(i.indkey)),
+                        'is_key', c.relreplident = 'f' OR EXISTS (
+                          SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                            AND ((c.relreplident = 'd' AND i.indisprimary)
+                              OR (c.relreplident = 'i' AND i.indisreplident))
+                            AND a.attnum = ANY(i.indkey)))
+                      ORDER BY a.attnum)
+               FROM pg_attribute a
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) END,
+             c.relreplident,
+             c.oid IS NOT NULL
+               AND current_setting('cdc_registry.rewrite_' || c.oid, true) = 'on'
+      FROM (SELECT 1) AS one
+      LEFT JOIN pg_class c
+        ON c.oid = r.objid AND r.object_type IN ('table', 'table column');
+    END IF;
+  END LOOP;
+END
+$fn$;
+`,
+  },
 ];
 
 const LOCK_KEY = "hashtext('cdc_registry.migrations')";

@@ -9,6 +9,7 @@ import type pg from "pg";
 import { CdcError } from "../errors.ts";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
 import { appliedMigrations, MIGRATIONS } from "./migrations.ts";
+import type { PublishedTable } from "../source/source_catalog.ts";
 
 /** Position of the last registered row of a table: (commit LSN, seq). */
 export interface TablePosition {
@@ -16,8 +17,9 @@ export interface TablePosition {
   seq: number;
 }
 
-/** What the registry holds about a table. */
+/** What the registry holds about a table (a relation, by OID). */
 export interface TableState {
+  oid: number;
   schema: string;
   table: string;
   tableDir: string;
@@ -32,6 +34,8 @@ export interface FileRecord {
   schema: string;
   table: string;
   tableDir: string;
+  /** The relation the file belongs to. */
+  relationOid: number;
   batchTs: string;
   /** Relative to the data dir, with `/` separators. */
   path: string;
@@ -44,18 +48,33 @@ export interface FileRecord {
   byteSize: number;
   sha256: string;
   hasDdl: boolean;
+  /** Why a full_reload was taken (`initial`, `requested`, `ddl`, `rename`). */
+  reloadReason?: string | null;
 }
 
-/** The table-state change that goes with a file. */
+/** The table-state change that goes with files. */
 export interface TableStateUpdate {
+  oid: number;
   schema: string;
   table: string;
   tableDir: string;
-  relationOid: number | null;
-  last: TablePosition;
+  /** The newest registered change, when the files hold changes. */
+  last: TablePosition | null;
   lastBatchTs: string;
-  /** Set to change the table's mode (e.g. "dropped"). */
-  mode?: "dropped";
+  /** Set to change the table's mode. */
+  mode?: "dropped" | "streaming";
+  /** Set when a full_reload is registered. */
+  reloadLsn?: Lsn;
+}
+
+/** A reload to request in the same transaction as a flush (value-changing DDL). */
+export interface ReloadInsert {
+  oid: number;
+  schema: string;
+  table: string;
+  reason: string;
+  /** Changes after this position wait for the reload. */
+  hold: TablePosition;
 }
 
 /** Registry access bound to one slot. */
@@ -118,17 +137,18 @@ export class Registry {
     return res.rows[0] ? parseLsn(res.rows[0].lsn) : null;
   }
 
-  /** Every table's state for this slot, keyed by `schema\0table`. */
-  async tableStates(): Promise<Map<string, TableState>> {
+  /** Every relation's state for this slot, keyed by OID. */
+  async tableStates(): Promise<Map<number, TableState>> {
     const res = await this.client.query(
-      `SELECT schema_name, table_name, table_dir, mode, reload_lsn::text AS reload_lsn,
-              last_lsn::text AS last_lsn, last_seq, last_batch_ts
+      `SELECT relation_oid::int8 AS oid, schema_name, table_name, table_dir, mode,
+              reload_lsn::text AS reload_lsn, last_lsn::text AS last_lsn, last_seq, last_batch_ts
        FROM cdc_registry.table_state WHERE slot_name = $1`,
       [this.slot],
     );
-    const out = new Map<string, TableState>();
+    const out = new Map<number, TableState>();
     for (const r of res.rows) {
-      out.set(tableKey(r.schema_name, r.table_name), {
+      out.set(Number(r.oid), {
+        oid: Number(r.oid),
         schema: r.schema_name,
         table: r.table_name,
         tableDir: r.table_dir,
@@ -154,8 +174,20 @@ export class Registry {
    * Records files, table positions and the checkpoint in one transaction.
    * The checkpoint only moves forward.
    */
-  commitFlush(files: FileRecord[], states: TableStateUpdate[], checkpoint: Lsn): Promise<void> {
-    return this.#exclusive(() => this.#commitFlush(files, states, checkpoint));
+  commitFlush(
+    files: FileRecord[],
+    states: TableStateUpdate[],
+    checkpoint: Lsn,
+    reloads: ReloadInsert[] = [],
+  ): Promise<void> {
+    return this.#exclusive(() =>
+      this.#transaction(async () => {
+        await this.#insertFiles(files);
+        await this.#upsertStates(states);
+        await this.#insertReloads(reloads);
+        await this.#saveCheckpoint(checkpoint);
+      }, "Cannot register files")
+    );
   }
 
   /** Runs `fn` after every earlier exclusive operation has finished. */
@@ -165,70 +197,97 @@ export class Registry {
     return run;
   }
 
-  async #insertFile(f: FileRecord): Promise<void> {
+  /** One INSERT for many files. */
+  async #insertFiles(files: FileRecord[]): Promise<void> {
+    if (files.length === 0) return;
+    const col = <T>(f: (r: FileRecord) => T) => files.map(f);
     await this.client.query(
-      `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir, batch_ts,
-         path, file_type, start_lsn, end_lsn, start_seq, end_seq, row_count, byte_size, sha256, has_ddl)
-       VALUES ($1,$2,$3,$4,$5,$6,$7,$8::pg_lsn,$9::pg_lsn,$10,$11,$12,$13,$14,$15)`,
+      `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir,
+         relation_oid, batch_ts, path, file_type, start_lsn, end_lsn, start_seq, end_seq,
+         row_count, byte_size, sha256, has_ddl, reload_reason)
+       SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::oid[], $6::text[],
+         $7::text[], $8::text[], $9::pg_lsn[], $10::pg_lsn[], $11::int4[], $12::int4[],
+         $13::int8[], $14::int8[], $15::text[], $16::bool[], $17::text[])`,
       [
         this.slot,
-        f.schema,
-        f.table,
-        f.tableDir,
-        f.batchTs,
-        f.path,
-        f.fileType,
-        formatLsn(f.startLsn),
-        formatLsn(f.endLsn),
-        f.startSeq,
-        f.endSeq,
-        f.rowCount,
-        f.byteSize,
-        f.sha256,
-        f.hasDdl,
+        col((f) => f.schema),
+        col((f) => f.table),
+        col((f) => f.tableDir),
+        col((f) => f.relationOid),
+        col((f) => f.batchTs),
+        col((f) => f.path),
+        col((f) => f.fileType),
+        col((f) => formatLsn(f.startLsn)),
+        col((f) => formatLsn(f.endLsn)),
+        col((f) => f.startSeq),
+        col((f) => f.endSeq),
+        col((f) => f.rowCount),
+        col((f) => f.byteSize),
+        col((f) => f.sha256),
+        col((f) => f.hasDdl),
+        col((f) => f.reloadReason ?? null),
       ],
     );
   }
 
-  async #commitFlush(
-    files: FileRecord[],
-    states: TableStateUpdate[],
-    checkpoint: Lsn,
-  ): Promise<void> {
-    const c = this.client;
-    await c.query("BEGIN");
-    try {
-      for (const f of files) await this.#insertFile(f);
-      for (const s of states) {
-        await c.query(
-          `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir,
-             relation_oid, mode, last_lsn, last_seq, last_batch_ts, updated_at)
-           VALUES ($1,$2,$3,$4,$5,COALESCE($9, 'streaming'),$6::pg_lsn,$7,$8,now())
-           ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET
-             table_dir = EXCLUDED.table_dir, mode = COALESCE($9, table_state.mode),
-             relation_oid = COALESCE(EXCLUDED.relation_oid, table_state.relation_oid),
-             last_lsn = EXCLUDED.last_lsn, last_seq = EXCLUDED.last_seq,
-             last_batch_ts = EXCLUDED.last_batch_ts, updated_at = now()`,
-          [
-            this.slot,
-            s.schema,
-            s.table,
-            s.tableDir,
-            s.relationOid,
-            formatLsn(s.last.lsn),
-            s.last.seq,
-            s.lastBatchTs,
-            s.mode ?? null,
-          ],
-        );
-      }
-      await this.#saveCheckpoint(checkpoint);
-      await c.query("COMMIT");
-    } catch (error) {
-      await c.query("ROLLBACK").catch(() => {});
-      throw new CdcError("registry", `Cannot register files: ${(error as Error).message}`, {
-        cause: error,
-      });
+  /**
+   * One upsert for many relations' states. A changed name keeps the old one
+   * as the previous name, so consumers can follow a renamed table.
+   */
+  async #upsertStates(updates: TableStateUpdate[]): Promise<void> {
+    if (updates.length === 0) return;
+    const states = [...new Map(updates.map((u) => [u.oid, u])).values()];
+    const col = <T>(f: (r: TableStateUpdate) => T) => states.map(f);
+    await this.client.query(
+      `INSERT INTO cdc_registry.table_state AS t (slot_name, relation_oid, schema_name, table_name,
+         table_dir, mode, last_lsn, last_seq, last_batch_ts, reload_lsn, updated_at)
+       SELECT $1, u.oid, u.schema, u.tab, u.dir, COALESCE(u.mode, 'streaming'), u.last_lsn,
+              u.last_seq, u.batch_ts, u.reload_lsn, now()
+       FROM unnest($2::oid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::pg_lsn[],
+                   $8::int4[], $9::text[], $10::pg_lsn[])
+         AS u(oid, schema, tab, dir, mode, last_lsn, last_seq, batch_ts, reload_lsn)
+       ON CONFLICT (slot_name, relation_oid) DO UPDATE SET
+         previous_schema = CASE WHEN (t.schema_name, t.table_name)
+             IS DISTINCT FROM (EXCLUDED.schema_name, EXCLUDED.table_name)
+           THEN t.schema_name ELSE t.previous_schema END,
+         previous_table = CASE WHEN (t.schema_name, t.table_name)
+             IS DISTINCT FROM (EXCLUDED.schema_name, EXCLUDED.table_name)
+           THEN t.table_name ELSE t.previous_table END,
+         schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
+         table_dir = EXCLUDED.table_dir,
+         mode = CASE WHEN t.mode = 'dropped' THEN 'dropped'
+                     WHEN EXCLUDED.mode = 'dropped' OR EXCLUDED.reload_lsn IS NOT NULL
+                       THEN EXCLUDED.mode
+                     WHEN t.mode IN ('reloading', 'pending_reload') THEN t.mode
+                     ELSE EXCLUDED.mode END,
+         last_lsn = COALESCE(EXCLUDED.last_lsn, t.last_lsn),
+         last_seq = CASE WHEN EXCLUDED.last_lsn IS NULL THEN t.last_seq ELSE EXCLUDED.last_seq END,
+         last_batch_ts = GREATEST(t.last_batch_ts, EXCLUDED.last_batch_ts),
+         reload_lsn = COALESCE(EXCLUDED.reload_lsn, t.reload_lsn),
+         updated_at = now()`,
+      [
+        this.slot,
+        col((s) => s.oid),
+        col((s) => s.schema),
+        col((s) => s.table),
+        col((s) => s.tableDir),
+        col((s) => s.mode ?? null),
+        col((s) => (s.last ? formatLsn(s.last.lsn) : null)),
+        col((s) => s.last?.seq ?? null),
+        col((s) => s.lastBatchTs),
+        col((s) => (s.reloadLsn === undefined ? null : formatLsn(s.reloadLsn))),
+      ],
+    );
+  }
+
+  async #insertReloads(reloads: ReloadInsert[]): Promise<void> {
+    for (const r of reloads) {
+      await this.client.query(
+        `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name,
+           relation_oid, reason, hold_lsn, hold_seq)
+         VALUES ($1, $2, $3, $4, $5, $6::pg_lsn, $7)`,
+        [this.slot, r.schema, r.table, r.oid, r.reason, formatLsn(r.hold.lsn), r.hold.seq],
+      );
     }
   }
 
@@ -247,7 +306,9 @@ export class Registry {
   pendingReloads(): Promise<ReloadRequest[]> {
     return this.#exclusive(async () => {
       const res = await this.client.query(
-        `SELECT id, schema_name, table_name, state FROM cdc_registry.reload_operations
+        `SELECT id, schema_name, table_name, relation_oid::int8 AS oid, reason,
+                hold_lsn::text AS hold_lsn, hold_seq
+         FROM cdc_registry.reload_operations
          WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
         [this.slot],
       );
@@ -255,89 +316,103 @@ export class Registry {
         id: Number(r.id),
         schema: r.schema_name as string,
         table: r.table_name as string,
+        oid: r.oid === null ? null : Number(r.oid),
+        reason: r.reason as string,
+        hold: r.hold_lsn === null
+          ? null
+          : { lsn: parseLsn(r.hold_lsn), seq: Number(r.hold_seq ?? 0) },
       }));
     });
   }
 
   /**
-   * Requests a reload of each published table that has never been exported
-   * (a fresh slot, or a table added to the publication), unless one is
-   * pending or the table is dropped.
+   * Requests the first export of each published relation that has none
+   * (a fresh slot, a table added to the publication, a name that now means
+   * another relation), unless one is pending or the relation is dropped.
    */
-  requestMissingExports(publication: string): Promise<number> {
+  requestMissingExports(published: PublishedTable[]): Promise<number> {
+    if (published.length === 0) return Promise.resolve(0);
     return this.#exclusive(async () => {
       const res = await this.client.query(
-        `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name)
-         SELECT $1, p.schemaname, p.tablename FROM pg_publication_tables p
-         WHERE p.pubname = $2 AND p.schemaname <> 'cdc_registry'
-           AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
-                             AND s.schema_name = p.schemaname AND s.table_name = p.tablename
+        `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name,
+           relation_oid, reason)
+         SELECT $1, p.schema, p.tab, p.oid, 'initial'
+         FROM unnest($2::text[], $3::text[], $4::oid[]) AS p(schema, tab, oid)
+         WHERE NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
+                             AND s.relation_oid = p.oid
                              AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))
            AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations o WHERE o.slot_name = $1
-                             AND o.schema_name = p.schemaname AND o.table_name = p.tablename
-                             AND o.state IN ('requested', 'exporting'))`,
-        [this.slot, publication],
+                             AND o.state IN ('requested', 'exporting')
+                             AND (o.relation_oid = p.oid OR (o.relation_oid IS NULL
+                               AND o.schema_name = p.schema AND o.table_name = p.tab)))`,
+        [
+          this.slot,
+          published.map((p) => p.schema),
+          published.map((p) => p.table),
+          published.map((p) => p.oid),
+        ],
       );
       return res.rowCount ?? 0;
     });
   }
 
-  /** Marks operations exporting at `lsn` and their tables reloading. */
-  startReloads(ops: ReloadRequest[], lsn: Lsn, tableDirs: Map<string, string>): Promise<void> {
+  /** Marks operations exporting at `lsn` (bound to their relation) and the tables reloading. */
+  startReloads(
+    ops: ReloadRequest[],
+    lsn: Lsn,
+    tables: Map<number, { schema: string; table: string; tableDir: string }>,
+    oidOf: (op: ReloadRequest) => number,
+  ): Promise<void> {
     return this.#exclusive(() =>
       this.#transaction(async (c) => {
-        for (const op of ops) {
+        await c.query(
+          `UPDATE cdc_registry.reload_operations o SET state = 'exporting',
+             consistent_lsn = $2::pg_lsn, started_at = now(), error = NULL, relation_oid = u.oid
+           FROM unnest($1::int8[], $3::oid[]) AS u(id, oid) WHERE o.id = u.id`,
+          [ops.map((o) => o.id), formatLsn(lsn), ops.map(oidOf)],
+        );
+        for (const [oid, t] of tables) {
           await c.query(
-            `UPDATE cdc_registry.reload_operations SET state = 'exporting', consistent_lsn = $2::pg_lsn,
-               started_at = now(), error = NULL WHERE id = $1`,
-            [op.id, formatLsn(lsn)],
-          );
-          await c.query(
-            `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir, mode)
-             VALUES ($1, $2, $3, $4, 'reloading')
-             ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET mode = 'reloading',
+            `INSERT INTO cdc_registry.table_state (slot_name, relation_oid, schema_name, table_name,
+               table_dir, mode)
+             VALUES ($1, $2, $3, $4, $5, 'reloading')
+             ON CONFLICT (slot_name, relation_oid) DO UPDATE SET
+               mode = CASE WHEN table_state.mode = 'dropped' THEN 'dropped' ELSE 'reloading' END,
                updated_at = now()`,
-            [this.slot, op.schema, op.table, tableDirs.get(tableKey(op.schema, op.table)) ?? ""],
+            [this.slot, oid, t.schema, t.table, t.tableDir],
           );
         }
-      })
+      }, "Cannot start the export")
     );
   }
 
-  /** Records a finished export: its file, the table's reload LSN, the operations done. */
-  finishReload(ops: ReloadRequest[], file: FileRecord, relationOid: number): Promise<void> {
+  /**
+   * Records a finished export with the files held back for it, the table's
+   * new state, the operations done and the checkpoint, in one transaction.
+   */
+  finishReload(
+    ops: ReloadRequest[],
+    files: FileRecord[],
+    state: TableStateUpdate,
+    checkpoint: Lsn,
+  ): Promise<void> {
     return this.#exclusive(() =>
       this.#transaction(async (c) => {
-        await this.#insertFile(file);
+        await this.#insertFiles(files);
+        await this.#upsertStates([state]);
+        const full = files.find((f) => f.fileType === "full_reload");
         await c.query(
-          `INSERT INTO cdc_registry.table_state (slot_name, schema_name, table_name, table_dir,
-             relation_oid, mode, reload_lsn, last_batch_ts)
-           VALUES ($1, $2, $3, $4, $5, 'streaming', $6::pg_lsn, $7)
-           ON CONFLICT (slot_name, schema_name, table_name) DO UPDATE SET mode = 'streaming',
-             table_dir = EXCLUDED.table_dir, relation_oid = EXCLUDED.relation_oid,
-             reload_lsn = EXCLUDED.reload_lsn,
-             last_batch_ts = GREATEST(table_state.last_batch_ts, EXCLUDED.last_batch_ts),
-             updated_at = now()`,
-          [
-            this.slot,
-            file.schema,
-            file.table,
-            file.tableDir,
-            relationOid,
-            formatLsn(file.startLsn),
-            file.batchTs,
-          ],
-        );
-        await c.query(
-          `UPDATE cdc_registry.reload_operations SET state = 'done', finished_at = now()
+          `UPDATE cdc_registry.reload_operations SET state = 'done', finished_at = now(),
+             consistent_lsn = COALESCE($2::pg_lsn, consistent_lsn)
            WHERE id = ANY($1::bigint[])`,
-          [ops.map((o) => o.id)],
+          [ops.map((o) => o.id), full ? formatLsn(full.startLsn) : null],
         );
-      })
+        await this.#saveCheckpoint(checkpoint);
+      }, "Cannot register the export")
     );
   }
 
-  /** Records a failed export attempt; the operation stays pending and is retried. */
+  /** Records a failed export attempt; unless final, the operation stays pending. */
   noteReloadError(ops: ReloadRequest[], message: string, final: boolean): Promise<void> {
     return this.#exclusive(async () => {
       await this.client.query(
@@ -347,19 +422,13 @@ export class Registry {
          WHERE id = ANY($1::bigint[])`,
         [ops.map((o) => o.id), message, final],
       );
-      if (final) {
-        for (const op of ops) {
-          await this.client.query(
-            `UPDATE cdc_registry.table_state SET mode = 'dropped', updated_at = now()
-             WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3`,
-            [this.slot, op.schema, op.table],
-          );
-        }
-      }
     });
   }
 
-  async #transaction(fn: (c: pg.Client) => Promise<void>): Promise<void> {
+  async #transaction(
+    fn: (c: pg.Client) => Promise<void>,
+    what = "Cannot update the registry",
+  ): Promise<void> {
     const c = this.client;
     await c.query("BEGIN");
     try {
@@ -367,9 +436,7 @@ export class Registry {
       await c.query("COMMIT");
     } catch (error) {
       await c.query("ROLLBACK").catch(() => {});
-      throw new CdcError("registry", `Cannot update the registry: ${(error as Error).message}`, {
-        cause: error,
-      });
+      throw new CdcError("registry", `${what}: ${(error as Error).message}`, { cause: error });
     }
   }
 
@@ -389,6 +456,12 @@ export interface ReloadRequest {
   id: number;
   schema: string;
   table: string;
+  /** The relation, once known (set by `reload` and when the export starts). */
+  oid: number | null;
+  /** `initial`, `requested`, `ddl`, `rename`, ... */
+  reason: string;
+  /** For a reload after DDL: changes after this position wait for it. */
+  hold: TablePosition | null;
 }
 
 /** Map key for a table. */

@@ -26,6 +26,8 @@ export interface ColumnSchema {
    * consumer can follow a column from folder to folder; absent if unknown.
    */
   attnum?: number | null;
+  /** The column default as `pg_get_expr` prints it; absent when none or unknown. */
+  default?: string | null;
 }
 
 /** A table's shape as it was from one LSN on. */
@@ -34,8 +36,10 @@ export interface TableSchema {
   schema: string;
   /** Table name. */
   table: string;
-  /** `pg_class` oid. */
+  /** `pg_class` oid: a table is its relation; a rename keeps it. */
   relationOid: number;
+  /** The name the relation had before its newest rename, `schema.table`, when known. */
+  previousName?: string | null;
   /** pg_lsn text of the first change the description applies to. */
   validFromLsn: string;
   /** `relreplident`, spelled out. */
@@ -75,6 +79,7 @@ export function renderSchemaYml(schema: TableSchema): string {
     schema: schema.schema,
     table: schema.table,
     relation_oid: schema.relationOid,
+    ...(schema.previousName ? { previous_name: schema.previousName } : {}),
     valid_from_lsn: schema.validFromLsn,
     replica_identity: schema.replicaIdentity,
     primary_key: [...schema.primaryKey],
@@ -86,6 +91,7 @@ export function renderSchemaYml(schema: TableSchema): string {
       nullable: c.nullable,
       is_key: c.isKey,
       ...(c.attnum != null ? { attnum: c.attnum } : {}),
+      ...(c.default != null ? { default: c.default } : {}),
     })),
   };
   const yaml = stringify(doc, {

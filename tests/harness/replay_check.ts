@@ -68,7 +68,12 @@ export async function replayedRows(
   schema: string,
   table: string,
   slot = "cdc_egress",
+  from: "newest" | "first" = "newest",
 ): Promise<string[]> {
-  const { replay } = await replayTable(client, dataDir, slot, schema, table);
+  const live = await client.query("SELECT to_regclass($1)::oid::int8 AS oid", [
+    qualifiedName({ schema, table }),
+  ]);
+  const oid = live.rows[0]?.oid == null ? undefined : Number(live.rows[0].oid);
+  const { replay } = await replayTable(client, dataDir, slot, schema, table, { from, oid });
   return replay?.sortedRows() ?? [];
 }
