@@ -225,7 +225,8 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_RELOAD_AFTER_DDL",
     yaml: "reload_after_ddl",
     parse: oneOf(["auto", "never"] as const),
-    help: "auto (default): reload a table after DDL that changes its rows without row events; never",
+    help:
+      "auto (default): reload a table after DDL that changes its rows without row events; never",
   },
   {
     key: "registryUrl",

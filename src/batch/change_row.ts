@@ -3,11 +3,7 @@
  * then the table's columns as PostgreSQL sent them.
  */
 
-import {
-  type PgoutputMessage,
-  type TupleData,
-  UNCHANGED_TOAST,
-} from "../decode/pgoutput.ts";
+import { type PgoutputMessage, type TupleData, UNCHANGED_TOAST } from "../decode/pgoutput.ts";
 import type { CsvRowEncoder } from "../write/csv_row_encoder.ts";
 import type { RelationInfo } from "../pipeline/relation_catalog.ts";
 

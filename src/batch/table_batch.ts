@@ -116,8 +116,10 @@ export class TableBatch {
     await this.#writer.publish();
   }
 
-  /** Drops the temp file. */
+  /** Drops the temp file, and the folder with its schema.yml: nothing else is in it. */
   async abort(): Promise<void> {
     await this.#writer.abort();
+    await Deno.remove(join(this.absDir, "schema.yml")).catch(() => {});
+    await Deno.remove(this.absDir).catch(() => {});
   }
 }

@@ -43,7 +43,12 @@ export async function writeDdlFolder(
     `-- ${commandTag} committed at ${formatLsn(lsn)}\n${command.trim()}\n`,
   );
   const temp = join(dir, TEMP_PREFIX + DDL_FILE);
-  const file = await Deno.open(temp, { write: true, create: true, truncate: true, mode: FILE_MODE });
+  const file = await Deno.open(temp, {
+    write: true,
+    create: true,
+    truncate: true,
+    mode: FILE_MODE,
+  });
   try {
     await writeAll(file, bytes);
     await file.sync();
@@ -51,7 +56,10 @@ export async function writeDdlFolder(
     file.close();
   }
   if (schema) {
-    await writeFileAtomic(join(dir, "schema.yml"), new TextEncoder().encode(renderSchemaYml(schema)));
+    await writeFileAtomic(
+      join(dir, "schema.yml"),
+      new TextEncoder().encode(renderSchemaYml(schema)),
+    );
   }
   await syncDir(dir);
   return {
@@ -61,6 +69,10 @@ export async function writeDdlFolder(
       await Deno.rename(temp, join(dir, DDL_FILE));
       await syncDir(dir);
     },
-    abort: () => Deno.remove(temp).catch(() => {}),
+    abort: async () => {
+      await Deno.remove(temp).catch(() => {});
+      await Deno.remove(join(dir, "schema.yml")).catch(() => {});
+      await Deno.remove(dir).catch(() => {});
+    },
   };
 }

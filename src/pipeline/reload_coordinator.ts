@@ -14,7 +14,7 @@
 
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 import type { Registry, ReloadRequest, TablePosition } from "../registry/registry.ts";
@@ -495,9 +495,9 @@ export class ReloadCoordinator {
     this.#stopping = true;
     for (const c of this.#clients) await c.end().catch(() => {});
     await Promise.allSettled([...this.#tasks]);
-    for (const job of this.#running.values()) {
-      await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
-    }
     this.#running.clear();
+    // Nothing staged survives a stop; leave no empty folders behind either.
+    await Deno.remove(this.#opts.stagingDir, { recursive: true }).catch(() => {});
+    await Deno.remove(dirname(this.#opts.stagingDir)).catch(() => {});
   }
 }

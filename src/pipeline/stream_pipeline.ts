@@ -858,15 +858,20 @@ export class StreamPipeline {
       if (reloads.length > 0) await this.#registry.commitFlush([], [], this.#checkpoint(), reloads);
     } else {
       const checkpoint = this.#checkpoint();
-      await this.#registry.commitFlush([file], [{
-        oid,
-        schema: target.schema,
-        table: target.table,
-        tableDir,
-        last: pos,
-        lastBatchTs: batchTs,
-        mode: dropped ? "dropped" : undefined,
-      }], checkpoint, reloads);
+      await this.#registry.commitFlush(
+        [file],
+        [{
+          oid,
+          schema: target.schema,
+          table: target.table,
+          tableDir,
+          last: pos,
+          lastBatchTs: batchTs,
+          mode: dropped ? "dropped" : undefined,
+        }],
+        checkpoint,
+        reloads,
+      );
       await folder.publish();
       noteRegistered(life, pos);
       this.#durable = maxLsn(this.#durable, checkpoint);
@@ -908,7 +913,7 @@ export class StreamPipeline {
   #maxAttnum(oid: number): number | undefined {
     let max: number | undefined;
     const fromDdl = this.#attnums.get(oid);
-    if (fromDdl) for (const a of fromDdl.values()) max = Math.max(max ?? 0, a);
+    if (fromDdl) { for (const a of fromDdl.values()) max = Math.max(max ?? 0, a); }
     const batch = this.#batches.get(oid);
     for (const c of batch?.schema?.columns ?? []) {
       if (c.attnum != null) max = Math.max(max ?? 0, c.attnum);

@@ -253,8 +253,7 @@ BEGIN
                LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) END,
              c.relreplident,
-             c.oid IS NOT NULL
-               AND current_setting('cdc_registry.rewrite_' || c.oid, true) = 'on'
+             COALESCE(current_setting('cdc_registry.rewrite_' || c.oid, true) = 'on', false)
       FROM (SELECT 1) AS one
       LEFT JOIN pg_class c
         ON c.oid = r.objid AND r.object_type IN ('table', 'table column');
