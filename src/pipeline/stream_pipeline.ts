@@ -151,6 +151,8 @@ export class StreamPipeline {
   #lives = new Map<number, TableLife>();
   /** Every known relation's current name, by OID (dropped ones included). */
   #names = new Map<number, TableName>();
+  /** The relations each qualified name has meant, to see a name change hands. */
+  #nameOwners = new Map<string, Set<number>>();
   /** The newest folder name per table dir, so names only grow. */
   #lastBatchTs = new Map<string, string>();
   #batches = new Map<number, TableBatch>();
@@ -196,7 +198,7 @@ export class StreamPipeline {
     this.#durable = options.startLsn;
     for (const [oid, t] of options.tables) {
       this.#lives.set(oid, newLife(oid, t));
-      this.#names.set(oid, { schema: t.schema, table: t.table, tableDir: t.tableDir });
+      this.#setName(oid, { schema: t.schema, table: t.table, tableDir: t.tableDir });
       const known = this.#lastBatchTs.get(t.tableDir);
       if (t.lastBatchTs && (!known || t.lastBatchTs > known)) {
         this.#lastBatchTs.set(t.tableDir, t.lastBatchTs);
@@ -398,7 +400,15 @@ export class StreamPipeline {
     this.#relations.set(msg.relationId, rel);
     if (!rel.captured) return;
     this.#life(rel.key);
-    this.#names.set(rel.key, { schema: rel.schema, table: rel.table, tableDir: rel.tableDir });
+    this.#setName(rel.key, { schema: rel.schema, table: rel.table, tableDir: rel.tableDir });
+  }
+
+  #setName(oid: number, name: TableName): void {
+    this.#names.set(oid, name);
+    const key = `${name.schema}\0${name.table}`;
+    const owners = this.#nameOwners.get(key) ?? new Set<number>();
+    owners.add(oid);
+    this.#nameOwners.set(key, owners);
   }
 
   /**
@@ -805,7 +815,7 @@ export class StreamPipeline {
     const renamed = before !== undefined &&
       (before.schema !== target.schema || before.table !== target.table);
     await this.#close([oid], "ddl");
-    this.#names.set(oid, { schema: target.schema, table: target.table, tableDir });
+    this.#setName(oid, { schema: target.schema, table: target.table, tableDir });
     const dropped = event.commandTag === "DROP TABLE";
     const batchTs = this.#nextBatchTs(tableDir);
     const dir = join(this.#opts.dataDir, tableDir, batchTs);
@@ -900,11 +910,8 @@ export class StreamPipeline {
     if (renamed) {
       // A rename onto a name that another relation had: its folders would
       // follow the other relation's, so it starts over with an export.
-      for (const [other, n] of this.#names) {
-        if (other !== oid && n.schema === target.schema && n.table === target.table) {
-          return "rename";
-        }
-      }
+      const owners = this.#nameOwners.get(`${target.schema}\0${target.table}`);
+      for (const other of owners ?? []) if (other !== oid) return "rename";
     }
     return null;
   }

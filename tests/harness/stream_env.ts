@@ -84,8 +84,8 @@ export async function streamEnv(
                   SELECT 1 FROM pg_publication_tables p WHERE p.pubname = 'cdc_egress'
                     AND p.schemaname <> 'cdc_registry'
                     AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s
-                                    WHERE s.schema_name = p.schemaname
-                                      AND s.table_name = p.tablename
+                                    WHERE s.relation_oid = to_regclass(
+                                            format('%I.%I', p.schemaname, p.tablename))
                                       AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))) AS ok`,
           )).rows[0]?.ok,
         timeoutMs,
