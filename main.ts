@@ -63,7 +63,8 @@ const COMMANDS: Record<string, CommandSpec> = {
   },
   verify: {
     summary: "check the registry against the files; --deep replays them against the live tables",
-    usage: "cdc-egress verify [--deep] [--json] [--table T]... [--quarantine] [settings]",
+    usage:
+      "cdc-egress verify [--deep [--from newest|first]] [--json] [--table T]... [--quarantine] [settings]",
     flags: {
       deep: { type: "boolean", help: "also replay every table and compare with the live table" },
       json: { type: "boolean", help: "print one JSON document" },
@@ -76,10 +77,19 @@ const COMMANDS: Record<string, CommandSpec> = {
         type: "boolean",
         help: "move orphan files to <data_dir>/.quarantine/<timestamp>/",
       },
+      from: {
+        type: "string",
+        help: "with --deep, replay from the newest (default) or the first full_reload",
+      },
     },
     run: async (config, flags) => {
       const { verifyCommand } = await import("./src/commands/verify.ts");
+      const from = (flags.from as string | undefined) ?? "newest";
+      if (from !== "newest" && from !== "first") {
+        throw new TypeError(`Cannot use --from "${from}": expected newest or first`);
+      }
       return await verifyCommand(config, {
+        from,
         deep: Boolean(flags.deep),
         json: Boolean(flags.json),
         tables: (flags.table as string[] | undefined) ?? [],

@@ -34,6 +34,8 @@ import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 /** Options of `verify`. */
 export interface VerifyOptions {
   deep: boolean;
+  /** Where `--deep` replay starts: the newest full_reload or the first of the history. */
+  from?: "newest" | "first";
   json: boolean;
   /** `--table` patterns (`orders`, `public.*`); empty means every table. */
   tables: string[];
@@ -520,7 +522,15 @@ async function runVerify(
 
   // 4. Deep: replay against the live tables.
   if (options.deep) {
-    await deepCompare(config, dataDir, registryClient, [...tables.values()], report, clients);
+    await deepCompare(
+      config,
+      dataDir,
+      registryClient,
+      [...tables.values()],
+      report,
+      clients,
+      options.from ?? "newest",
+    );
   }
 
   report.tables = [...tables.values()].sort((a, b) => a.name < b.name ? -1 : 1);
@@ -756,6 +766,7 @@ async function deepCompare(
   tables: TableReport[],
   report: VerifyReport,
   clients: pg.Client[],
+  from: "newest" | "first",
 ): Promise<void> {
   const live = await connect(config.sourceUrl, {
     role: "source",
@@ -772,7 +783,7 @@ async function deepCompare(
       );
     }
     for (const t of tables) {
-      t.deep = await deepTable(registryClient, live, dataDir, config.slot, t, report);
+      t.deep = await deepTable(registryClient, live, dataDir, config.slot, t, report, from);
     }
   } finally {
     await live.query("COMMIT").catch(() => {});
@@ -798,6 +809,7 @@ async function deepTable(
   slot: string,
   t: TableReport,
   report: VerifyReport,
+  from: "newest" | "first",
 ): Promise<DeepResult> {
   if (t.mode === "dropped") return emptyDeep("table dropped");
   const liveRel = await live.query("SELECT to_regclass($1)::oid::int8 AS oid", [qualifiedName(t)]);
@@ -820,7 +832,8 @@ async function deepTable(
 
   let replay;
   try {
-    replay = (await replayTable(registryClient, dataDir, slot, t.schema, t.table, { oid })).replay;
+    replay =
+      (await replayTable(registryClient, dataDir, slot, t.schema, t.table, { oid, from })).replay;
   } catch (error) {
     report.problems.push({
       kind: "deep_error",

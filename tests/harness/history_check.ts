@@ -89,10 +89,12 @@ export async function assertFolderOrder(w: StreamEnv): Promise<void> {
   }
 }
 
-/** `cdc-egress verify --deep` exits 0. */
+/** `cdc-egress verify --deep` exits 0, replaying from the newest and from the first full_reload. */
 export async function assertVerifyDeep(w: StreamEnv): Promise<void> {
-  const r = await runCli(["verify", "--deep"], w.env);
-  assert.equal(r.code, 0, `verify --deep: ${r.stdout}${r.stderr}`);
+  for (const from of ["newest", "first"]) {
+    const r = await runCli(["verify", "--deep", "--from", from], w.env);
+    assert.equal(r.code, 0, `verify --deep --from ${from}: ${r.stdout}${r.stderr}`);
+  }
 }
 
 /** Every change of transaction `xid` on a relation is in its files: none was cut off. */
