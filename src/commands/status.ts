@@ -53,6 +53,10 @@ export interface ReloadStatus {
   finished_at: string | null;
   consistent_lsn: string | null;
   error: string | null;
+  /** What a waiting export waits for (the oldest running transaction). */
+  waiting_for: string | null;
+  /** Why it was requested: `requested`, `initial`, `ddl`, `rename`. */
+  reason: string | null;
 }
 
 /** One table of the report. */
@@ -103,11 +107,13 @@ function reloadRow(r: Record<string, unknown>): ReloadStatus {
     finished_at: iso(r.finished_at),
     consistent_lsn: (r.consistent_lsn as string | null) ?? null,
     error: (r.error as string | null) ?? null,
+    waiting_for: (r.waiting_for as string | null) ?? null,
+    reason: (r.reason as string | null) ?? null,
   };
 }
 
 const RELOAD_COLUMNS = `id, schema_name, table_name, state, requested_at, started_at,
-  finished_at, consistent_lsn::text AS consistent_lsn, error`;
+  finished_at, consistent_lsn::text AS consistent_lsn, error, waiting_for, reason`;
 
 /** Collects the status report. */
 export async function collectStatus(
@@ -361,14 +367,15 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
     }
     out.push(`${title} (${list.length}):`);
     out.push(...renderTable(
-      ["id", "table", "state", "requested", "lsn", "error"],
+      ["id", "table", "state", "reason", "requested", "lsn", "error"],
       list.map((x) => [
         String(x.id),
         x.table,
         x.state,
+        x.reason ?? "-",
         (x.requested_at ?? "-").slice(0, 19).replace("T", " "),
         x.consistent_lsn ?? "-",
-        x.error ?? "-",
+        x.error ?? (x.state === "requested" ? x.waiting_for : null) ?? "-",
       ]),
       tty,
     ));

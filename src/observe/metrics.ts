@@ -122,6 +122,12 @@ export class StreamMetrics {
     help: "Reconnects after a lost connection or failed session",
     registers: [this.registry],
   });
+  readonly exportSnapshotWait = new client.Gauge({
+    name: "cdc_export_snapshot_wait_seconds",
+    help:
+      "How long the oldest export has waited for its snapshot (running transactions); 0 when none waits",
+    registers: [this.registry],
+  });
 
   /** Records a registered file. */
   fileRegistered(

@@ -53,8 +53,10 @@ export interface SealedExport {
 export interface ReloadHost {
   /** A pending reload after DDL: hold the table's changes after `hold` already. */
   holdFor(oid: number, hold: TablePosition, reason: string): void;
-  /** A snapshot at `boundary` exists for these relations: cut and gate them. */
-  beginExports(oids: number[], boundary: Lsn): Promise<void>;
+  /** A snapshot is being made for these relations: cut them and hold what follows. */
+  beginExports(tables: { oid: number; schema: string; table: string }[]): Promise<void>;
+  /** The snapshot exists: its boundary is `boundary`. */
+  boundaryKnown(oids: number[], boundary: Lsn): Promise<void>;
   /** An export is sealed; the loop registers it once the stream has reached its boundary. */
   exportSealed(oid: number, sealed: SealedExport): void;
   /** An export failed (`final`: its table is gone). */
@@ -96,6 +98,14 @@ interface Job {
   };
 }
 
+/** A snapshot being made for some jobs. */
+interface Making {
+  jobs: Job[];
+  startedAt: number;
+  lastReport: number;
+  abort: AbortController;
+}
+
 /** One unit of work for an export worker: a whole table or one part of one. */
 interface Task {
   job: Job;
@@ -106,6 +116,8 @@ interface Task {
 const MAX_PARTS = 16;
 
 const POLL_INTERVAL_MS = 2000;
+/** How often to say what a snapshot waits for. */
+const WAIT_REPORT_MS = 10_000;
 const RETRY_BASE_MS = 2000;
 const MAX_RETRY_MS = 5 * 60_000;
 const PROGRESS_INTERVAL_MS = 5000;
@@ -136,6 +148,10 @@ export class ReloadCoordinator {
   #running = new Map<number, Job>();
   /** Consecutive failures per relation, for the retry backoff. */
   #failures = new Map<number, { count: number; retryAt: number }>();
+  /** Snapshots being made: the server may wait for long transactions meanwhile. */
+  #making = new Set<Making>();
+  /** Snapshots made, or failed, waiting for the loop to take them up. */
+  #made: { making: Making; snapshot?: ExportedSnapshot; error?: unknown }[] = [];
   #tasks = new Set<Promise<void>>();
   #clients = new Set<pg.Client>();
   #lastPoll = 0;
@@ -164,11 +180,25 @@ export class ReloadCoordinator {
     this.#running.delete(oid);
   }
 
-  /** Looks for new work at most every two seconds (always when `force`). */
+  /**
+   * Takes up snapshots that were made, reports what snapshots wait for, and
+   * looks for new work at most every two seconds (always when `force`).
+   * Never waits for a snapshot itself: the stream goes on meanwhile.
+   */
   async poll(force = false): Promise<void> {
     if (this.#stopping) return;
     const now = Date.now();
     this.#logProgress(now);
+    while (this.#made.length > 0) {
+      const made = this.#made.shift()!;
+      if (made.snapshot) await this.#begin(made.making.jobs, made.snapshot);
+      else {
+        const message = (made.error as Error).message.split("\n")[0];
+        for (const job of made.making.jobs) await this.#failed(job, message, false);
+      }
+    }
+    if (this.#making.size > 0) await this.#reportWaits(now);
+    else this.#opts.metrics?.exportSnapshotWait.set(0);
     if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
     this.#lastPoll = now;
     await this.#registry.requestMissingExports(
@@ -234,13 +264,38 @@ export class ReloadCoordinator {
     jobs.sort((a, b) => b.size - a.size);
     await this.#planSplits(jobs);
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
-    const snapshot = await exportSnapshot(this.#opts.sourceUrl, slotName);
+    for (const j of jobs) {
+      j.stageDir = join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`);
+      this.#running.set(j.oid, j);
+    }
     try {
-      for (const j of jobs) {
-        j.stageDir = join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`);
-        this.#running.set(j.oid, j);
-      }
-      await this.#host.beginExports(jobs.map((j) => j.oid), snapshot.lsn);
+      await this.#host.beginExports(jobs);
+    } catch (error) {
+      for (const j of jobs) this.#running.delete(j.oid);
+      throw error;
+    }
+    const making: Making = {
+      jobs,
+      startedAt: Date.now(),
+      lastReport: 0,
+      abort: new AbortController(),
+    };
+    this.#making.add(making);
+    exportSnapshot(this.#opts.sourceUrl, slotName, making.abort.signal).then(
+      (snapshot) => this.#made.push({ making, snapshot }),
+      (error) => this.#made.push({ making, error }),
+    ).finally(() => this.#making.delete(making));
+  }
+
+  /** A snapshot was made: the jobs learn their boundary and the workers start. */
+  async #begin(all: Job[], snapshot: ExportedSnapshot): Promise<void> {
+    const jobs = all.filter((j) => !j.stale && !this.#stopping);
+    if (jobs.length === 0) {
+      await snapshot.release();
+      return;
+    }
+    try {
+      await this.#host.boundaryKnown(jobs.map((j) => j.oid), snapshot.lsn);
       await this.#registry.startReloads(
         jobs.flatMap((j) => j.ops),
         snapshot.lsn,
@@ -266,6 +321,52 @@ export class ReloadCoordinator {
     });
     const task = this.#runJobs(jobs, snapshot).finally(() => this.#tasks.delete(task));
     this.#tasks.add(task);
+  }
+
+  /**
+   * Says what a snapshot being made waits for: the oldest transaction that
+   * has an xid, or the oldest prepared transaction. Logged, counted in a
+   * metric and noted on the reload operations (shown by `status`).
+   */
+  async #reportWaits(now: number): Promise<void> {
+    let oldest = 0;
+    for (const m of this.#making) oldest = Math.max(oldest, now - m.startedAt);
+    this.#opts.metrics?.exportSnapshotWait.set(oldest / 1000);
+    const due = [...this.#making].filter((m) =>
+      now - m.startedAt >= WAIT_REPORT_MS && now - m.lastReport >= WAIT_REPORT_MS
+    );
+    if (due.length === 0) return;
+    const blocker = await this.#oldestTransaction().catch(() => null);
+    for (const m of due) {
+      m.lastReport = now;
+      const waited = Math.round((now - m.startedAt) / 1000);
+      const text = `waiting ${waited}s for a snapshot: ${blocker ?? "running transactions"}`;
+      this.#opts.logger.warn("export waits for a snapshot", {
+        tables: m.jobs.map((j) => `${j.schema}.${j.table}`).join(", "),
+        waited_s: waited,
+        blocker: blocker ?? "unknown",
+        fix: "the export starts when that transaction ends; COMMIT or ROLLBACK it to go on",
+      });
+      await this.#registry.noteWaiting(m.jobs.flatMap((j) => j.ops), text).catch(() => {});
+    }
+  }
+
+  /** The oldest transaction a new snapshot has to wait for, in words. */
+  async #oldestTransaction(): Promise<string | null> {
+    const res = await this.#catalog.query(
+      `(SELECT 'transaction of pid ' || pid || ' (xid ' || backend_xid || ', ' ||
+               COALESCE(application_name, '') || ') open for ' ||
+               extract(epoch FROM now() - xact_start)::int || 's' AS what, xact_start AS since
+        FROM pg_stat_activity
+        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+        ORDER BY xact_start LIMIT 1)
+       UNION ALL
+       (SELECT 'prepared transaction ' || quote_literal(gid) || ' (xid ' || transaction ||
+               ') prepared for ' || extract(epoch FROM now() - prepared)::int || 's', prepared
+        FROM pg_prepared_xacts ORDER BY prepared LIMIT 1)
+       ORDER BY since LIMIT 1`,
+    );
+    return res.rows[0]?.what ?? null;
   }
 
   /**
@@ -493,6 +594,9 @@ export class ReloadCoordinator {
   /** Cancels running exports (their files are removed) and waits for them. */
   async stop(): Promise<void> {
     this.#stopping = true;
+    for (const m of this.#making) m.abort.abort();
+    while (this.#making.size > 0) await new Promise((r) => setTimeout(r, 10));
+    for (const made of this.#made.splice(0)) await made.snapshot?.release();
     for (const c of this.#clients) await c.end().catch(() => {});
     await Promise.allSettled([...this.#tasks]);
     this.#running.clear();

@@ -41,8 +41,9 @@ import type {
   TableStateUpdate,
 } from "../registry/registry.ts";
 import type { ReplicationStream } from "../source/replication_stream.ts";
-import { writeFileAtomic } from "../write/atomic_file.ts";
-import { renderSchemaYml } from "../write/schema_yml.ts";
+import { ensureDir, syncDir, TEMP_PREFIX, writeFileAtomic } from "../write/atomic_file.ts";
+import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
+import { splitAtLsn } from "../batch/split_at_lsn.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
 import type { ReloadCoordinator, ReloadHost, SealedExport } from "./reload_coordinator.ts";
@@ -105,14 +106,21 @@ interface TableName {
   tableDir: string;
 }
 
-/** A sealed file held back, unregistered, until the table's export is registered. */
+/**
+ * A sealed file held back, unregistered, until the table's export is
+ * registered. Until then its folder may still be renamed or its file split.
+ */
 interface HeldFile {
   file: FileRecord;
-  last: TablePosition | null;
+  first: TablePosition;
+  last: TablePosition;
   /** The checkpoint that was valid before the file's first change. */
   safeBefore: Lsn;
-  publish(): Promise<void>;
-  abort(): Promise<void>;
+  /** Absolute folder and file name; the file sits under its temp name. */
+  dir: string;
+  name: string;
+  /** The folder's schema.yml content without its LSN (streaming files). */
+  schema?: Omit<TableSchema, "validFromLsn">;
 }
 
 const STATUS_INTERVAL_MS = 10_000;
@@ -215,7 +223,8 @@ export class StreamPipeline {
   attachReloads(make: (host: ReloadHost) => ReloadCoordinator): void {
     this.#reloads = make({
       holdFor: (oid, hold, reason) => openGate(this.#life(oid), hold, reason),
-      beginExports: (oids, boundary) => this.#beginExports(oids, boundary),
+      beginExports: (tables) => this.#beginExports(tables),
+      boundaryKnown: (oids, boundary) => this.#boundaryKnown(oids, boundary),
       exportSealed: (oid, sealed) => {
         this.#ready.set(oid, sealed);
       },
@@ -276,7 +285,7 @@ export class StreamPipeline {
       this.#batches.delete(oid);
     }
     for (const list of this.#held.values()) {
-      for (const h of list) await h.abort().catch(() => {});
+      for (const h of list) await abortHeld(h);
     }
     this.#held.clear();
     for (const sealed of this.#ready.values()) await sealed.abort().catch(() => {});
@@ -543,10 +552,12 @@ export class StreamPipeline {
     const list = this.#held.get(oid) ?? [];
     list.push({
       file: this.#fileRecord(batch, sealed),
-      last: batch.last,
+      first: batch.first!,
+      last: batch.last!,
       safeBefore: batch.safeBefore,
-      publish: () => batch.publish(),
-      abort: () => batch.abort(),
+      dir: batch.absDir,
+      name: STREAMING_FILE,
+      schema: batch.schema ?? undefined,
     });
     this.#held.set(oid, list);
   }
@@ -648,18 +659,172 @@ export class StreamPipeline {
   }
 
   /**
-   * An export's snapshot was taken at `boundary`: close the tables' open
-   * batches (their changes are before it) and hold what comes after.
+   * An export's snapshot is being made for these tables: their open batches
+   * are closed (their changes come before any boundary the snapshot can
+   * have), and what comes next is held until the boundary is known.
    */
-  async #beginExports(oids: number[], boundary: Lsn): Promise<void> {
+  async #beginExports(tables: { oid: number; schema: string; table: string }[]): Promise<void> {
+    const oids = tables.map((t) => t.oid);
+    for (const t of tables) {
+      // A table with no change seen yet is known by the name it was requested under.
+      if (!this.#names.has(t.oid)) {
+        this.#setName(t.oid, { ...t, tableDir: tableDirName(t.schema, t.table) });
+      }
+    }
     await this.#close(oids.filter((oid) => this.#batches.has(oid)), "reload");
+    const txn = this.#txn;
+    const processed: TablePosition = txn
+      ? { lsn: txn.commitLsn, seq: txn.seq - 1 }
+      : { lsn: this.#lastCommitEnd, seq: -1 };
     for (const oid of oids) {
-      setBoundary(this.#life(oid), boundary);
-      this.#awaitingBoundary.add(oid);
+      const life = this.#life(oid);
+      openGate(life, processed, life.phase === "unexported" ? "initial" : "requested");
       const name = this.#names.get(oid);
       if (name) this.#opts.metrics?.setTableMode(`${name.schema}.${name.table}`, "reloading");
     }
-    await this.#reachBoundaries();
+  }
+
+  /**
+   * The snapshot exists and its boundary is C. If the stream has already
+   * passed C, the export folder is named now, and what was held since the
+   * request is sorted around it: changes before C stay before it (or are
+   * dropped, for a first export), the others move into folders after it.
+   */
+  async #boundaryKnown(oids: number[], boundary: Lsn): Promise<void> {
+    for (const oid of oids) {
+      const life = this.#life(oid);
+      setBoundary(life, boundary);
+      if (this.#frontier() < boundary) {
+        // Nothing at or after C has been seen yet.
+        if (life.phase === "unexported") await this.#dropHeldOf(oid);
+        this.#awaitingBoundary.add(oid);
+        continue;
+      }
+      await this.#close([oid], "reload");
+      const name = this.#names.get(oid);
+      if (!name) throw new CdcError("protocol", `No name known for relation ${oid}`);
+      nameExportFolder(life, this.#nextBatchTs(name.tableDir));
+      await this.#sortHeld(life, boundary, name.tableDir);
+    }
+  }
+
+  /** Drops what is held for a relation (changes before its history starts). */
+  async #dropHeldOf(oid: number): Promise<void> {
+    const open = this.#batches.get(oid);
+    if (open?.held) {
+      await open.abort();
+      this.#batches.delete(oid);
+    }
+    for (const h of this.#held.get(oid) ?? []) await abortHeld(h);
+    this.#held.delete(oid);
+  }
+
+  /** Sorts held files around a boundary C whose export folder has just been named. */
+  async #sortHeld(life: TableLife, boundary: Lsn, tableDir: string): Promise<void> {
+    const list = this.#held.get(life.oid) ?? [];
+    const out: HeldFile[] = [];
+    const fresh = life.phase === "unexported";
+    for (const h of list) {
+      if (h.last.lsn < boundary) {
+        if (fresh) await abortHeld(h);
+        else out.push(h);
+      } else if (h.first.lsn >= boundary) {
+        out.push(await this.#moveHeld(h, tableDir));
+      } else {
+        const [before, after] = await this.#splitHeld(h, boundary, tableDir);
+        if (before && fresh) await abortHeld(before);
+        else if (before) out.push(before);
+        if (after) out.push(after);
+      }
+    }
+    if (out.length > 0) this.#held.set(life.oid, out);
+    else this.#held.delete(life.oid);
+  }
+
+  /** Gives a held file a folder named now (after the export folder). */
+  async #moveHeld(h: HeldFile, tableDir: string): Promise<HeldFile> {
+    const batchTs = this.#nextBatchTs(tableDir);
+    const dir = join(this.#opts.dataDir, tableDir, batchTs);
+    await Deno.rename(h.dir, dir);
+    await syncDir(join(this.#opts.dataDir, tableDir));
+    return {
+      ...h,
+      dir,
+      file: { ...h.file, batchTs, path: `${tableDir}/${batchTs}/${h.name}` },
+    };
+  }
+
+  /** Splits a held streaming file at C: before it in place, after it in a new folder. */
+  async #splitHeld(
+    h: HeldFile,
+    boundary: Lsn,
+    tableDir: string,
+  ): Promise<[HeldFile | null, HeldFile | null]> {
+    const batchTs = this.#nextBatchTs(tableDir);
+    const dir = join(this.#opts.dataDir, tableDir, batchTs);
+    await ensureDir(dir);
+    const src = join(h.dir, TEMP_PREFIX + h.name);
+    const parts = await splitAtLsn(src, boundary, {
+      finalPath: join(h.dir, h.name),
+      tempPath: join(h.dir, `${TEMP_PREFIX}before-${h.name}`),
+    }, {
+      finalPath: join(dir, h.name),
+      tempPath: join(dir, TEMP_PREFIX + h.name),
+    });
+    await Deno.remove(src);
+    let before: HeldFile | null = null;
+    let after: HeldFile | null = null;
+    if (parts.before) {
+      await Deno.rename(parts.before.sealed.tempPath, src);
+      await syncDir(h.dir);
+      const p = parts.before;
+      before = {
+        ...h,
+        last: p.last,
+        file: {
+          ...h.file,
+          endLsn: p.last.lsn,
+          endSeq: p.last.seq,
+          rowCount: p.rows,
+          byteSize: p.sealed.byteSize,
+          sha256: p.sealed.sha256,
+        },
+      };
+    } else {
+      await abortHeld(h);
+    }
+    if (parts.after) {
+      const p = parts.after;
+      if (h.schema) {
+        await writeFileAtomic(
+          join(dir, "schema.yml"),
+          new TextEncoder().encode(
+            renderSchemaYml({ ...h.schema, validFromLsn: formatLsn(p.first.lsn) }),
+          ),
+        );
+      }
+      after = {
+        ...h,
+        dir,
+        first: p.first,
+        last: p.last,
+        file: {
+          ...h.file,
+          batchTs,
+          path: `${tableDir}/${batchTs}/${h.name}`,
+          startLsn: p.first.lsn,
+          startSeq: p.first.seq,
+          endLsn: p.last.lsn,
+          endSeq: p.last.seq,
+          rowCount: p.rows,
+          byteSize: p.sealed.byteSize,
+          sha256: p.sealed.sha256,
+        },
+      };
+    } else {
+      await Deno.remove(dir).catch(() => {});
+    }
+    return [before, after];
   }
 
   /** Names the export folders of tables whose boundary the stream has passed. */
@@ -741,7 +906,7 @@ export class StreamPipeline {
       mode: life.phase === "dropped" ? "dropped" : "streaming",
       reloadLsn: sealed.boundary,
     }, checkpoint);
-    for (const h of held) await h.publish();
+    for (const h of held) await publishHeld(h);
     await sealed.publish();
     exportRegistered(life, sealed.boundary, last);
     const open = this.#batches.get(oid);
@@ -760,7 +925,7 @@ export class StreamPipeline {
   /** An export failed: `final` when its table is gone for good. */
   async #exportFailed(oid: number, final: boolean): Promise<void> {
     const life = this.#lives.get(oid);
-    this.#ready.get(oid)?.abort().catch(() => {});
+    await this.#ready.get(oid)?.abort().catch(() => {});
     this.#ready.delete(oid);
     this.#awaitingBoundary.delete(oid);
     if (!life) return;
@@ -782,8 +947,8 @@ export class StreamPipeline {
       last,
       lastBatchTs: this.#lastBatchTs.get(name.tableDir)!,
     }], checkpoint);
-    for (const h of held) await h.publish();
-    if (last) noteRegistered(life, last);
+    for (const h of held) await publishHeld(h);
+    noteRegistered(life, last);
     this.#durable = maxLsn(this.#durable, checkpoint);
   }
 
@@ -860,10 +1025,11 @@ export class StreamPipeline {
       if (!this.#held.has(oid)) this.#held.set(oid, []);
       this.#held.get(oid)!.push({
         file,
+        first: pos,
         last: pos,
         safeBefore: this.#lastCommitEnd,
-        publish: folder.publish,
-        abort: folder.abort,
+        dir,
+        name: DDL_FILE,
       });
       if (reloads.length > 0) await this.#registry.commitFlush([], [], this.#checkpoint(), reloads);
     } else {
@@ -1028,4 +1194,17 @@ export class StreamPipeline {
     }
     this.#lastStatusAt = Date.now();
   }
+}
+
+/** Gives a held file its final name (after the registry commit). */
+async function publishHeld(h: HeldFile): Promise<void> {
+  await Deno.rename(join(h.dir, TEMP_PREFIX + h.name), join(h.dir, h.name));
+  await syncDir(h.dir);
+}
+
+/** Removes a held file and its folder: nothing else is in it. */
+async function abortHeld(h: HeldFile): Promise<void> {
+  await Deno.remove(join(h.dir, TEMP_PREFIX + h.name)).catch(() => {});
+  await Deno.remove(join(h.dir, "schema.yml")).catch(() => {});
+  await Deno.remove(h.dir).catch(() => {});
 }

@@ -85,7 +85,9 @@ export function rowAction(life: TableLife, pos: TablePosition): RowAction {
   const gate = life.gate;
   if (life.phase === "unexported") {
     // History starts at the first export's C: what comes before is in it.
-    if (gate === null || gate.boundary === null || pos.lsn < gate.boundary) return "skip";
+    // While the snapshot is being made C is unknown, so changes are held
+    // and those before C are dropped once it is known.
+    if (gate === null || (gate.boundary !== null && pos.lsn < gate.boundary)) return "skip";
     return "hold";
   }
   if (gate !== null && comparePosition(pos, gate.holdAfter) > 0) return "hold";
@@ -114,6 +116,11 @@ export function openGate(life: TableLife, holdAfter: TablePosition, reason: stri
   }
   if (comparePosition(holdAfter, life.gate.holdAfter) < 0) life.gate.holdAfter = holdAfter;
   if (reason !== "requested" && reason !== "initial") life.gate.reason = reason;
+}
+
+/** Whether the table waits for its export's snapshot (C not known yet). */
+export function awaitingSnapshot(life: TableLife): boolean {
+  return life.gate !== null && life.gate.boundary === null;
 }
 
 /** The export's snapshot exists: C is known. */

@@ -206,7 +206,9 @@ CREATE INDEX file_log_relation_idx ON cdc_registry.file_log (slot_name, relation
 ALTER TABLE cdc_registry.reload_operations ADD COLUMN relation_oid oid,
   ADD COLUMN reason text NOT NULL DEFAULT 'requested',
   ADD COLUMN hold_lsn pg_lsn,
-  ADD COLUMN hold_seq integer;
+  ADD COLUMN hold_seq integer,
+  -- What a waiting export waits for (the oldest transaction with an xid).
+  ADD COLUMN waiting_for text;
 
 ALTER TABLE cdc_registry.ddl_history ADD COLUMN rewrites boolean NOT NULL DEFAULT false;
 

@@ -367,7 +367,8 @@ export class Registry {
       this.#transaction(async (c) => {
         await c.query(
           `UPDATE cdc_registry.reload_operations o SET state = 'exporting',
-             consistent_lsn = $2::pg_lsn, started_at = now(), error = NULL, relation_oid = u.oid
+             consistent_lsn = $2::pg_lsn, started_at = now(), error = NULL, waiting_for = NULL,
+             relation_oid = u.oid
            FROM unnest($1::int8[], $3::oid[]) AS u(id, oid) WHERE o.id = u.id`,
           [ops.map((o) => o.id), formatLsn(lsn), ops.map(oidOf)],
         );
@@ -410,6 +411,16 @@ export class Registry {
         await this.#saveCheckpoint(checkpoint);
       }, "Cannot register the export")
     );
+  }
+
+  /** Notes what an export waits for (shown by `status`). */
+  noteWaiting(ops: ReloadRequest[], text: string): Promise<void> {
+    return this.#exclusive(async () => {
+      await this.client.query(
+        `UPDATE cdc_registry.reload_operations SET waiting_for = $2 WHERE id = ANY($1::bigint[])`,
+        [ops.map((o) => o.id), text],
+      );
+    });
   }
 
   /** Records a failed export attempt; unless final, the operation stays pending. */

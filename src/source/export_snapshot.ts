@@ -26,15 +26,22 @@ export interface ExportedSnapshot {
   release(): Promise<void>;
 }
 
-/** Creates a temporary slot with an exported snapshot. */
+/**
+ * Creates a temporary slot with an exported snapshot. The server waits for
+ * every running transaction that has an xid (and every prepared one), which
+ * may take hours: `signal` ends the wait by closing the connection.
+ */
 export async function exportSnapshot(
   url: string | undefined,
   slotName: string,
+  signal?: AbortSignal,
 ): Promise<ExportedSnapshot> {
   const client: pg.Client = await connect(url, {
     replication: true,
     applicationName: "cdc-egress/export",
   });
+  const onAbort = () => client.end().catch(() => {});
+  signal?.addEventListener("abort", onAbort);
   try {
     const res = await client.query(
       `CREATE_REPLICATION_SLOT ${quoteIdent(slotName)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`,
@@ -44,11 +51,13 @@ export async function exportSnapshot(
       lsn: parseLsn(row.consistent_point),
       name: row.snapshot_name,
       async release() {
+        signal?.removeEventListener("abort", onAbort);
         await client.end().catch(() => {});
       },
     };
   } catch (error) {
     await client.end().catch(() => {});
+    if (signal?.aborted) throw new DOMException("Export snapshot cancelled", "AbortError");
     throw new CdcError(
       "server",
       `Cannot create an export snapshot: ${(error as Error).message.split("\n")[0]}`,

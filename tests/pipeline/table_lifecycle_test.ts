@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { type Lsn, toLsn } from "../../src/lsn.ts";
 import {
+  awaitingSnapshot,
   ddlNeedsExport,
   exportAbandoned,
   exportPlaceable,
@@ -36,7 +37,12 @@ Deno.test("rowAction() skips what registered files or the newest export already 
 Deno.test("rowAction() skips an unexported table's changes until its boundary, then holds them", () => {
   const life = newLife(2);
   assert.equal(rowAction(life, at(10)), "skip");
+  // The snapshot is being made: C is unknown, everything is held.
+  openGate(life, at(10), "initial");
+  assert.equal(awaitingSnapshot(life), true);
+  assert.equal(rowAction(life, at(20)), "hold");
   setBoundary(life, L(500));
+  assert.equal(awaitingSnapshot(life), false);
   assert.equal(rowAction(life, at(499, 9)), "skip");
   assert.equal(rowAction(life, at(500)), "hold");
   exportRegistered(life, L(500), null);
