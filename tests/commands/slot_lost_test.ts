@@ -161,6 +161,22 @@ for (const version of testMajors()) {
     const checkpoint = (await w.db.query(
       "SELECT checkpoint_lsn::text AS l FROM cdc_registry.checkpoint",
     )).rows[0].l;
+
+    await t.step("status warns while the slot is unreserved, before it is lost", async () => {
+      await setKeepSize(w, "1MB");
+      await w.db.query("SELECT pg_logical_emit_message(false, 'filler', repeat('x', 10000))");
+      await w.db.query("SELECT pg_switch_wal()");
+      // Until the next checkpoint the WAL is still there, but no longer reserved.
+      const doc = await statusJson(w);
+      assert.equal(doc.slot.wal_status, "unreserved");
+      assert.equal(doc.slot.lost, false);
+      assert.match(doc.slot.wal_warning, /^wal_status is unreserved: the next checkpoint/);
+      const text = await runCli(["status"], w.env);
+      assert.match(
+        text.stdout,
+        /^warning: replication slot WAL is at risk: wal_status is unreserved/m,
+      );
+    });
     await loseSlot(w);
     await workload(w, 4);
 
