@@ -70,6 +70,8 @@ export interface GapStatus {
   created_at: string;
   /** LSN of the full_reload after the gap: complete history from here on; null until exported. */
   complete_from_lsn: string | null;
+  /** The table was dropped, so no export closes the gap. */
+  table_dropped: boolean;
 }
 
 /** A reload operation. */
@@ -267,6 +269,7 @@ export async function collectStatus(
       reason: g.reason,
       created_at: iso(g.createdAt)!,
       complete_from_lsn: g.resumesAtLsn === null ? null : formatLsn(g.resumesAtLsn),
+      table_dropped: g.dropped,
     })),
   };
 }
@@ -446,7 +449,7 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
         g.to_lsn ?? "(recreating)",
         g.reason,
         g.created_at.slice(0, 19).replace("T", " "),
-        g.complete_from_lsn ?? "(full export pending)",
+        g.complete_from_lsn ?? (g.table_dropped ? "(table dropped)" : "(full export pending)"),
       ]),
       tty,
     ));

@@ -29,6 +29,8 @@ export interface HistoryGap {
   createdAt: Date;
   /** LSN of the first full_reload at or after `toLsn`: complete history resumes there. */
   resumesAtLsn: Lsn | null;
+  /** The table was dropped since (its export after the gap will never come). */
+  dropped: boolean;
 }
 
 /** What opening the gaps did. */
@@ -164,8 +166,11 @@ export class HistoryGapLog {
               (SELECT min(f.start_lsn) FROM cdc_registry.file_log f
                WHERE f.slot_name = g.slot_name AND f.schema_name = g.schema_name
                  AND f.table_name = g.table_name AND f.file_type = 'full_reload'
-                 AND f.start_lsn >= g.to_lsn)::text AS resumes_at
-       FROM cdc_registry.history_gap g WHERE g.slot_name = $1 ORDER BY g.id`,
+                 AND f.start_lsn >= g.to_lsn)::text AS resumes_at,
+              coalesce(s.mode = 'dropped', false) AS dropped
+       FROM cdc_registry.history_gap g
+       LEFT JOIN cdc_registry.table_state s USING (slot_name, schema_name, table_name)
+       WHERE g.slot_name = $1 ORDER BY g.id`,
       [this.slot],
     );
     return res.rows.map((r) => ({
@@ -177,6 +182,7 @@ export class HistoryGapLog {
       reason: r.reason,
       createdAt: r.created_at,
       resumesAtLsn: r.resumes_at ? parseLsn(r.resumes_at) : null,
+      dropped: Boolean(r.dropped),
     }));
   }
 }
@@ -189,6 +195,8 @@ export function gapNote(g: HistoryGap): string {
     : `from ${lsn(g.fromLsn)} to ${formatLsn(g.toLsn)}`;
   const after = g.resumesAtLsn !== null
     ? `its history is complete again from the full_reload at ${formatLsn(g.resumesAtLsn)}`
+    : g.dropped
+    ? "the table was dropped before its export after the gap"
     : "its full export after the gap is not registered yet, so replay misses the gap's changes until it is";
   return `history gap in ${g.schema}.${g.table} ${span} (slot recreated: ${g.reason}, ${g.createdAt.toISOString()}); ${after}`;
 }

@@ -9,6 +9,8 @@
  */
 
 import assert from "node:assert/strict";
+// @ts-types="npm:@types/pg@8.23.1"
+import pg from "pg";
 import { testMajors } from "../../scripts/embedded_postgres.ts";
 import { parseLsn } from "../../src/lsn.ts";
 import { HistoryGapLog } from "../../src/registry/history_gap.ts";
@@ -402,5 +404,101 @@ for (const version of testMajors()) {
     const deep = await runCli(["verify", "--deep"], w.env);
     assert.equal(deep.code, 0, deep.stdout + deep.stderr);
     assert.equal((await statusJson(w)).history_gaps.length, 12);
+  });
+}
+
+/** Small transactions in a loop on a connection of its own, until stopped. */
+function backgroundWriter(w: StreamEnv): { stop(): Promise<number> } {
+  const client = new pg.Client({ connectionString: w.cluster.url() });
+  let running = true;
+  let n = 0;
+  const done = (async () => {
+    await client.connect();
+    while (running) {
+      n++;
+      await client.query(
+        `INSERT INTO events (payload) VALUES ('bg${n}');
+         UPDATE orders SET note = 'bg${n}' WHERE id = ${100 + (n % 30)}`,
+      );
+    }
+    await client.end();
+  })();
+  return {
+    async stop() {
+      running = false;
+      await done;
+      return n;
+    },
+  };
+}
+
+for (const version of testMajors()) {
+  Deno.test(`recovery on a busy source: DDL, a dropped and a new table in the gap, writes during the recreate (PG ${version})`, async (t) => {
+    await using w = await streamEnv(version);
+    await w.db.query("CREATE TABLE gone (id int PRIMARY KEY)");
+    await w.db.query("INSERT INTO gone SELECT generate_series(1, 10)");
+    await setup(w);
+    const first = w.stream();
+    await w.caughtUp();
+    assert.equal(await first.stop(), 0, first.stderr);
+
+    // The gap: DDL and tables coming and going, none of it ever streamed.
+    await w.db.query(`
+      ALTER TABLE orders ADD COLUMN extra text DEFAULT 'd';
+      DROP TABLE gone;
+      CREATE TABLE fresh (id int PRIMARY KEY, v text);
+      INSERT INTO fresh SELECT g, 'f' || g FROM generate_series(1, 40) g;
+    `);
+    await workload(w, 2);
+    await loseSlot(w);
+
+    const writer = backgroundWriter(w);
+    let written = 0;
+    try {
+      await t.step("init --recreate-slot while the source is written to", async () => {
+        const r = await runCli(["init", "--recreate-slot"], w.env);
+        assertOk(r, "init --recreate-slot");
+        assert.match(r.stdout, /table: "public"."fresh"/); // joins the publication
+        assert.deepEqual((await gaps(w)).map((g) => g.t).sort(), [
+          "public.events",
+          "public.gone",
+          "public.logs",
+          "public.orders",
+        ]);
+      });
+      const p = w.stream();
+      await waitFor("the exports after the gap", async () =>
+        (await w.db.query(
+          `SELECT count(*)::int AS n FROM cdc_registry.reload_operations
+           WHERE state IN ('done', 'failed') AND requested_at >= (
+             SELECT max(created_at) FROM cdc_registry.history_gap)`,
+        )).rows[0].n >= 4);
+      written = await writer.stop();
+      await w.caughtUp();
+      assert.equal(await p.stop(), 0, p.stderr);
+    } finally {
+      await writer.stop();
+    }
+    assert.ok(written > 0);
+
+    await t.step(
+      "every table equals the source; the dropped one says why its gap stays open",
+      async () => {
+        for (const table of ["orders", "events", "logs", "fresh"]) {
+          await w.assertReplayEquals("public", table);
+        }
+        const doc = await statusJson(w);
+        const gone = doc.history_gaps.find((g: Doc) => g.table === "public.gone");
+        assert.equal(gone.complete_from_lsn, null);
+        assert.equal(gone.table_dropped, true);
+        assert.equal(doc.tables.find((x: Doc) => x.name === "public.gone").mode, "dropped");
+        const text = await runCli(["status"], w.env);
+        assert.match(text.stdout, /public\.gone .*\(table dropped\)/);
+        const deep = await runCli(["verify", "--deep"], w.env);
+        assert.equal(deep.code, 0, deep.stdout + deep.stderr);
+        assert.match(deep.stdout, /history gap in public\.gone .*the table was dropped/);
+        assert.match(deep.stdout, /^deep public\.orders: \d+ rows replayed, \d+ live, equal$/m);
+      },
+    );
   });
 }
