@@ -72,12 +72,20 @@ export async function planSlotRecreate(
     };
   }
   if (pending.count === 0 && !health.lost && !options.force) {
-    const state = health.exists
-      ? `wal_status ${health.walStatus ?? "unknown"}`
-      : "it does not exist yet";
+    if (!health.exists) {
+      throw new CdcError(
+        "server",
+        `Cannot recreate slot "${slot}": it does not exist and the registry holds no history for it; run "cdc-egress init" to create it`,
+      );
+    }
+    const hint = health.walStatus === "unreserved"
+      ? "; start cdc-egress stream now so it catches up before the next checkpoint removes its WAL"
+      : "";
     throw new CdcError(
       "server",
-      `Cannot recreate slot "${slot}": it is not lost (${state}); pass --force to drop it anyway, which loses the changes since the last checkpoint and exports every table again`,
+      `Cannot recreate slot "${slot}": it is not lost (wal_status ${
+        health.walStatus ?? "unknown"
+      }); pass --force to drop it anyway, which loses the changes since the last checkpoint and exports every table again${hint}`,
     );
   }
   const reason = health.invalidationReason ?? "forced";

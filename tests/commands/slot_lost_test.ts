@@ -299,6 +299,22 @@ for (const version of testMajors()) {
     });
   });
 
+  Deno.test(`init --recreate-slot on a fresh database refuses and changes nothing (PG ${version})`, async () => {
+    await using w = await streamEnv(version);
+    await w.db.query("CREATE TABLE orders (id int PRIMARY KEY)");
+    const r = await runCli(["init", "--recreate-slot"], w.env);
+    assert.equal(r.code, 1, r.stderr);
+    assert.deepEqual(errorLines(r.stderr), [
+      `error: Cannot recreate slot "cdc_egress": it does not exist and the registry holds no history for it; run "cdc-egress init" to create it`,
+    ]);
+    const state = (await w.db.query(
+      `SELECT to_regnamespace('cdc_registry') IS NULL AS no_schema,
+              NOT EXISTS (SELECT 1 FROM pg_replication_slots) AS no_slot,
+              NOT EXISTS (SELECT 1 FROM pg_publication) AS no_pub`,
+    )).rows[0];
+    assert.deepEqual(state, { no_schema: true, no_slot: true, no_pub: true });
+  });
+
   Deno.test(`a dropped slot, --force and an interrupted recreate (PG ${version})`, async (t) => {
     await using w = await streamEnv(version);
     await setup(w);
