@@ -12,7 +12,7 @@ import type pg from "pg";
 import type { Logger } from "../log.ts";
 import { type Lsn, parseLsn } from "../lsn.ts";
 import { connect } from "../source/connect.ts";
-import { walWarning } from "../source/slot_health.ts";
+import { RECREATE_COMMAND, walWarning } from "../source/slot_health.ts";
 import type { StreamMetrics } from "./metrics.ts";
 
 /** Prefix of heartbeat messages written with pg_logical_emit_message. */
@@ -156,11 +156,18 @@ export class SlotMonitor {
     m.slotSafeWalSize.set(row.safe === null ? -1 : Number(row.safe));
     if (status !== this.#walStatus) {
       // unreserved is reported by the warning below, with what it means.
-      if (status === "lost" || status === "extended") {
+      if (status === "extended") {
         this.#opts.logger.warn("replication slot WAL is at risk", {
           slot: this.#opts.slot,
           wal_status: status,
           safe_wal_size: row.safe,
+        });
+      } else if (status === "lost") {
+        // The session fails next and stream exits 3 with the full line.
+        this.#opts.logger.error("replication slot is lost", {
+          slot: this.#opts.slot,
+          wal_status: status,
+          fix: RECREATE_COMMAND,
         });
       }
       if (status === "unreserved" || status === "lost" || status === "extended") {
