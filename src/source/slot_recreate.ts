@@ -90,10 +90,11 @@ export async function planSlotRecreate(
   }
   const reason = health.invalidationReason ?? "forced";
   const tables = await gaps.tableCount();
+  const gapStep = pending.count > 0
+    ? `finish the recreate begun earlier (history gap of ${pending.count} table(s) recorded)`
+    : `record a history gap and request a full export for ${tables} table(s)`;
   return {
-    what: `recreate slot "${slot}" (${
-      health.lost ? `lost: ${reason}` : "forced"
-    }): record a history gap and request a full export for ${tables} table(s), ${
+    what: `recreate slot "${slot}" (${health.lost ? `lost: ${reason}` : "forced"}): ${gapStep}, ${
       health.exists ? "drop the slot and create it again" : "create the slot"
     }`,
     run: async () => {

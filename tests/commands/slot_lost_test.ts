@@ -388,6 +388,11 @@ for (const version of testMajors()) {
         assert.equal(plain.code, 3, plain.stderr);
         const r = await runCli(["init", "--recreate-slot"], w.env);
         assertOk(r, "init --recreate-slot (re-run)");
+        assert.match(
+          r.stdout,
+          /finish the recreate begun earlier \(history gap of 3 table\(s\) recorded\)/,
+        );
+        assert.doesNotMatch(r.stdout, /history gap opened/);
         assert.match(r.stdout, /dropped slot "cdc_egress"/);
         assert.equal(await openCount(), 0);
       },
