@@ -3,7 +3,9 @@
  * `src/commands/<name>.ts` and maps errors to exit codes.
  *
  * Exit codes: 0 success, 1 failure at run time (or `verify` found
- * inconsistencies), 2 bad usage or configuration (or `verify` could not run).
+ * inconsistencies), 2 bad usage or configuration (or `verify` could not run),
+ * 3 the replication slot is lost (recover with `init --recreate-slot`; a
+ * service manager should not restart `stream` on it).
  */
 
 import { parseArgs } from "node:util";
@@ -12,6 +14,8 @@ import { CdcError } from "./src/errors.ts";
 import { redact } from "./src/source/connect.ts";
 
 const VERSION = "0.1.0";
+/** Exit code for a lost replication slot (systemd: RestartPreventExitStatus=3). */
+const EXIT_SLOT_LOST = 3;
 
 interface CommandSpec {
   summary: string;
@@ -25,11 +29,29 @@ interface CommandSpec {
 const COMMANDS: Record<string, CommandSpec> = {
   init: {
     summary: "check the server, create the registry, publication, DDL trigger and slot",
-    usage: "cdc-egress init [--dry-run] [settings]",
-    flags: { "dry-run": { type: "boolean", help: "print what would be done, change nothing" } },
+    usage: "cdc-egress init [--dry-run] [--recreate-slot [--force]] [settings]",
+    flags: {
+      "dry-run": { type: "boolean", help: "print what would be done, change nothing" },
+      "recreate-slot": {
+        type: "boolean",
+        help:
+          "replace a lost slot: record a history gap per table, drop and create the slot, request a full export of every table",
+      },
+      force: {
+        type: "boolean",
+        help: "with --recreate-slot, also replace a slot that is not lost",
+      },
+    },
     run: async (config, flags) => {
+      if (flags.force && !flags["recreate-slot"]) {
+        throw new TypeError("Cannot use --force without --recreate-slot");
+      }
       const { initCommand } = await import("./src/commands/init.ts");
-      await initCommand(config, { dryRun: Boolean(flags["dry-run"]) });
+      await initCommand(config, {
+        dryRun: Boolean(flags["dry-run"]),
+        recreateSlot: Boolean(flags["recreate-slot"]),
+        force: Boolean(flags.force),
+      });
       return 0;
     },
   },
@@ -202,7 +224,9 @@ export async function main(args: string[]): Promise<number> {
     let message = error instanceof Error ? error.message : String(error);
     for (const url of urls) message = redact(message, url);
     console.error(`error: ${message.split("\n")[0]}`);
-    if (error instanceof CdcError) return error.code === "config" ? 2 : 1;
+    if (error instanceof CdcError) {
+      return error.code === "config" ? 2 : error.code === "slot_lost" ? EXIT_SLOT_LOST : 1;
+    }
     if (error instanceof TypeError || error instanceof SyntaxError) return 2;
     return 1;
   }

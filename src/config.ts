@@ -26,6 +26,11 @@ export interface Config {
   metricsAddr: string;
   heartbeatIntervalMs: number;
   readyMaxLagMs: number;
+  /**
+   * Warn (and fail /readyz) when the slot's safe_wal_size drops below this;
+   * null means 1 GiB, at most half of max_slot_wal_keep_size.
+   */
+  walWarnBytes: number | null;
   logFormat: "auto" | "json" | "text";
   logLevel: "debug" | "info" | "warn" | "error";
 }
@@ -261,6 +266,15 @@ export const SETTINGS: readonly Setting[] = [
     help: "/readyz fails when replication lags more than this (default 5m)",
   },
   {
+    key: "walWarnBytes",
+    flag: "wal-warn-bytes",
+    env: "CDC_WAL_WARN_BYTES",
+    yaml: "wal_warn_bytes",
+    parse: parseByteSize,
+    help:
+      "warn and fail /readyz when the slot's safe_wal_size is below this (default 1GiB, at most half of max_slot_wal_keep_size)",
+  },
+  {
     key: "logFormat",
     flag: "log-format",
     env: "CDC_LOG_FORMAT",
@@ -296,6 +310,7 @@ export const DEFAULTS: Config = {
   metricsAddr: "127.0.0.1:9187",
   heartbeatIntervalMs: 30_000,
   readyMaxLagMs: 5 * 60_000,
+  walWarnBytes: null,
   logFormat: "auto",
   logLevel: "info",
 };

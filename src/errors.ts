@@ -16,7 +16,8 @@ export type CdcErrorCode =
   | "data_dir" // data dir unusable
   | "registry" // registry inconsistent or unreachable
   | "protocol" // the replication stream broke its contract
-  | "unknown_table"; // a table name that is not published
+  | "unknown_table" // a table name that is not published
+  | "slot_lost"; // the replication slot was invalidated or dropped: recover with init --recreate-slot
 
 /** An error of the outside world with a stable `code`. */
 export class CdcError extends Error {

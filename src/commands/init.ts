@@ -2,15 +2,24 @@
  * `cdc-egress init`: checks the server, applies registry migrations, installs
  * the DDL event triggers, creates or updates the publication and creates the
  * replication slot. Idempotent; `--dry-run` prints the plan only.
+ * `--recreate-slot` replaces a lost slot (see src/source/slot_recreate.ts).
  */
 
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import { CdcError } from "../errors.ts";
+import { HistoryGapLog } from "../registry/history_gap.ts";
 import { applyMigrations, pendingMigrations } from "../registry/migrations.ts";
 import { connect } from "../source/connect.ts";
 import { checkServer } from "../source/server_check.ts";
+import {
+  readSlotHealth,
+  slotLostError,
+  slotLostMessage,
+  unfinishedRecreateMessage,
+} from "../source/slot_health.ts";
+import { planSlotRecreate } from "../source/slot_recreate.ts";
 import {
   qualifiedName,
   quoteIdent,
@@ -21,6 +30,9 @@ import {
 /** Options of `init` beyond the shared configuration. */
 export interface InitOptions {
   dryRun: boolean;
+  /** Replace the slot: only when it is lost, unless `force`. */
+  recreateSlot?: boolean;
+  force?: boolean;
   /** Where plan lines go (stdout by default). */
   print?: (line: string) => void;
 }
@@ -150,7 +162,22 @@ export async function initCommand(config: Config, options: InitOptions): Promise
     }
     for (const t of published) print(`table: ${qualifiedName(t)}`);
 
-    if (!info.slot) {
+    const gaps = new HistoryGapLog(registry, config.slot);
+    const health = await readSlotHealth(source, config.slot, await gaps.hasHistory());
+    if (options.recreateSlot) {
+      plan.push(
+        await planSlotRecreate(source, registry, health, {
+          slot: config.slot,
+          force: Boolean(options.force),
+          print,
+        }),
+      );
+    } else if ((await gaps.pending()).count > 0) {
+      throw new CdcError("slot_lost", unfinishedRecreateMessage(config.slot));
+    } else if (!info.slot) {
+      // Creating it silently would stream the new slot on top of the old
+      // history with the changes in between missing and unmarked.
+      if (health.lost) throw slotLostError(config.slot, health.invalidationReason);
       plan.push({
         what: `create logical replication slot "${config.slot}" (pgoutput)`,
         run: () =>
@@ -160,6 +187,7 @@ export async function initCommand(config: Config, options: InitOptions): Promise
       });
     } else {
       print(`slot "${config.slot}" exists (kept)`);
+      if (health.lost) print(`warning: ${slotLostMessage(config.slot, health.invalidationReason)}`);
     }
 
     if (options.dryRun) {

@@ -14,8 +14,16 @@
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import type { Config } from "../config.ts";
+import { formatLsn } from "../lsn.ts";
+import { HistoryGapLog } from "../registry/history_gap.ts";
 import { Registry } from "../registry/registry.ts";
 import { connect, describeTarget } from "../source/connect.ts";
+import {
+  readSlotHealth,
+  slotLostMessage,
+  unfinishedRecreateMessage,
+  walWarning,
+} from "../source/slot_health.ts";
 
 /** Options of `status`. */
 export interface StatusOptions {
@@ -39,6 +47,31 @@ export interface SlotStatus {
   lag_seconds: number | null;
   wal_status: string | null;
   safe_wal_size: number | null;
+  /** The slot cannot stream anymore (invalidated, or gone while the registry has its history). */
+  lost: boolean;
+  /** `invalidation_reason` (PG 17+), or what was inferred: wal_removed, rows_removed, missing. */
+  invalidation_reason: string | null;
+  /** One line naming what is wrong and the fix, when the slot is lost or half recreated. */
+  problem: string | null;
+  /** Why the slot's WAL is at risk (unreserved, safe_wal_size under --wal-warn-bytes), or null. */
+  wal_warning: string | null;
+}
+
+/** A table's gap in the change history (a recreated slot). */
+export interface GapStatus {
+  table: string;
+  schema: string;
+  table_name: string;
+  /** The files hold every change up to here. */
+  from_lsn: string | null;
+  /** The new slot's consistent point; null while init --recreate-slot runs. */
+  to_lsn: string | null;
+  reason: string;
+  created_at: string;
+  /** LSN of the full_reload after the gap: complete history from here on; null until exported. */
+  complete_from_lsn: string | null;
+  /** The table was dropped, so no export closes the gap. */
+  table_dropped: boolean;
 }
 
 /** A reload operation. */
@@ -83,6 +116,7 @@ export interface StatusReport {
   tables: TableStatus[];
   pending_reloads: ReloadStatus[];
   failed_reloads: ReloadStatus[];
+  history_gaps: GapStatus[];
 }
 
 const FAILED_SHOWN = 20;
@@ -135,6 +169,9 @@ export async function collectStatus(
     "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn",
   );
   const s = slotRes.rows[0];
+  const gapLog = new HistoryGapLog(registryClient, config.slot);
+  const health = await readSlotHealth(source, config.slot, await gapLog.hasHistory());
+  const unfinished = (await gapLog.pending()).count > 0;
   const cpRes = await registryClient.query(
     `SELECT checkpoint_lsn::text AS lsn, updated_at,
             extract(epoch FROM now() - updated_at)::float8 AS age
@@ -158,6 +195,14 @@ export async function collectStatus(
     lag_seconds: lagSeconds,
     wal_status: s?.wal_status ?? null,
     safe_wal_size: num(s?.safe_wal_size),
+    lost: health.lost,
+    invalidation_reason: health.invalidationReason,
+    problem: health.lost
+      ? slotLostMessage(config.slot, health.invalidationReason)
+      : unfinished
+      ? unfinishedRecreateMessage(config.slot)
+      : null,
+    wal_warning: walWarning(health, config.walWarnBytes),
   };
 
   const tablesRes = await registryClient.query(
@@ -221,6 +266,17 @@ export async function collectStatus(
     tables,
     pending_reloads: pending.rows.map(reloadRow),
     failed_reloads: failed.rows.map(reloadRow),
+    history_gaps: (await gapLog.list()).map((g) => ({
+      table: `${g.schema}.${g.table}`,
+      schema: g.schema,
+      table_name: g.table,
+      from_lsn: g.fromLsn === null ? null : formatLsn(g.fromLsn),
+      to_lsn: g.toLsn === null ? null : formatLsn(g.toLsn),
+      reason: g.reason,
+      created_at: iso(g.createdAt)!,
+      complete_from_lsn: g.resumesAtLsn === null ? null : formatLsn(g.resumesAtLsn),
+      table_dropped: g.dropped,
+    })),
   };
 }
 
@@ -306,7 +362,7 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
   const s = r.slot;
   out.push(`source: ${r.source}`);
   if (!s.exists) {
-    out.push(`slot "${s.name}": does not exist (run "cdc-egress init")`);
+    out.push(`slot "${s.name}": does not exist${s.lost ? "" : ' (run "cdc-egress init")'}`);
   } else {
     out.push(
       `slot "${s.name}": ${
@@ -318,11 +374,16 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
       ["restart_lsn", s.restart_lsn ?? "n/a"],
       ["current_wal_lsn", s.current_wal_lsn ?? "n/a"],
       ["lag", `${humanBytes(s.lag_bytes)}, ${humanSeconds(s.lag_seconds)}`],
-      ["wal_status", s.wal_status ?? "n/a"],
+      [
+        "wal_status",
+        `${s.wal_status ?? "n/a"}${s.invalidation_reason ? ` (${s.invalidation_reason})` : ""}`,
+      ],
       ["safe_wal_size", s.safe_wal_size === null ? "unlimited" : humanBytes(s.safe_wal_size)],
     ];
     for (const [k, v] of kv) out.push(`  ${k.padEnd(20)} ${v}`);
   }
+  if (s.problem) out.push(`LOST: ${s.problem}`);
+  if (s.wal_warning) out.push(`warning: replication slot WAL is at risk: ${s.wal_warning}`);
   out.push(
     r.checkpoint
       ? `checkpoint: ${r.checkpoint.lsn} (updated ${r.checkpoint.updated_at})`
@@ -382,5 +443,23 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
   };
   reloads("pending reloads", r.pending_reloads);
   reloads("failed reloads", r.failed_reloads);
+  if (r.history_gaps.length > 0) {
+    out.push("");
+    out.push(
+      `history gaps (${r.history_gaps.length}): changes between these LSNs were never captured (slot recreated)`,
+    );
+    out.push(...renderTable(
+      ["table", "from lsn", "to lsn", "reason", "recorded", "complete again from"],
+      r.history_gaps.map((g) => [
+        g.table,
+        g.from_lsn ?? "-",
+        g.to_lsn ?? "(recreating)",
+        g.reason,
+        g.created_at.slice(0, 19).replace("T", " "),
+        g.complete_from_lsn ?? (g.table_dropped ? "(table dropped)" : "(full export pending)"),
+      ]),
+      tty,
+    ));
+  }
   return out;
 }

@@ -23,6 +23,7 @@ import { SlotMonitor } from "../observe/slot_monitor.ts";
 import { type ObserveServer, serveObservability } from "../observe/http_server.ts";
 import { ReplicationStream } from "../source/replication_stream.ts";
 import { checkServer } from "../source/server_check.ts";
+import { assertSlotUsable } from "../source/slot_health.ts";
 import { qualifiedName, quoteIdent, selectTables } from "../source/table_selection.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
 
@@ -143,7 +144,15 @@ interface StreamContext {
   onStreaming: (pipeline: StreamPipeline) => void;
 }
 
-const NEVER_RETRY = new Set(["config", "not_initialized", "server", "data_dir", "unknown_table"]);
+const NEVER_RETRY = new Set([
+  "config",
+  "not_initialized",
+  "server",
+  "data_dir",
+  "unknown_table",
+  // Retrying cannot help: only init --recreate-slot can (exit code 3).
+  "slot_lost",
+]);
 
 /** Whether a failed session should be retried (only once streaming has worked). */
 function retryable(error: unknown): boolean {
@@ -167,6 +176,7 @@ export async function streamCommand(config: Config): Promise<void> {
     intervalMs: 2000,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     readyMaxLagMs: config.readyMaxLagMs,
+    walWarnBytes: config.walWarnBytes,
     metrics,
     logger,
   });
@@ -256,6 +266,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
         `Cannot stream from slot "${config.slot}": it is active in process ${holder}`,
       );
     }
+    await assertSlotUsable(source, registryClient, config.slot);
     const startLsn = await slotState(source, config.slot, config.publication);
     const states = await registry.tableStates();
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);

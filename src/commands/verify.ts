@@ -12,6 +12,8 @@
  *   ever deleted).
  * - `--deep` replays every table from its files and compares it with the
  *   live table, all tables read in one REPEATABLE READ snapshot.
+ * - A lost slot cannot run (exit 2, same line as `stream`); history gaps of a
+ *   recreated slot are reported as notes, not problems.
  *
  * Exit codes: 0 consistent, 1 inconsistencies found, 2 could not run.
  */
@@ -23,9 +25,11 @@ import { createGunzip } from "node:zlib";
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import { compareLsn, formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import { gapNote, HistoryGapLog } from "../registry/history_gap.ts";
 import { Registry } from "../registry/registry.ts";
 import { replayTable } from "../replay/replay_files.ts";
 import { connect, redact } from "../source/connect.ts";
+import { assertSlotUsable } from "../source/slot_health.ts";
 import { parseTablePattern, qualifiedName, quoteIdent } from "../source/table_selection.ts";
 import { ensureDir, pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
 import { EXPORT_STAGING_DIR } from "../pipeline/recovery.ts";
@@ -120,6 +124,8 @@ export interface VerifyReport {
   notes: string[];
   /** WAL position when the `--deep` snapshot was taken. */
   deep_snapshot_lsn?: string;
+  /** Gaps in the change history left by a recreated slot (notes, not problems). */
+  history_gaps: string[];
 }
 
 interface FileRow {
@@ -325,6 +331,7 @@ async function runVerify(
   }
   const registry = new Registry(registryClient, config.slot);
   await registry.assertInitialized();
+  await assertSlotUsable(source, registryClient, config.slot);
 
   const report: VerifyReport = {
     ok: true,
@@ -339,6 +346,7 @@ async function runVerify(
     problems: [],
     quarantined: [],
     notes: [],
+    history_gaps: [],
   };
   const problem = (p: Problem) => report.problems.push(p);
 
@@ -518,6 +526,11 @@ async function runVerify(
       await syncDir(dirname(join(dataDir, rel)));
       report.quarantined.push({ from: rel, to });
     }
+  }
+
+  for (const g of await new HistoryGapLog(registryClient, config.slot).list()) {
+    if (!tables.has(tableName(g.schema, g.table))) continue;
+    report.history_gaps.push(gapNote(g));
   }
 
   // 4. Deep: replay against the live tables.
@@ -998,6 +1011,7 @@ function humanReport(r: VerifyReport): string[] {
       );
     }
   }
+  for (const g of r.history_gaps) lines.push(`note: ${g}`);
   for (const n of r.notes) lines.push(`note: ${n}`);
   const summary =
     `${r.tables.length} table(s), ${r.files_checked} file(s), ${r.rows_checked} row(s), ${

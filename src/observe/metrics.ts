@@ -46,6 +46,12 @@ export class StreamMetrics {
     help: "WAL that can still be written before the slot is in danger (-1 when unlimited)",
     registers: [this.registry],
   });
+  readonly slotWalWarning = new client.Gauge({
+    name: "cdc_slot_wal_warning",
+    help:
+      "1 while the slot's WAL is at risk: wal_status unreserved, or safe_wal_size under --wal-warn-bytes",
+    registers: [this.registry],
+  });
   readonly batchDuration = new client.Histogram({
     name: "cdc_batch_duration_seconds",
     help: "Time to seal, register and publish a batch",

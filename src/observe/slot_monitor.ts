@@ -1,7 +1,9 @@
 /**
  * Watches the slot from a connection of its own, independent of the stream
  * session: lag in bytes and seconds, wal_status, and whether PostgreSQL is
- * reachable at all (for /readyz). Emits heartbeats so an idle source keeps
+ * reachable at all (for /readyz). Warns, and fails /readyz, while the slot's
+ * WAL is at risk (wal_status unreserved, or safe_wal_size under
+ * `--wal-warn-bytes`), before PostgreSQL invalidates it. Emits heartbeats so an idle source keeps
  * its slot moving while other databases write WAL.
  */
 
@@ -10,6 +12,7 @@ import type pg from "pg";
 import type { Logger } from "../log.ts";
 import { type Lsn, parseLsn } from "../lsn.ts";
 import { connect } from "../source/connect.ts";
+import { RECREATE_COMMAND, walWarning } from "../source/slot_health.ts";
 import type { StreamMetrics } from "./metrics.ts";
 
 /** Prefix of heartbeat messages written with pg_logical_emit_message. */
@@ -22,6 +25,8 @@ export interface SlotMonitorOptions {
   intervalMs: number;
   heartbeatIntervalMs: number;
   readyMaxLagMs: number;
+  /** `--wal-warn-bytes`; null for the default (see walWarnThreshold). */
+  walWarnBytes: number | null;
   metrics: StreamMetrics;
   logger: Logger;
 }
@@ -33,6 +38,8 @@ export interface MonitorState {
   lagBytes: number | null;
   lagSeconds: number | null;
   walStatus: string | null;
+  /** Why the slot's WAL is at risk, or null. */
+  walWarning: string | null;
 }
 
 /** Samples the slot every few seconds. */
@@ -51,6 +58,7 @@ export class SlotMonitor {
     lagBytes: null,
     lagSeconds: null,
     walStatus: null,
+    walWarning: null,
   };
 
   constructor(options: SlotMonitorOptions) {
@@ -63,10 +71,14 @@ export class SlotMonitor {
     this.sample();
   }
 
-  /** Whether the process should receive traffic: connected, streaming, lag under the bound. */
+  /**
+   * Whether the process should receive traffic: connected, streaming, lag
+   * under the bound, and the slot's WAL not at risk.
+   */
   get ready(): boolean {
     const s = this.state;
-    return s.connected && s.streaming && (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs;
+    return s.connected && s.streaming && (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs &&
+      s.walWarning === null && s.walStatus !== "lost";
   }
 
   /** Marks the stream session up or down. */
@@ -85,7 +97,9 @@ export class SlotMonitor {
       });
       const res = await this.#client.query(
         `SELECT pg_current_wal_lsn()::text AS server, confirmed_flush_lsn::text AS confirmed,
-                wal_status, safe_wal_size::int8 AS safe
+                wal_status, safe_wal_size::int8 AS safe,
+                (SELECT setting::int8 FROM pg_settings
+                 WHERE name = 'max_slot_wal_keep_size') AS keep_mb
          FROM pg_replication_slots WHERE slot_name = $1`,
         [this.#opts.slot],
       );
@@ -111,6 +125,7 @@ export class SlotMonitor {
       confirmed: string | null;
       wal_status: string | null;
       safe: string | null;
+      keep_mb: string | null;
     },
   ) {
     const m = this.#opts.metrics;
@@ -140,16 +155,52 @@ export class SlotMonitor {
     }
     m.slotSafeWalSize.set(row.safe === null ? -1 : Number(row.safe));
     if (status !== this.#walStatus) {
-      if (status === "unreserved" || status === "lost" || status === "extended") {
+      // unreserved is reported by the warning below, with what it means.
+      if (status === "extended") {
         this.#opts.logger.warn("replication slot WAL is at risk", {
           slot: this.#opts.slot,
           wal_status: status,
           safe_wal_size: row.safe,
         });
+      } else if (status === "lost") {
+        // The session fails next and stream exits 3 with the full line.
+        this.#opts.logger.error("replication slot is lost", {
+          slot: this.#opts.slot,
+          wal_status: status,
+          fix: RECREATE_COMMAND,
+        });
+      }
+      if (status === "unreserved" || status === "lost" || status === "extended") {
         m.errors.inc({ type: `wal_status_${status}` });
       }
       this.#walStatus = status;
     }
+    const keepMb = row.keep_mb === null ? -1 : Number(row.keep_mb);
+    const warning = walWarning({
+      walStatus: status,
+      safeWalSize: row.safe === null ? null : Number(row.safe),
+      lost: status === "lost",
+      maxKeepBytes: keepMb < 0 ? null : keepMb * 1024 * 1024,
+    }, this.#opts.walWarnBytes);
+    if ((warning === null) !== (this.state.walWarning === null)) {
+      if (warning !== null) {
+        this.#opts.logger.warn(`replication slot WAL is at risk: ${warning}`, {
+          slot: this.#opts.slot,
+          wal_status: status,
+          safe_wal_size: row.safe,
+          fix:
+            "let stream catch up (end long transactions, check exports), or raise max_slot_wal_keep_size",
+        });
+      } else {
+        this.#opts.logger.info("replication slot WAL is no longer at risk", {
+          slot: this.#opts.slot,
+          wal_status: status,
+          safe_wal_size: row.safe,
+        });
+      }
+    }
+    this.state.walWarning = warning;
+    m.slotWalWarning.set(warning === null ? 0 : 1);
   }
 
   /**

@@ -265,6 +265,33 @@ END
 $fn$;
 `,
   },
+  {
+    version: 4,
+    name: "history gaps of recreated slots",
+    // One row per table when init --recreate-slot replaces a lost slot: the
+    // changes between from_lsn and to_lsn were never captured.
+    sql: `
+CREATE TABLE cdc_registry.history_gap (
+  id bigserial PRIMARY KEY,
+  slot_name text NOT NULL,
+  schema_name text NOT NULL,
+  table_name text NOT NULL,
+  relation_oid oid,
+  -- the table's files are complete up to here (old checkpoint, or its own last row or export)
+  from_lsn pg_lsn,
+  -- the new slot's consistent point; NULL while init --recreate-slot is still running
+  to_lsn pg_lsn,
+  -- the source's WAL position when the gap was opened: a slot confirmed past it is the new one
+  opened_at_lsn pg_lsn,
+  -- why the old slot was lost (invalidation_reason, "missing", or "forced")
+  reason text NOT NULL,
+  -- the full export requested to close the gap
+  reload_id bigint,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX history_gap_table_idx ON cdc_registry.history_gap (slot_name, schema_name, table_name);
+`,
+  },
 ];
 
 const LOCK_KEY = "hashtext('cdc_registry.migrations')";

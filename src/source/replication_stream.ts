@@ -11,6 +11,7 @@ import { encodeStandbyStatus } from "../decode/copy_frame.ts";
 import { CdcError } from "../errors.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 import { connect } from "./connect.ts";
+import { slotLostFromServerError } from "./slot_health.ts";
 import { quoteIdent } from "./table_selection.ts";
 
 /** Options for {@linkcode ReplicationStream.start}. */
@@ -163,6 +164,8 @@ export class ReplicationStream {
         { cause: error },
       );
     }
+    const lost = slotLostFromServerError(this.#slot, error);
+    if (lost) return lost;
     if (e?.code === "42704") {
       return new CdcError(
         "not_initialized",
