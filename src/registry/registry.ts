@@ -433,6 +433,17 @@ export class Registry {
          WHERE id = ANY($1::bigint[])`,
         [ops.map((o) => o.id), message, final],
       );
+      if (!final) return;
+      // A final failure means the table is gone: its relation, or whatever
+      // relation its name meant (no relation has that name any more).
+      await this.client.query(
+        `UPDATE cdc_registry.table_state s SET mode = 'dropped', updated_at = now()
+         FROM unnest($2::text[], $3::text[], $4::oid[]) AS o(schema, tab, oid)
+         WHERE s.slot_name = $1 AND s.mode <> 'dropped'
+           AND (s.relation_oid = o.oid
+             OR (o.oid IS NULL AND s.schema_name = o.schema AND s.table_name = o.tab))`,
+        [this.slot, ops.map((o) => o.schema), ops.map((o) => o.table), ops.map((o) => o.oid)],
+      );
     });
   }
 
