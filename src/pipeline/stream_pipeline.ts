@@ -41,9 +41,9 @@ import type {
   TableStateUpdate,
 } from "../registry/registry.ts";
 import type { ReplicationStream } from "../source/replication_stream.ts";
-import { ensureDir, syncDir, TEMP_PREFIX, writeFileAtomic } from "../write/atomic_file.ts";
-import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
-import { splitAtLsn } from "../batch/split_at_lsn.ts";
+import { writeFileAtomic } from "../write/atomic_file.ts";
+import { renderSchemaYml } from "../write/schema_yml.ts";
+import { HeldFiles, publishHeld } from "./held_files.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
 import type { ReloadCoordinator, ReloadHost, SealedExport } from "./reload_coordinator.ts";
@@ -106,23 +106,6 @@ interface TableName {
   tableDir: string;
 }
 
-/**
- * A sealed file held back, unregistered, until the table's export is
- * registered. Until then its folder may still be renamed or its file split.
- */
-interface HeldFile {
-  file: FileRecord;
-  first: TablePosition;
-  last: TablePosition;
-  /** The checkpoint that was valid before the file's first change. */
-  safeBefore: Lsn;
-  /** Absolute folder and file name; the file sits under its temp name. */
-  dir: string;
-  name: string;
-  /** The folder's schema.yml content without its LSN (streaming files). */
-  schema?: Omit<TableSchema, "validFromLsn">;
-}
-
 const STATUS_INTERVAL_MS = 10_000;
 /** XLogData frames: 'w', WAL start, WAL end, send time, then one pgoutput message. */
 const XLOGDATA = 0x77;
@@ -165,7 +148,7 @@ export class StreamPipeline {
   #lastBatchTs = new Map<string, string>();
   #batches = new Map<number, TableBatch>();
   /** Files held back per relation until its export is registered. */
-  #held = new Map<number, HeldFile[]>();
+  #held: HeldFiles;
   /** Sealed exports waiting until the stream reaches their boundary. */
   #ready = new Map<number, SealedExport>();
   /** Relations whose export boundary the stream has not reached yet. */
@@ -201,6 +184,7 @@ export class StreamPipeline {
     // carry an xid; put the replay decoder into that state once.
     if (options.protocol >= 2) this.#replayDecoder.decode(Uint8Array.of(0x53, 0, 0, 0, 0, 1));
     this.#spool = new TransactionSpool(join(options.dataDir, ".spool"));
+    this.#held = new HeldFiles(options.dataDir);
     this.#lastCommitEnd = options.startLsn;
     this.#lastWalEnd = options.startLsn;
     this.#durable = options.startLsn;
@@ -284,10 +268,7 @@ export class StreamPipeline {
       await batch.abort().catch(() => {});
       this.#batches.delete(oid);
     }
-    for (const list of this.#held.values()) {
-      for (const h of list) await abortHeld(h);
-    }
-    this.#held.clear();
+    await this.#held.dropAll();
     for (const sealed of this.#ready.values()) await sealed.abort().catch(() => {});
     this.#ready.clear();
   }
@@ -549,8 +530,7 @@ export class StreamPipeline {
     }
     const sealed = await batch.seal();
     await this.#writeBatchSchema(batch);
-    const list = this.#held.get(oid) ?? [];
-    list.push({
+    this.#held.add(oid, {
       file: this.#fileRecord(batch, sealed),
       first: batch.first!,
       last: batch.last!,
@@ -559,7 +539,6 @@ export class StreamPipeline {
       name: STREAMING_FILE,
       schema: batch.schema ?? undefined,
     });
-    this.#held.set(oid, list);
   }
 
   async #writeBatchSchema(batch: TableBatch): Promise<void> {
@@ -609,13 +588,12 @@ export class StreamPipeline {
     let cp = this.#lastCommitEnd;
     if (
       this.#txn === null && this.#streamXid === null && this.#spool.openCount === 0 &&
-      this.#batches.size === 0 && this.#held.size === 0
+      this.#batches.size === 0 && this.#held.empty
     ) {
       cp = maxLsn(cp, this.#lastWalEnd);
     }
     for (const batch of this.#batches.values()) cp = minLsn(cp, batch.safeBefore);
-    for (const list of this.#held.values()) for (const h of list) cp = minLsn(cp, h.safeBefore);
-    return maxLsn(cp, this.#durable);
+    return maxLsn(this.#held.capCheckpoint(cp), this.#durable);
   }
 
   /** Every commit before this LSN has been processed. */
@@ -704,7 +682,13 @@ export class StreamPipeline {
       const name = this.#names.get(oid);
       if (!name) throw new CdcError("protocol", `No name known for relation ${oid}`);
       nameExportFolder(life, this.#nextBatchTs(name.tableDir));
-      await this.#sortHeld(life, boundary, name.tableDir);
+      await this.#held.sortAround(
+        oid,
+        boundary,
+        life.phase === "unexported",
+        name.tableDir,
+        () => this.#nextBatchTs(name.tableDir),
+      );
     }
   }
 
@@ -715,116 +699,7 @@ export class StreamPipeline {
       await open.abort();
       this.#batches.delete(oid);
     }
-    for (const h of this.#held.get(oid) ?? []) await abortHeld(h);
-    this.#held.delete(oid);
-  }
-
-  /** Sorts held files around a boundary C whose export folder has just been named. */
-  async #sortHeld(life: TableLife, boundary: Lsn, tableDir: string): Promise<void> {
-    const list = this.#held.get(life.oid) ?? [];
-    const out: HeldFile[] = [];
-    const fresh = life.phase === "unexported";
-    for (const h of list) {
-      if (h.last.lsn < boundary) {
-        if (fresh) await abortHeld(h);
-        else out.push(h);
-      } else if (h.first.lsn >= boundary) {
-        out.push(await this.#moveHeld(h, tableDir));
-      } else {
-        const [before, after] = await this.#splitHeld(h, boundary, tableDir);
-        if (before && fresh) await abortHeld(before);
-        else if (before) out.push(before);
-        if (after) out.push(after);
-      }
-    }
-    if (out.length > 0) this.#held.set(life.oid, out);
-    else this.#held.delete(life.oid);
-  }
-
-  /** Gives a held file a folder named now (after the export folder). */
-  async #moveHeld(h: HeldFile, tableDir: string): Promise<HeldFile> {
-    const batchTs = this.#nextBatchTs(tableDir);
-    const dir = join(this.#opts.dataDir, tableDir, batchTs);
-    await Deno.rename(h.dir, dir);
-    await syncDir(join(this.#opts.dataDir, tableDir));
-    return {
-      ...h,
-      dir,
-      file: { ...h.file, batchTs, path: `${tableDir}/${batchTs}/${h.name}` },
-    };
-  }
-
-  /** Splits a held streaming file at C: before it in place, after it in a new folder. */
-  async #splitHeld(
-    h: HeldFile,
-    boundary: Lsn,
-    tableDir: string,
-  ): Promise<[HeldFile | null, HeldFile | null]> {
-    const batchTs = this.#nextBatchTs(tableDir);
-    const dir = join(this.#opts.dataDir, tableDir, batchTs);
-    await ensureDir(dir);
-    const src = join(h.dir, TEMP_PREFIX + h.name);
-    const parts = await splitAtLsn(src, boundary, {
-      finalPath: join(h.dir, h.name),
-      tempPath: join(h.dir, `${TEMP_PREFIX}before-${h.name}`),
-    }, {
-      finalPath: join(dir, h.name),
-      tempPath: join(dir, TEMP_PREFIX + h.name),
-    });
-    await Deno.remove(src);
-    let before: HeldFile | null = null;
-    let after: HeldFile | null = null;
-    if (parts.before) {
-      await Deno.rename(parts.before.sealed.tempPath, src);
-      await syncDir(h.dir);
-      const p = parts.before;
-      before = {
-        ...h,
-        last: p.last,
-        file: {
-          ...h.file,
-          endLsn: p.last.lsn,
-          endSeq: p.last.seq,
-          rowCount: p.rows,
-          byteSize: p.sealed.byteSize,
-          sha256: p.sealed.sha256,
-        },
-      };
-    } else {
-      await abortHeld(h);
-    }
-    if (parts.after) {
-      const p = parts.after;
-      if (h.schema) {
-        await writeFileAtomic(
-          join(dir, "schema.yml"),
-          new TextEncoder().encode(
-            renderSchemaYml({ ...h.schema, validFromLsn: formatLsn(p.first.lsn) }),
-          ),
-        );
-      }
-      after = {
-        ...h,
-        dir,
-        first: p.first,
-        last: p.last,
-        file: {
-          ...h.file,
-          batchTs,
-          path: `${tableDir}/${batchTs}/${h.name}`,
-          startLsn: p.first.lsn,
-          startSeq: p.first.seq,
-          endLsn: p.last.lsn,
-          endSeq: p.last.seq,
-          rowCount: p.rows,
-          byteSize: p.sealed.byteSize,
-          sha256: p.sealed.sha256,
-        },
-      };
-    } else {
-      await Deno.remove(dir).catch(() => {});
-    }
-    return [before, after];
+    await this.#held.drop(oid);
   }
 
   /** Names the export folders of tables whose boundary the stream has passed. */
@@ -871,8 +746,7 @@ export class StreamPipeline {
     const batchTs = life.gate!.batchTs!;
     const reason = life.gate!.reason;
     const path = await sealed.place(name.tableDir, batchTs);
-    const held = this.#held.get(oid) ?? [];
-    this.#held.delete(oid);
+    const held = this.#held.take(oid);
     let last: TablePosition | null = null;
     for (const h of held) {
       if (h.last && (last === null || comparePosition(h.last, last) > 0)) last = h.last;
@@ -934,8 +808,7 @@ export class StreamPipeline {
     // Nothing will come to wait for: register what was held, as it is.
     const open = this.#batches.get(oid);
     if (open) open.held = false;
-    const held = this.#held.get(oid) ?? [];
-    this.#held.delete(oid);
+    const held = this.#held.take(oid);
     life.gate = null;
     if (held.length === 0) return;
     const name = this.#names.get(oid)!;
@@ -1022,8 +895,7 @@ export class StreamPipeline {
     if (dropped) life.phase = "dropped";
     const table = `${target.schema}.${target.table}`;
     if (action === "hold") {
-      if (!this.#held.has(oid)) this.#held.set(oid, []);
-      this.#held.get(oid)!.push({
+      this.#held.add(oid, {
         file,
         first: pos,
         last: pos,
@@ -1194,17 +1066,4 @@ export class StreamPipeline {
     }
     this.#lastStatusAt = Date.now();
   }
-}
-
-/** Gives a held file its final name (after the registry commit). */
-async function publishHeld(h: HeldFile): Promise<void> {
-  await Deno.rename(join(h.dir, TEMP_PREFIX + h.name), join(h.dir, h.name));
-  await syncDir(h.dir);
-}
-
-/** Removes a held file and its folder: nothing else is in it. */
-async function abortHeld(h: HeldFile): Promise<void> {
-  await Deno.remove(join(h.dir, TEMP_PREFIX + h.name)).catch(() => {});
-  await Deno.remove(join(h.dir, "schema.yml")).catch(() => {});
-  await Deno.remove(h.dir).catch(() => {});
 }
