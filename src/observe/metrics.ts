@@ -122,6 +122,16 @@ export class StreamMetrics {
     help: "Reconnects after a lost connection or failed session",
     registers: [this.registry],
   });
+  readonly registryUp = new client.Gauge({
+    name: "cdc_registry_up",
+    help: "1 while the registry is reachable, 0 during an outage",
+    registers: [this.registry],
+  });
+  readonly registryOutages = new client.Counter({
+    name: "cdc_registry_outages_total",
+    help: "Times the registry became unreachable while streaming",
+    registers: [this.registry],
+  });
 
   /** Records a registered file. */
   fileRegistered(

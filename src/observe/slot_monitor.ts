@@ -30,6 +30,8 @@ export interface SlotMonitorOptions {
 export interface MonitorState {
   connected: boolean;
   streaming: boolean;
+  /** The registry answers (false during a registry outage). */
+  registryUp: boolean;
   lagBytes: number | null;
   lagSeconds: number | null;
   walStatus: string | null;
@@ -48,6 +50,7 @@ export class SlotMonitor {
   readonly state: MonitorState = {
     connected: false,
     streaming: false,
+    registryUp: true,
     lagBytes: null,
     lagSeconds: null,
     walStatus: null,
@@ -63,10 +66,18 @@ export class SlotMonitor {
     this.sample();
   }
 
-  /** Whether the process should receive traffic: connected, streaming, lag under the bound. */
+  /** Whether the process should receive traffic: connected, streaming, registry up, lag under the bound. */
   get ready(): boolean {
     const s = this.state;
-    return s.connected && s.streaming && (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs;
+    return s.connected && s.streaming && s.registryUp &&
+      (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs;
+  }
+
+  /** Marks the registry reachable or not; counts each outage once. */
+  setRegistryUp(up: boolean): void {
+    if (this.state.registryUp && !up) this.#opts.metrics.registryOutages.inc();
+    this.state.registryUp = up;
+    this.#opts.metrics.registryUp.set(up ? 1 : 0);
   }
 
   /** Marks the stream session up or down. */

@@ -10,6 +10,7 @@
 import { basename, dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
+import { isOtherDataDir } from "../write/data_dir_owner.ts";
 
 // Side files of a batch that never got registered; data files are never removed.
 const OWN_FILES = new Set(["schema.yml", "ddl.sql"]);
@@ -67,6 +68,8 @@ export async function recoverDataDir(
     }
     if (!tableDir.isDirectory || tableDir.name.startsWith(".")) continue;
     const tablePath = join(dataDir, tableDir.name);
+    // Another source's data dir nested in ours: its files are not ours to settle.
+    if (await isOtherDataDir(tablePath)) continue;
     for await (const batchDir of Deno.readDir(tablePath)) {
       if (!batchDir.isDirectory) continue;
       const rel = `${tableDir.name}/${batchDir.name}`;

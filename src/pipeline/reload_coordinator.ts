@@ -20,6 +20,7 @@ import { formatLsn, type Lsn } from "../lsn.ts";
 import { type Registry, type ReloadRequest, tableKey } from "../registry/registry.ts";
 import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
+import type { SourceCatalog } from "../source/source_catalog.ts";
 import { qualifiedName } from "../source/table_selection.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import {
@@ -107,7 +108,7 @@ function newProgress() {
 /** Finds reload work in the registry and carries it out with a worker pool. */
 export class ReloadCoordinator {
   #registry: Registry;
-  #catalog: pg.Client;
+  #catalog: SourceCatalog;
   #opts: ReloadOptions;
   #host: ReloadHost;
   #running = new Set<string>();
@@ -118,7 +119,12 @@ export class ReloadCoordinator {
   #seq = 0;
   #progress = newProgress();
 
-  constructor(registry: Registry, catalog: pg.Client, host: ReloadHost, options: ReloadOptions) {
+  constructor(
+    registry: Registry,
+    catalog: SourceCatalog,
+    host: ReloadHost,
+    options: ReloadOptions,
+  ) {
     this.#registry = registry;
     this.#catalog = catalog;
     this.#host = host;
@@ -137,7 +143,9 @@ export class ReloadCoordinator {
     this.#logProgress(now);
     if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
     this.#lastPoll = now;
-    await this.#registry.requestMissingExports(this.#opts.publication);
+    await this.#registry.requestMissingExports(
+      await this.#catalog.publishedTables(this.#opts.publication),
+    );
     const pending = await this.#registry.pendingReloads();
     const jobs = new Map<string, Job>();
     for (const op of pending) {
@@ -155,14 +163,8 @@ export class ReloadCoordinator {
   async #start(jobs: Job[]): Promise<void> {
     // Largest first, so the long exports overlap the short ones. A
     // partitioned table has no storage of its own: count its partitions.
-    const sizes = await this.#catalog.query(
-      `SELECT n, COALESCE((SELECT sum(pg_total_relation_size(relid))
-                           FROM pg_partition_tree(to_regclass(n))),
-                          pg_total_relation_size(to_regclass(n)), 0)::int8 AS size
-       FROM unnest($1::text[]) AS n`,
-      [jobs.map((j) => qualifiedName(j))],
-    );
-    jobs.forEach((j, i) => j.size = Number(sizes.rows[i].size));
+    const sizes = await this.#catalog.tableSizes(jobs);
+    jobs.forEach((j, i) => j.size = sizes[i]);
     jobs.sort((a, b) => b.size - a.size);
     await this.#planSplits(jobs);
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
@@ -207,15 +209,9 @@ export class ReloadCoordinator {
     if (this.#opts.workers < 2) return;
     for (const job of jobs) {
       if (job.size < this.#opts.splitBytes) continue;
-      const res = await this.#catalog.query(
-        `SELECT c.oid::int8 AS oid, c.relkind,
-                (pg_relation_size(c.oid) / current_setting('block_size')::int8) AS blocks
-         FROM pg_class c WHERE c.oid = to_regclass($1)`,
-        [qualifiedName(job)],
-      );
-      const row = res.rows[0];
+      const row = await this.#catalog.heapBlocks(job);
       if (!row || row.relkind !== "r") continue;
-      const blocks = Number(row.blocks);
+      const blocks = row.blocks;
       const count = Math.min(MAX_PARTS, Math.ceil(job.size / this.#opts.splitBytes), blocks);
       if (count < 2) continue;
       const step = Math.ceil(blocks / count);

@@ -8,6 +8,7 @@
 import type pg from "pg";
 import { CdcError } from "../errors.ts";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import type { PublishedTable, SourceIdentity } from "../source/source_catalog.ts";
 import { appliedMigrations, MIGRATIONS } from "./migrations.ts";
 
 /** Position of the last registered row of a table: (commit LSN, seq). */
@@ -58,9 +59,14 @@ export interface TableStateUpdate {
   mode?: "dropped";
 }
 
-/** Registry access bound to one slot. */
+/**
+ * Registry access bound to one slot: file rows, table state, checkpoints and
+ * reload operations, on the registry's connection (the source database or
+ * another server). Catalog questions about the source are not asked here
+ * (see {@linkcode SourceCatalog}): the connection stays private.
+ */
 export class Registry {
-  readonly client: pg.Client;
+  private readonly client: pg.Client;
   readonly slot: string;
   /** Serializes transactions: the stream loop and export workers share the client. */
   #tail: Promise<unknown> = Promise.resolve();
@@ -74,7 +80,7 @@ export class Registry {
   async assertInitialized(): Promise<void> {
     let applied: number[];
     try {
-      applied = await appliedMigrations(this.client);
+      applied = await appliedMigrations(this.client, "registry");
     } catch (error) {
       throw new CdcError("registry", `Cannot read the registry: ${(error as Error).message}`, {
         cause: error,
@@ -260,23 +266,24 @@ export class Registry {
   }
 
   /**
-   * Requests a reload of each published table that has never been exported
-   * (a fresh slot, or a table added to the publication), unless one is
-   * pending or the table is dropped.
+   * Requests a reload of each published table (as the source catalog lists
+   * them) that has never been exported (a fresh slot, or a table added to
+   * the publication), unless one is pending or the table is dropped.
    */
-  requestMissingExports(publication: string): Promise<number> {
+  requestMissingExports(published: PublishedTable[]): Promise<number> {
+    if (published.length === 0) return Promise.resolve(0);
     return this.#exclusive(async () => {
       const res = await this.client.query(
         `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name)
-         SELECT $1, p.schemaname, p.tablename FROM pg_publication_tables p
-         WHERE p.pubname = $2 AND p.schemaname <> 'cdc_registry'
-           AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
-                             AND s.schema_name = p.schemaname AND s.table_name = p.tablename
+         SELECT $1, p.schema_name, p.table_name
+         FROM unnest($2::text[], $3::text[]) AS p(schema_name, table_name)
+         WHERE NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
+                             AND s.schema_name = p.schema_name AND s.table_name = p.table_name
                              AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))
            AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations o WHERE o.slot_name = $1
-                             AND o.schema_name = p.schemaname AND o.table_name = p.tablename
+                             AND o.schema_name = p.schema_name AND o.table_name = p.table_name
                              AND o.state IN ('requested', 'exporting'))`,
-        [this.slot, publication],
+        [this.slot, published.map((t) => t.schema), published.map((t) => t.table)],
       );
       return res.rowCount ?? 0;
     });
@@ -382,6 +389,251 @@ export class Registry {
       [this.slot, formatLsn(lsn)],
     );
   }
+
+  // --- Reads and requests of the operator commands (status, verify, reload) and of
+  // --- sharing one registry between sources. Kept here so the connection stays private.
+
+  /**
+   * Records that this slot belongs to `source`, or returns the other source
+   * that already owns a slot of this name in a shared registry.
+   */
+  async claimSlot(source: SourceIdentity): Promise<SourceIdentity | null> {
+    await this.client.query(
+      `INSERT INTO cdc_registry.slot_owner (slot_name, system_identifier, database_name)
+       VALUES ($1, $2, $3) ON CONFLICT (slot_name) DO NOTHING`,
+      [this.slot, source.systemIdentifier, source.database],
+    );
+    const res = await this.client.query(
+      `SELECT system_identifier, database_name FROM cdc_registry.slot_owner WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const r = res.rows[0];
+    if (r.system_identifier === source.systemIdentifier && r.database_name === source.database) {
+      return null;
+    }
+    return { systemIdentifier: r.system_identifier, database: r.database_name };
+  }
+
+  /** Every slot this registry knows, with the source database that owns it (when recorded). */
+  async slots(): Promise<{ slot: string; database: string | null }[]> {
+    const res = await this.client.query(
+      `SELECT s.slot_name, o.database_name FROM (
+         SELECT slot_name FROM cdc_registry.checkpoint
+         UNION SELECT slot_name FROM cdc_registry.table_state
+         UNION SELECT slot_name FROM cdc_registry.slot_owner) s
+       LEFT JOIN cdc_registry.slot_owner o USING (slot_name) ORDER BY 1`,
+    );
+    return res.rows.map((r) => ({ slot: r.slot_name, database: r.database_name ?? null }));
+  }
+
+  /** The pid holding this slot's stream lock in the registry, or null. */
+  async streamLockHolder(): Promise<number | null> {
+    const res = await this.client.query(
+      `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+         AND classid = hashtext('cdc-egress stream')::oid AND objid = hashtext($1)::oid LIMIT 1`,
+      [this.slot],
+    );
+    return res.rows[0]?.pid ?? null;
+  }
+
+  /** Of `paths`, those registered for this slot. */
+  async registeredAmong(paths: string[]): Promise<Set<string>> {
+    const res = await this.client.query(
+      "SELECT path FROM cdc_registry.file_log WHERE slot_name = $1 AND path = ANY($2::text[])",
+      [this.slot, paths],
+    );
+    return new Set(res.rows.map((r) => r.path as string));
+  }
+
+  /** Every file row of this slot, in id order (for verify). */
+  async fileRows(): Promise<RegisteredFile[]> {
+    const res = await this.client.query(
+      `SELECT id, schema_name, table_name, table_dir, batch_ts, path, file_type,
+              start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
+              row_count, byte_size, sha256
+       FROM cdc_registry.file_log WHERE slot_name = $1 ORDER BY id`,
+      [this.slot],
+    );
+    return res.rows.map((r) => ({
+      id: Number(r.id),
+      schema: r.schema_name,
+      table: r.table_name,
+      tableDir: r.table_dir,
+      batchTs: r.batch_ts,
+      path: r.path,
+      fileType: r.file_type,
+      start: { lsn: parseLsn(r.start_lsn), seq: Number(r.start_seq ?? 0) },
+      end: { lsn: parseLsn(r.end_lsn), seq: Number(r.end_seq ?? 0) },
+      rowCount: Number(r.row_count),
+      byteSize: Number(r.byte_size),
+      sha256: r.sha256,
+    }));
+  }
+
+  /** Whether a table has a registered full_reload or streaming file. */
+  async hasDataFiles(schema: string, table: string): Promise<boolean> {
+    const res = await this.client.query(
+      `SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1 AND schema_name = $2
+         AND table_name = $3 AND file_type IN ('full_reload', 'streaming') LIMIT 1`,
+      [this.slot, schema, table],
+    );
+    return (res.rowCount ?? 0) > 0;
+  }
+
+  /** The files of one table in replay order: the newest full_reload, then later streaming files. */
+  async replayFiles(
+    schema: string,
+    table: string,
+  ): Promise<{ path: string; fileType: "full_reload" | "streaming"; startLsn: Lsn }[]> {
+    const res = await this.client.query(
+      `WITH base AS (
+         SELECT max(start_lsn) AS lsn FROM cdc_registry.file_log
+         WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3 AND file_type = 'full_reload')
+       SELECT f.path, f.file_type, f.start_lsn::text AS start_lsn
+       FROM cdc_registry.file_log f, base
+       WHERE f.slot_name = $1 AND f.schema_name = $2 AND f.table_name = $3
+         AND ((f.file_type = 'full_reload' AND f.start_lsn = base.lsn)
+           OR (f.file_type = 'streaming' AND (base.lsn IS NULL OR f.end_lsn >= base.lsn)))
+       ORDER BY f.start_lsn, f.file_type = 'streaming', f.start_seq`,
+      [this.slot, schema, table],
+    );
+    return res.rows.map((r) => ({
+      path: r.path,
+      fileType: r.file_type,
+      startLsn: parseLsn(r.start_lsn),
+    }));
+  }
+
+  /** The rows `status` shows for this slot: checkpoint, tables with file totals, reloads. */
+  async statusRows(failedShown: number): Promise<StatusRows> {
+    const cols = `id, schema_name, table_name, state, requested_at, started_at,
+      finished_at, consistent_lsn::text AS consistent_lsn, error`;
+    const checkpoint = await this.client.query(
+      `SELECT checkpoint_lsn::text AS lsn, updated_at,
+              extract(epoch FROM now() - updated_at)::float8 AS age
+       FROM cdc_registry.checkpoint WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const tables = await this.client.query(
+      `WITH files AS (
+         SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
+                sum(byte_size) AS bytes
+         FROM cdc_registry.file_log WHERE slot_name = $1 GROUP BY 1, 2),
+       state AS (SELECT * FROM cdc_registry.table_state WHERE slot_name = $1)
+       SELECT schema_name, table_name, coalesce(s.mode, 'streaming') AS mode, s.last_batch_ts,
+              s.last_lsn::text AS last_lsn, s.last_seq, s.reload_lsn::text AS reload_lsn,
+              coalesce(f.files, 0) AS files, coalesce(f.rows, 0) AS rows,
+              coalesce(f.bytes, 0) AS bytes
+       FROM state s FULL JOIN files f USING (schema_name, table_name)
+       ORDER BY schema_name, table_name`,
+      [this.slot],
+    );
+    const lastReloads = await this.client.query(
+      `SELECT DISTINCT ON (schema_name, table_name) ${cols}
+       FROM cdc_registry.reload_operations WHERE slot_name = $1
+       ORDER BY schema_name, table_name, id DESC`,
+      [this.slot],
+    );
+    const pending = await this.client.query(
+      `SELECT ${cols} FROM cdc_registry.reload_operations
+       WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
+      [this.slot],
+    );
+    // Failures not followed by a successful reload of the same table.
+    const failed = await this.client.query(
+      `SELECT ${cols} FROM cdc_registry.reload_operations o
+       WHERE slot_name = $1 AND state = 'failed'
+         AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
+                         WHERE d.slot_name = o.slot_name AND d.schema_name = o.schema_name
+                           AND d.table_name = o.table_name AND d.state = 'done' AND d.id > o.id)
+       ORDER BY id DESC LIMIT ${Math.max(0, Math.floor(failedShown))}`,
+      [this.slot],
+    );
+    return {
+      checkpoint: checkpoint.rows[0] ?? null,
+      tables: tables.rows,
+      lastReloads: lastReloads.rows,
+      pending: pending.rows,
+      failed: failed.rows,
+    };
+  }
+
+  /**
+   * Records reload requests for `tables` in one transaction (state
+   * `requested`; a streaming table becomes `pending_reload`); returns the ids.
+   */
+  requestReloads(tables: { schema: string; table: string }[]): Promise<number[]> {
+    return this.#exclusive(async () => {
+      const ids: number[] = [];
+      await this.#transaction(async (c) => {
+        for (const t of tables) {
+          const res = await c.query(
+            `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name)
+             VALUES ($1, $2, $3) RETURNING id`,
+            [this.slot, t.schema, t.table],
+          );
+          await c.query(
+            `UPDATE cdc_registry.table_state SET mode = 'pending_reload', updated_at = now()
+             WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3 AND mode = 'streaming'`,
+            [this.slot, t.schema, t.table],
+          );
+          ids.push(Number(res.rows[0].id));
+        }
+      });
+      return ids;
+    });
+  }
+
+  /** The reload operations `ids` as they stand. */
+  async reloadOutcomes(ids: number[]): Promise<
+    {
+      id: number;
+      schema: string;
+      table: string;
+      state: string;
+      lsn: string | null;
+      error: string | null;
+    }[]
+  > {
+    const res = await this.client.query(
+      `SELECT id, schema_name, table_name, state, consistent_lsn::text AS lsn, error
+       FROM cdc_registry.reload_operations WHERE id = ANY($1::bigint[])`,
+      [ids],
+    );
+    return res.rows.map((r) => ({
+      id: Number(r.id),
+      schema: r.schema_name,
+      table: r.table_name,
+      state: r.state,
+      lsn: r.lsn ?? null,
+      error: r.error ?? null,
+    }));
+  }
+}
+
+/** A file_log row as verify reads it. */
+export interface RegisteredFile {
+  id: number;
+  schema: string;
+  table: string;
+  tableDir: string;
+  batchTs: string;
+  path: string;
+  fileType: "streaming" | "full_reload" | "ddl";
+  start: TablePosition;
+  end: TablePosition;
+  rowCount: number;
+  byteSize: number;
+  sha256: string;
+}
+
+/** Raw rows behind `status` (shaped by the command). */
+export interface StatusRows {
+  checkpoint: Record<string, unknown> | null;
+  tables: Record<string, unknown>[];
+  lastReloads: Record<string, unknown>[];
+  pending: Record<string, unknown>[];
+  failed: Record<string, unknown>[];
 }
 
 /** A reload operation to carry out. */

@@ -6,10 +6,9 @@
 
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-// @ts-types="npm:@types/pg@8.23.1"
-import type pg from "pg";
 import { parse as parseYaml } from "yaml";
 import { type Lsn, parseLsn } from "../lsn.ts";
+import type { Registry } from "../registry/registry.ts";
 import { type CsvField, parseCsv } from "./csv_reader.ts";
 import { TableReplay } from "./table_replay.ts";
 
@@ -38,41 +37,14 @@ async function folderSchema(
   };
 }
 
-/** The files of one table in replay order: the newest full_reload, then later streaming files. */
-export async function replayFiles(
-  registry: pg.Client,
-  slot: string,
-  schema: string,
-  table: string,
-): Promise<ReplayFile[]> {
-  const res = await registry.query(
-    `WITH base AS (
-       SELECT max(start_lsn) AS lsn FROM cdc_registry.file_log
-       WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3 AND file_type = 'full_reload')
-     SELECT f.path, f.file_type, f.start_lsn::text AS start_lsn
-     FROM cdc_registry.file_log f, base
-     WHERE f.slot_name = $1 AND f.schema_name = $2 AND f.table_name = $3
-       AND ((f.file_type = 'full_reload' AND f.start_lsn = base.lsn)
-         OR (f.file_type = 'streaming' AND (base.lsn IS NULL OR f.end_lsn >= base.lsn)))
-     ORDER BY f.start_lsn, f.file_type = 'streaming', f.start_seq`,
-    [slot, schema, table],
-  );
-  return res.rows.map((r) => ({
-    path: r.path,
-    fileType: r.file_type,
-    startLsn: parseLsn(r.start_lsn),
-  }));
-}
-
 /** Replays a table's files from `dataDir`; returns the rebuilt table. */
 export async function replayTable(
-  registry: pg.Client,
+  registry: Registry,
   dataDir: string,
-  slot: string,
   schema: string,
   table: string,
 ): Promise<{ replay: TableReplay | null; files: number; rows: number }> {
-  const files = await replayFiles(registry, slot, schema, table);
+  const files: ReplayFile[] = await registry.replayFiles(schema, table);
   let replay: TableReplay | null = null;
   let base: Lsn | null = null;
   let rows = 0;

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { parse as parseYaml } from "yaml";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
+import { Registry } from "../../src/registry/registry.ts";
 import { replayTable } from "../../src/replay/replay_files.ts";
 import { qualifiedName } from "../../src/source/table_selection.ts";
 
@@ -69,6 +70,6 @@ export async function replayedRows(
   table: string,
   slot = "cdc_egress",
 ): Promise<string[]> {
-  const { replay } = await replayTable(client, dataDir, slot, schema, table);
+  const { replay } = await replayTable(new Registry(client, slot), dataDir, schema, table);
   return replay?.sortedRows() ?? [];
 }
