@@ -80,8 +80,10 @@ export async function reloadCommand(config: Config, options: ReloadOptions): Pro
     }
     const registry = new Registry(registryClient, config.slot);
     await registry.assertInitialized();
+    const catalog = new SourceCatalog(source);
+    await registry.assertOwnedBy(await catalog.identity(), "reload tables of");
     const tables = await resolveTables(
-      new SourceCatalog(source),
+      catalog,
       config.publication,
       options.tables,
     );

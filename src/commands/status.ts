@@ -116,6 +116,7 @@ export async function collectStatus(
   config: Config,
 ): Promise<StatusReport> {
   await registry.assertInitialized();
+  await registry.assertOwnedBy(await catalog.identity(), "report on");
   const s = await catalog.slot(config.slot);
   const currentWal = await catalog.currentWalLsn();
   const rows = await registry.statusRows(FAILED_SHOWN);

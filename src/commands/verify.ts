@@ -325,6 +325,7 @@ async function runVerify(
   const registry = new Registry(registryClient, config.slot);
   await registry.assertInitialized();
   const catalog = new SourceCatalog(source);
+  await registry.assertOwnedBy(await catalog.identity(), "verify");
   // Another slot's files in this data dir are not ours to judge (or quarantine).
   const owner = await readDataDirOwner(dataDir).catch((error: Error) => {
     throw new CannotRun(error.message);

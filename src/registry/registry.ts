@@ -414,6 +414,27 @@ export class Registry {
     return { systemIdentifier: r.system_identifier, database: r.database_name };
   }
 
+  /**
+   * Throws when the registry records this slot for another source than
+   * `source`: a command pointed at the wrong source (or reusing a slot name
+   * of another source in a shared registry) must not read or change its rows.
+   */
+  async assertOwnedBy(source: SourceIdentity, action: string): Promise<void> {
+    const res = await this.client.query(
+      `SELECT system_identifier, database_name FROM cdc_registry.slot_owner WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const r = res.rows[0];
+    if (!r) return;
+    if (r.system_identifier === source.systemIdentifier && r.database_name === source.database) {
+      return;
+    }
+    throw new CdcError(
+      "config",
+      `Cannot ${action} slot "${this.slot}": the registry records it for another source (database "${r.database_name}", system identifier ${r.system_identifier}); check --source and --slot`,
+    );
+  }
+
   /** Every slot this registry knows, with the source database that owns it (when recorded). */
   async slots(): Promise<{ slot: string; database: string | null }[]> {
     const res = await this.client.query(
