@@ -201,10 +201,17 @@ export class SourceCatalog {
    * shared by several sources records as the owner of a slot.
    */
   async identity(): Promise<SourceIdentity> {
-    const res = await this.#client.query(
-      "SELECT system_identifier::text AS id, current_database() AS db FROM pg_control_system()",
-    );
-    return { systemIdentifier: res.rows[0].id, database: res.rows[0].db };
+    const db = (await this.#client.query("SELECT current_database() AS db")).rows[0].db;
+    try {
+      const res = await this.#client.query(
+        "SELECT system_identifier::text AS id FROM pg_control_system()",
+      );
+      return { systemIdentifier: res.rows[0].id, database: db };
+    } catch (error) {
+      // A role that may not read the control file: the database name alone.
+      if ((error as { code?: string }).code !== "42501") throw error;
+      return { systemIdentifier: "unknown", database: db };
+    }
   }
 
   /** Whether the DDL capture's schema objects (source part of the migrations) are in place. */
