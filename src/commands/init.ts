@@ -98,13 +98,14 @@ export async function initCommand(config: Config, options: InitOptions): Promise
     }
 
     const identity = await catalog.identity();
+    // Refuse another source's slot before changing anything, when the registry can tell.
+    if ((await pendingMigrations(registryClient, "registry")).length === 0) {
+      await registry.assertOwnedBy(identity, "use");
+    }
     plan.push({
       what:
         `record slot "${config.slot}" as owned by database "${identity.database}" in the registry`,
-      run: async () => {
-        const other = await registry.claimSlot(identity);
-        if (other) throw slotOwnedError(config.slot, other.database, other.systemIdentifier);
-      },
+      run: () => registry.claimSlot(identity, "use"),
     });
 
     const existingTriggers = ddlCapture ? await catalog.eventTriggers() : new Set<string>();
@@ -184,12 +185,4 @@ export async function initCommand(config: Config, options: InitOptions): Promise
     if (separate) await registryClient.end().catch(() => {});
     await source.end().catch(() => {});
   }
-}
-
-/** The error for a slot name that another source already uses in a shared registry. */
-export function slotOwnedError(slot: string, database: string, systemIdentifier: string): CdcError {
-  return new CdcError(
-    "config",
-    `Cannot use slot "${slot}" with this registry: it belongs to another source (database "${database}", system identifier ${systemIdentifier}); give each source its own --slot`,
-  );
 }

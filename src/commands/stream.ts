@@ -26,7 +26,6 @@ import { SourceCatalog } from "../source/source_catalog.ts";
 import { qualifiedName } from "../source/table_selection.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
 import { claimDataDir } from "../write/data_dir_owner.ts";
-import { slotOwnedError } from "./init.ts";
 
 /** Makes sure the data dir exists, is a directory and is writable. */
 export async function prepareDataDir(dataDir: string): Promise<string> {
@@ -293,8 +292,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
       });
     }
     const identity = await catalog.identity();
-    const owner = await registry.claimSlot(identity);
-    if (owner) throw slotOwnedError(config.slot, owner.database, owner.systemIdentifier);
+    await registry.claimSlot(identity, "stream from");
     await claimDataDir(dataDir, {
       slot: config.slot,
       database: identity.database,

@@ -394,24 +394,16 @@ export class Registry {
   // --- sharing one registry between sources. Kept here so the connection stays private.
 
   /**
-   * Records that this slot belongs to `source`, or returns the other source
-   * that already owns a slot of this name in a shared registry.
+   * Records that this slot belongs to `source` (first come), then throws
+   * like {@linkcode assertOwnedBy} when another source owns it.
    */
-  async claimSlot(source: SourceIdentity): Promise<SourceIdentity | null> {
+  async claimSlot(source: SourceIdentity, action: string): Promise<void> {
     await this.client.query(
       `INSERT INTO cdc_registry.slot_owner (slot_name, system_identifier, database_name)
        VALUES ($1, $2, $3) ON CONFLICT (slot_name) DO NOTHING`,
       [this.slot, source.systemIdentifier, source.database],
     );
-    const res = await this.client.query(
-      `SELECT system_identifier, database_name FROM cdc_registry.slot_owner WHERE slot_name = $1`,
-      [this.slot],
-    );
-    const r = res.rows[0];
-    if (r.system_identifier === source.systemIdentifier && r.database_name === source.database) {
-      return null;
-    }
-    return { systemIdentifier: r.system_identifier, database: r.database_name };
+    await this.assertOwnedBy(source, action);
   }
 
   /**
@@ -431,7 +423,7 @@ export class Registry {
     }
     throw new CdcError(
       "config",
-      `Cannot ${action} slot "${this.slot}": the registry records it for another source (database "${r.database_name}", system identifier ${r.system_identifier}); check --source and --slot`,
+      `Cannot ${action} slot "${this.slot}": the registry records it for another source (database "${r.database_name}", system identifier ${r.system_identifier}); give each source its own --slot, or check --source`,
     );
   }
 

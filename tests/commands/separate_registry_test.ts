@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 // @ts-types="npm:@types/pg@8.23.1"
 import pg from "pg";
-import { testMajors } from "../../scripts/embedded_postgres.ts";
+import { startCluster, testMajors } from "../../scripts/embedded_postgres.ts";
 import { CliProcess, runCli, waitFor } from "../harness/cli.ts";
 import {
   assertChangesOnce,
@@ -180,12 +180,27 @@ for (const version of testMajors()) {
         wrongDir.stderr,
         /Cannot stream into data dir ".*cdc_shop": it holds the files of slot "cdc_shop" \(database "shop"\); give each source its own --data-dir/,
       );
-      // A slot name of one source cannot be taken by another source in the same registry.
-      const wrongSlot = await runCli(["init"], { ...sources[1].env, CDC_SLOT: "cdc_shop" });
+      // A slot name of one source cannot be taken by a source on another server that
+      // shares the registry (on the same server the slot check already refuses it).
+      await using otherServer = await startCluster({ version });
+      const wrongSlot = await runCli(["init"], {
+        ...sources[1].env,
+        CDC_SOURCE_URL: otherServer.url(),
+        CDC_SLOT: "cdc_shop",
+        CDC_DATA_DIR: join(root, "other"),
+      });
       assert.equal(wrongSlot.code, 2, wrongSlot.stdout + wrongSlot.stderr);
+      // Refused before anything changed on that server.
+      const otherDb = await connectTo(otherServer.url());
+      const touched = await otherDb.query(
+        `SELECT to_regnamespace('cdc_registry') IS NOT NULL AS schema,
+                (SELECT count(*)::int FROM pg_replication_slots) AS slots`,
+      );
+      await otherDb.end();
+      assert.deepEqual(touched.rows[0], { schema: false, slots: 0 });
       assert.match(
         wrongSlot.stderr,
-        /Cannot use slot "cdc_shop" with this registry: it belongs to another source \(database "shop"/,
+        /^error: Cannot use slot "cdc_shop": the registry records it for another source \(database "shop", system identifier \d+\); give each source its own --slot, or check --source$/m,
       );
 
       for (const s of sources) assert.equal(await s.process!.stop("SIGTERM"), 0, s.process!.stderr);
