@@ -51,6 +51,13 @@ async function streamingFiles(registry: pg.Client, slot = "cdc_egress"): Promise
   return res.rows[0].n;
 }
 
+/** A few changes to crm's orders, in separate transactions. */
+async function s1Writes(db: pg.Client): Promise<void> {
+  for (let i = 0; i < 20; i++) {
+    await db.query("UPDATE public.orders SET who = who || '.' WHERE id = $1", [100 + i]);
+  }
+}
+
 for (const version of testMajors()) {
   Deno.test({
     name:
@@ -122,7 +129,8 @@ for (const version of testMajors()) {
       db,
       slot: `cdc_${db}`,
       url: w.cluster.url(db),
-      dataDir: join(root, `cdc_${db}`),
+      // The worst case of a shared root: crm's data dir nested inside shop's.
+      dataDir: db === "shop" ? root : join(root, "cdc_crm"),
       env: {} as Record<string, string>,
       client: null as pg.Client | null,
       process: null as CliProcess | null,
@@ -147,7 +155,12 @@ for (const version of testMajors()) {
       for (const s of sources) s.process = new CliProcess(["stream"], s.env);
       // Changes in both while both stream, same keys on purpose.
       for (const s of sources) {
-        await waitFor(`${s.slot} to stream`, () => s.process!.stderr.includes('"msg":"streaming"'));
+        await waitFor(`the initial export of ${s.slot}`, async () =>
+          (await w.registry.query(
+            `SELECT 1 FROM cdc_registry.table_state WHERE slot_name = $1
+               AND reload_lsn IS NOT NULL AND mode = 'streaming'`,
+            [s.slot],
+          )).rowCount === 1);
       }
       for (let i = 0; i < 5; i++) {
         for (const s of sources) {
@@ -178,8 +191,39 @@ for (const version of testMajors()) {
       assert.equal(wrongDir.code, 1);
       assert.match(
         wrongDir.stderr,
-        /Cannot stream into data dir ".*cdc_shop": it holds the files of slot "cdc_shop" \(database "shop"\); give each source its own --data-dir/,
+        /Cannot stream into data dir ".*": it holds the files of slot "cdc_shop" \(database "shop"\); give each source its own --data-dir/,
       );
+      // shop's verify --quarantine and a kill -9 + restart of shop (start-up
+      // recovery) while crm streams with open batches under writes: neither
+      // touches crm's nested data dir.
+      await s1Writes(sources[1].client!);
+      const shopVerify = await runCli(["verify", "--quarantine"], sources[0].env);
+      assert.equal(shopVerify.code, 0, shopVerify.stdout + shopVerify.stderr);
+      await sources[0].process!.stop("SIGKILL");
+      await waitFor("shop's backends to exit", async () =>
+        (await w.db.query(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'cdc_shop'",
+          )).rows[0].active_pid === null &&
+        (await w.registry.query(
+            `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'
+             AND objid = hashtext('cdc_shop')::oid`,
+          )).rows[0].n === 0);
+      sources[0].process = new CliProcess(["stream"], sources[0].env);
+      await waitFor(
+        "shop to stream again",
+        () => sources[0].process!.stderr.includes('"msg":"streaming"'),
+      );
+      await s1Writes(sources[1].client!);
+      for (const s of sources) {
+        const target = (await s.client!.query("SELECT pg_current_wal_insert_lsn()::text AS l"))
+          .rows[0].l;
+        await waitFor(`${s.slot} to confirm ${target}`, async () =>
+          (await w.db.query(
+            `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots
+             WHERE slot_name = $2`,
+            [target, s.slot],
+          )).rows[0]?.ok, 90_000);
+      }
       // A slot name of one source cannot be taken by a source on another server that
       // shares the registry (on the same server the slot check already refuses it).
       await using otherServer = await startCluster({ version });
@@ -225,10 +269,10 @@ for (const version of testMajors()) {
         assert.match(text.stdout, new RegExp(`other slots in this registry: ${other.slot}`));
       }
       // verify --quarantine of one source moved nothing of the other.
-      const quarantined = await Array.fromAsync(Deno.readDir(root)).then((es) =>
+      const top = await Array.fromAsync(Deno.readDir(root)).then((es) =>
         es.map((e) => e.name).sort()
       );
-      assert.deepEqual(quarantined, ["cdc_crm", "cdc_shop"]);
+      assert.deepEqual(top, [".cdc-egress-owner.json", "cdc_crm", "public.orders"]);
       const rows = await w.registry.query(
         "SELECT slot_name, count(*)::int AS n FROM cdc_registry.file_log GROUP BY 1 ORDER BY 1",
       );
