@@ -393,12 +393,25 @@ export class Registry {
   // --- Reads and requests of the operator commands (status, verify, reload) and of
   // --- sharing one registry between sources. Kept here so the connection stays private.
 
+  /** A query whose failure (the registry went away, say) becomes one clear registry error. */
+  async #read(sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+    try {
+      return await this.client.query(sql, params);
+    } catch (error) {
+      throw new CdcError(
+        "registry",
+        `Cannot query the registry: ${(error as Error).message.split("\n")[0]}`,
+        { cause: error },
+      );
+    }
+  }
+
   /**
    * Records that this slot belongs to `source` (first come), then throws
    * like {@linkcode assertOwnedBy} when another source owns it.
    */
   async claimSlot(source: SourceIdentity, action: string): Promise<void> {
-    await this.client.query(
+    await this.#read(
       `INSERT INTO cdc_registry.slot_owner (slot_name, system_identifier, database_name)
        VALUES ($1, $2, $3) ON CONFLICT (slot_name) DO NOTHING`,
       [this.slot, source.systemIdentifier, source.database],
@@ -412,7 +425,7 @@ export class Registry {
    * of another source in a shared registry) must not read or change its rows.
    */
   async assertOwnedBy(source: SourceIdentity, action: string): Promise<void> {
-    const res = await this.client.query(
+    const res = await this.#read(
       `SELECT system_identifier, database_name FROM cdc_registry.slot_owner WHERE slot_name = $1`,
       [this.slot],
     );
@@ -429,7 +442,7 @@ export class Registry {
 
   /** Every slot this registry knows, with the source database that owns it (when recorded). */
   async slots(): Promise<{ slot: string; database: string | null }[]> {
-    const res = await this.client.query(
+    const res = await this.#read(
       `SELECT s.slot_name, o.database_name FROM (
          SELECT slot_name FROM cdc_registry.checkpoint
          UNION SELECT slot_name FROM cdc_registry.table_state
@@ -441,7 +454,7 @@ export class Registry {
 
   /** The pid holding this slot's stream lock in the registry, or null. */
   async streamLockHolder(): Promise<number | null> {
-    const res = await this.client.query(
+    const res = await this.#read(
       `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
          AND classid = hashtext('cdc-egress stream')::oid AND objid = hashtext($1)::oid LIMIT 1`,
       [this.slot],
@@ -451,7 +464,7 @@ export class Registry {
 
   /** Of `paths`, those registered for this slot. */
   async registeredAmong(paths: string[]): Promise<Set<string>> {
-    const res = await this.client.query(
+    const res = await this.#read(
       "SELECT path FROM cdc_registry.file_log WHERE slot_name = $1 AND path = ANY($2::text[])",
       [this.slot, paths],
     );
@@ -460,7 +473,7 @@ export class Registry {
 
   /** Every file row of this slot, in id order (for verify). */
   async fileRows(): Promise<RegisteredFile[]> {
-    const res = await this.client.query(
+    const res = await this.#read(
       `SELECT id, schema_name, table_name, table_dir, batch_ts, path, file_type,
               start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
               row_count, byte_size, sha256
@@ -485,7 +498,7 @@ export class Registry {
 
   /** Whether a table has a registered full_reload or streaming file. */
   async hasDataFiles(schema: string, table: string): Promise<boolean> {
-    const res = await this.client.query(
+    const res = await this.#read(
       `SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1 AND schema_name = $2
          AND table_name = $3 AND file_type IN ('full_reload', 'streaming') LIMIT 1`,
       [this.slot, schema, table],
@@ -498,7 +511,7 @@ export class Registry {
     schema: string,
     table: string,
   ): Promise<{ path: string; fileType: "full_reload" | "streaming"; startLsn: Lsn }[]> {
-    const res = await this.client.query(
+    const res = await this.#read(
       `WITH base AS (
          SELECT max(start_lsn) AS lsn FROM cdc_registry.file_log
          WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3 AND file_type = 'full_reload')
@@ -521,13 +534,13 @@ export class Registry {
   async statusRows(failedShown: number): Promise<StatusRows> {
     const cols = `id, schema_name, table_name, state, requested_at, started_at,
       finished_at, consistent_lsn::text AS consistent_lsn, error`;
-    const checkpoint = await this.client.query(
+    const checkpoint = await this.#read(
       `SELECT checkpoint_lsn::text AS lsn, updated_at,
               extract(epoch FROM now() - updated_at)::float8 AS age
        FROM cdc_registry.checkpoint WHERE slot_name = $1`,
       [this.slot],
     );
-    const tables = await this.client.query(
+    const tables = await this.#read(
       `WITH files AS (
          SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
                 sum(byte_size) AS bytes
@@ -541,19 +554,19 @@ export class Registry {
        ORDER BY schema_name, table_name`,
       [this.slot],
     );
-    const lastReloads = await this.client.query(
+    const lastReloads = await this.#read(
       `SELECT DISTINCT ON (schema_name, table_name) ${cols}
        FROM cdc_registry.reload_operations WHERE slot_name = $1
        ORDER BY schema_name, table_name, id DESC`,
       [this.slot],
     );
-    const pending = await this.client.query(
+    const pending = await this.#read(
       `SELECT ${cols} FROM cdc_registry.reload_operations
        WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
       [this.slot],
     );
     // Failures not followed by a successful reload of the same table.
-    const failed = await this.client.query(
+    const failed = await this.#read(
       `SELECT ${cols} FROM cdc_registry.reload_operations o
        WHERE slot_name = $1 AND state = 'failed'
          AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
@@ -608,7 +621,7 @@ export class Registry {
       error: string | null;
     }[]
   > {
-    const res = await this.client.query(
+    const res = await this.#read(
       `SELECT id, schema_name, table_name, state, consistent_lsn::text AS lsn, error
        FROM cdc_registry.reload_operations WHERE id = ANY($1::bigint[])`,
       [ids],
