@@ -25,7 +25,7 @@ import { ReplicationStream } from "../source/replication_stream.ts";
 import { SourceCatalog } from "../source/source_catalog.ts";
 import { qualifiedName } from "../source/table_selection.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
-import { claimDataDir } from "../write/data_dir_owner.ts";
+import { checkDataDirOwner, claimDataDir } from "../write/data_dir_owner.ts";
 
 /** Makes sure the data dir exists, is a directory and is writable. */
 export async function prepareDataDir(dataDir: string): Promise<string> {
@@ -292,12 +292,13 @@ async function runSession(ctx: StreamContext): Promise<void> {
       });
     }
     const identity = await catalog.identity();
-    await registry.claimSlot(identity, "stream from");
-    await claimDataDir(dataDir, {
+    const me = {
       slot: config.slot,
       database: identity.database,
       system_identifier: identity.systemIdentifier,
-    });
+    };
+    await registry.assertOwnedBy(identity, "stream from");
+    await checkDataDirOwner(dataDir, me);
     const holder = await registry.lockSlot();
     if (holder !== null) {
       throw new CdcError(
@@ -306,6 +307,9 @@ async function runSession(ctx: StreamContext): Promise<void> {
       );
     }
     const startLsn = await slotState(catalog, config.slot, config.publication);
+    // Every check passed: claim the slot in the registry and the data dir.
+    await registry.claimSlot(identity, "stream from");
+    await claimDataDir(dataDir, me);
     const states = await registry.tableStates();
     const positions = new Map(
       [...states].map(([k, s]) => [k, { last: s.last, lastBatchTs: s.lastBatchTs }]),

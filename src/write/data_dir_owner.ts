@@ -58,6 +58,12 @@ export function sameOwner(owner: DataDirOwner, me: DataDirOwner): boolean {
     owner.system_identifier === me.system_identifier;
 }
 
+/** Throws a `data_dir` CdcError when another slot or source owns `dir`; changes nothing. */
+export async function checkDataDirOwner(dir: string, me: DataDirOwner): Promise<void> {
+  const owner = await readDataDirOwner(dir);
+  if (owner && !sameOwner(owner, me)) throw foreignDataDirError("stream into", dir, owner);
+}
+
 /**
  * Claims `dir` for `me`: writes the marker when there is none, accepts our
  * own, throws a `data_dir` CdcError when another slot or source owns it.

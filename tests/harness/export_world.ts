@@ -329,12 +329,19 @@ export async function stopCleanly(p: CliProcess): Promise<void> {
 }
 
 /** Waits until no cdc-egress backend is left (after a kill: walsender, lock, export workers). */
-export async function waitForBackendsGone(db: pg.Client): Promise<void> {
+export async function waitForBackendsGone(
+  db: pg.Client,
+  registry: pg.Client = db,
+): Promise<void> {
   await waitFor("the killed stream's backends to exit", async () => {
-    const res = await db.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
-    );
-    return res.rows[0].n === 0;
+    // The registry's backend holds the stream's advisory lock: it must be gone too.
+    for (const c of new Set([db, registry])) {
+      const res = await c.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
+      );
+      if (res.rows[0].n !== 0) return false;
+    }
+    return true;
   }, 30_000);
 }
 

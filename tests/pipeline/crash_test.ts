@@ -23,6 +23,7 @@ import { type Lsn, maxLsn, parseLsn, ZERO_LSN } from "../../src/lsn.ts";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
 import { type CliProcess, runCli, waitFor } from "../harness/cli.ts";
 import { registeredRows } from "../harness/replay_check.ts";
+import { OWNER_FILE } from "../../src/write/data_dir_owner.ts";
 import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 import { prng } from "../harness/prng.ts";
 
@@ -229,12 +230,19 @@ async function initialExportDone(w: StreamEnv, stream: CliProcess): Promise<void
 }
 
 /** Waits until no cdc-egress backend is left (the killed process's walsender and lock). */
-async function waitForBackendsGone(db: pg.Client): Promise<void> {
+async function waitForBackendsGone(
+  db: pg.Client,
+  registry: pg.Client = db,
+): Promise<void> {
   await waitFor("the killed stream's backends to exit", async () => {
-    const res = await db.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
-    );
-    return res.rows[0].n === 0;
+    // The registry's backend holds the stream's advisory lock: it must be gone too.
+    for (const c of new Set([db, registry])) {
+      const res = await c.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
+      );
+      if (res.rows[0].n !== 0) return false;
+    }
+    return true;
   }, 30_000);
 }
 
@@ -309,7 +317,7 @@ async function checkFiles(w: StreamEnv): Promise<void> {
     );
   }
   const unregistered = onDisk.filter((p) => {
-    if (registeredPaths.has(p)) return false;
+    if (registeredPaths.has(p) || p === OWNER_FILE) return false;
     const [dir, name] = [p.replace(/\/[^/]+$/, ""), p.split("/").pop()];
     return !(name === "schema.yml" && registeredDirs.has(dir));
   });
@@ -431,7 +439,7 @@ for (const version of testMajors()) {
           );
         }
         assert.ok(!workloadDone, "the workload stopped early");
-        await waitForBackendsGone(w.db);
+        await waitForBackendsGone(w.db, w.registry);
         if (graceful) {
           // Every few rounds a SIGTERM under writes: a clean exit leaves
           // only registered, complete files.

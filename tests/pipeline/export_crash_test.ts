@@ -167,7 +167,7 @@ for (const version of testMajors()) {
         if (initial) kills.initial++;
         else kills.reload++;
         await workload.check();
-        await waitForBackendsGone(w.db);
+        await waitForBackendsGone(w.db, w.registry);
         await checkAfterKill(w);
       }
       assert.deepEqual(
