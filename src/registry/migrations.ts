@@ -1,8 +1,12 @@
 /**
- * Numbered, append-only migrations of the `cdc_registry` schema. `init`
- * applies the missing ones in one transaction under an advisory lock, so two
- * concurrent `init`s cannot both apply them. Never edit a released migration:
- * add a new one.
+ * Numbered, append-only migrations of the `cdc_registry` schema. Each has a
+ * registry part (`sql`) and a source part (`source`: the DDL capture, which
+ * must live in the source because it reaches the stream through the WAL).
+ * `init` applies the missing parts of each side in one transaction per
+ * database under an advisory lock, so two concurrent `init`s cannot both
+ * apply them; each database records the versions it applied per side. Never
+ * edit a released migration: add a new one, and put anything that touches
+ * `ddl_history` or its trigger functions in `source`.
  */
 
 // @ts-types="npm:@types/pg@8.23.1"
