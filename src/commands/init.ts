@@ -5,14 +5,17 @@
  * `--recreate-slot` replaces a lost slot (see src/source/slot_recreate.ts).
  */
 
-// @ts-types="npm:@types/pg@8.23.1"
-import type pg from "pg";
 import type { Config } from "../config.ts";
 import { CdcError } from "../errors.ts";
 import { HistoryGapLog } from "../registry/history_gap.ts";
-import { applyMigrations, pendingMigrations } from "../registry/migrations.ts";
-import { connect } from "../source/connect.ts";
-import { checkServer } from "../source/server_check.ts";
+import {
+  applyMigrations,
+  BOTH_SIDES,
+  type MigrationSide,
+  pendingMigrations,
+} from "../registry/migrations.ts";
+import { Registry } from "../registry/registry.ts";
+import { connect, describeTarget } from "../source/connect.ts";
 import {
   readSlotHealth,
   slotLostError,
@@ -20,12 +23,8 @@ import {
   unfinishedRecreateMessage,
 } from "../source/slot_health.ts";
 import { planSlotRecreate } from "../source/slot_recreate.ts";
-import {
-  qualifiedName,
-  quoteIdent,
-  selectTables,
-  type TableRef,
-} from "../source/table_selection.ts";
+import { missingSchemaPrivilege, privilegeError, SourceCatalog } from "../source/source_catalog.ts";
+import { qualifiedName, type TableRef } from "../source/table_selection.ts";
 
 /** Options of `init` beyond the shared configuration. */
 export interface InitOptions {
@@ -44,82 +43,102 @@ const EVENT_TRIGGERS = [
   { name: "cdc_egress_rewrite", event: "table_rewrite", fn: "cdc_registry.capture_rewrite" },
 ];
 
-/** Tables that would make UPDATE/DELETE fail once published: no key, identity DEFAULT/NOTHING. */
-async function tablesWithoutIdentity(client: pg.Client, tables: TableRef[]): Promise<Set<number>> {
-  if (tables.length === 0) return new Set();
-  const res = await client.query(
-    `SELECT c.oid::int8 AS oid FROM pg_class c
-     WHERE c.oid = ANY($1::oid[])
-       AND (c.relreplident = 'n'
-         OR (c.relreplident = 'd' AND NOT EXISTS (
-               SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))`,
-    [tables.map((t) => t.oid)],
-  );
-  return new Set(res.rows.map((r) => Number(r.oid)));
-}
-
-/** Runs `init`. */
+/**
+ * Runs `init`. The source gets the DDL capture (`cdc_registry.ddl_history`,
+ * its functions, the event triggers), the publication and the slot; the
+ * registry (the source database unless `--registry-url`) gets the registry
+ * tables and records which source owns the slot. Each side is set up
+ * idempotently, and a missing privilege is reported with its side.
+ */
 export async function initCommand(config: Config, options: InitOptions): Promise<void> {
   const print = options.print ?? ((line: string) => console.log(line));
   const source = await connect(config.sourceUrl, { role: "source" });
-  const registry = config.registryUrl
+  const registryClient = config.registryUrl
     ? await connect(config.registryUrl, { role: "registry" }).catch(async (e) => {
       await source.end();
       throw e;
     })
     : source;
+  const separate = registryClient !== source;
+  const catalog = new SourceCatalog(source);
+  const registry = new Registry(registryClient, config.slot);
+  const sourceTarget = describeTarget(config.sourceUrl);
+  const registryTarget = describeTarget(config.registryUrl ?? config.sourceUrl);
   try {
-    const info = await checkServer(source, config.slot);
+    const info = await catalog.checkServer(config.slot);
     print(
       `server: PostgreSQL ${info.major} (${info.versionNum}), wal_level=logical, role "${info.user}"${
         info.superuser ? " (superuser)" : " (replication)"
       }`,
     );
+    if (separate) print(`registry: ${registryTarget} (separate from the source)`);
     const plan: { what: string; run: () => Promise<unknown> }[] = [];
-
-    const pendingSource = await pendingMigrations(source);
-    if (pendingSource.length > 0) {
-      plan.push({
-        what: `apply registry migrations ${
-          pendingSource.map((m) => m.version).join(", ")
-        } (schema cdc_registry)`,
-        run: () => applyMigrations(source),
-      });
-    }
-    if (registry !== source) {
-      const pendingRegistry = await pendingMigrations(registry);
-      if (pendingRegistry.length > 0) {
-        plan.push({
-          what: `apply registry migrations ${
-            pendingRegistry.map((m) => m.version).join(", ")
-          } on the registry database`,
-          run: () => applyMigrations(registry),
-        });
+    const migrate = async (
+      client: typeof source,
+      sides: readonly MigrationSide[],
+      where: string,
+    ): Promise<"ok" | string> => {
+      const pending = new Set<number>();
+      for (const side of sides) {
+        for (const m of await pendingMigrations(client, side)) pending.add(m.version);
       }
+      if (pending.size === 0) return "ok";
+      const missing = await missingSchemaPrivilege(client);
+      if (missing) return missing;
+      plan.push({
+        what: `apply ${sides.length === 1 ? sides[0] : "registry"} migrations ${
+          [...pending].sort((a, b) => a - b).join(", ")
+        } (schema cdc_registry${where})`,
+        run: () => applyMigrations(client, sides),
+      });
+      return "ok";
+    };
+
+    let ddlCapture = true;
+    if (!separate) {
+      const r = await migrate(source, BOTH_SIDES, "");
+      if (r !== "ok") throw privilegeError("registry", registryTarget, r);
+    } else {
+      const r = await migrate(source, ["source"], " in the source");
+      if (r !== "ok") {
+        if (await catalog.hasDdlHistory()) throw privilegeError("source", sourceTarget, r);
+        ddlCapture = false;
+        print(
+          `warning: DDL capture is not installed in the source: ${r}; DDL will not be captured in ddl.sql`,
+        );
+      }
+      const rr = await migrate(registryClient, ["registry"], " in the registry");
+      if (rr !== "ok") throw privilegeError("registry", registryTarget, rr);
     }
 
-    const existingTriggers = new Set(
-      (await source.query("SELECT evtname FROM pg_event_trigger")).rows.map((r) => r.evtname),
-    );
-    for (const t of EVENT_TRIGGERS) {
+    const identity = await catalog.identity();
+    // Refuse another source's slot before changing anything, when the registry can tell.
+    if ((await pendingMigrations(registryClient, "registry")).length === 0) {
+      await registry.assertOwnedBy(identity, "use");
+    }
+    plan.push({
+      what:
+        `record slot "${config.slot}" as owned by database "${identity.database}" in the registry`,
+      run: () => registry.claimSlot(identity, "use"),
+    });
+
+    const existingTriggers = ddlCapture ? await catalog.eventTriggers() : new Set<string>();
+    for (const t of ddlCapture ? EVENT_TRIGGERS : []) {
       if (existingTriggers.has(t.name)) continue;
       if (!info.superuser) {
         print(
-          `warning: role "${info.user}" is not a superuser, so the DDL event trigger ${t.name} is not installed; DDL will not be captured in ddl.sql`,
+          `warning: role "${info.user}" is not a superuser, so the DDL event trigger ${t.name} is not installed in the source; DDL will not be captured in ddl.sql`,
         );
         continue;
       }
       plan.push({
         what: `create event trigger ${t.name} on ${t.event}`,
-        run: () =>
-          source.query(
-            `CREATE EVENT TRIGGER ${t.name} ON ${t.event} EXECUTE FUNCTION ${t.fn}()`,
-          ),
+        run: () => catalog.createEventTrigger(t.name, t.event, t.fn),
       });
     }
 
-    const selected = await selectTables(source, config.tables, config.exclude);
-    const noIdentity = await tablesWithoutIdentity(source, selected);
+    const selected = await catalog.selectTables(config.tables, config.exclude);
+    const noIdentity = await catalog.tablesWithoutIdentity(selected.map((t) => t.oid));
     const published: TableRef[] = [];
     for (const t of selected) {
       if (noIdentity.has(t.oid)) {
@@ -135,38 +154,24 @@ export async function initCommand(config: Config, options: InitOptions): Promise
       }
     }
     if (published.length === 0) print("warning: no tables selected; only DDL will be captured");
-    const tableList = [...published.map(qualifiedName), "cdc_registry.ddl_history"].join(", ");
-    const pub = await source.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [
-      config.publication,
-    ]);
-    const pubName = quoteIdent(config.publication);
-    if (pub.rowCount === 0) {
-      plan.push({
-        what: `create publication "${config.publication}" for ${published.length} table(s)`,
-        run: () =>
-          source.query(
-            `CREATE PUBLICATION ${pubName} FOR TABLE ${tableList}
-             WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)`,
-          ),
-      });
-    } else {
-      plan.push({
-        what: `set publication "${config.publication}" to ${published.length} table(s)`,
-        run: async () => {
-          await source.query(`ALTER PUBLICATION ${pubName} SET TABLE ${tableList}`);
-          await source.query(
-            `ALTER PUBLICATION ${pubName} SET (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)`,
-          );
-        },
-      });
-    }
+    const tableList = [
+      ...published.map(qualifiedName),
+      ...(ddlCapture ? ["cdc_registry.ddl_history"] : []),
+    ];
+    const pubExists = await catalog.publicationExists(config.publication);
+    plan.push({
+      what: `${pubExists ? "set" : "create"} publication "${config.publication}" ${
+        pubExists ? "to" : "for"
+      } ${published.length} table(s)`,
+      run: () => catalog.setPublication(config.publication, tableList, pubExists),
+    });
     for (const t of published) print(`table: ${qualifiedName(t)}`);
 
-    const gaps = new HistoryGapLog(registry, config.slot);
+    const gaps = new HistoryGapLog(registryClient, config.slot);
     const health = await readSlotHealth(source, config.slot, await gaps.hasHistory());
     if (options.recreateSlot) {
       plan.push(
-        await planSlotRecreate(source, registry, health, {
+        await planSlotRecreate(source, registryClient, health, {
           slot: config.slot,
           force: Boolean(options.force),
           print,
@@ -180,10 +185,7 @@ export async function initCommand(config: Config, options: InitOptions): Promise
       if (health.lost) throw slotLostError(config.slot, health.invalidationReason);
       plan.push({
         what: `create logical replication slot "${config.slot}" (pgoutput)`,
-        run: () =>
-          source.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [
-            config.slot,
-          ]),
+        run: () => catalog.createSlot(config.slot),
       });
     } else {
       print(`slot "${config.slot}" exists (kept)`);
@@ -210,7 +212,7 @@ export async function initCommand(config: Config, options: InitOptions): Promise
     }
     print("init complete");
   } finally {
-    if (registry !== source) await registry.end().catch(() => {});
+    if (separate) await registryClient.end().catch(() => {});
     await source.end().catch(() => {});
   }
 }

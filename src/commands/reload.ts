@@ -6,12 +6,11 @@
  * (requested → exporting → done | failed); `--wait` follows it to the end.
  */
 
-// @ts-types="npm:@types/pg@8.23.1"
-import type pg from "pg";
 import type { Config } from "../config.ts";
 import { CdcError } from "../errors.ts";
 import { Registry } from "../registry/registry.ts";
 import { connect } from "../source/connect.ts";
+import { SourceCatalog } from "../source/source_catalog.ts";
 
 /** Options of `reload`. */
 export interface ReloadOptions {
@@ -29,25 +28,15 @@ interface Resolved {
 }
 
 async function resolveTables(
-  source: pg.Client,
+  catalog: SourceCatalog,
   publication: string,
   names: string[],
 ): Promise<Resolved[]> {
   const out: Resolved[] = [];
   for (const name of names) {
-    let res;
+    let row;
     try {
-      // Malformed names (e.g. an unclosed quote) fail here on every version;
-      // to_regclass returns NULL for them since PostgreSQL 16.
-      await source.query("SELECT parse_ident($1)", [name]);
-      res = await source.query(
-        `SELECT n.nspname AS schema, c.relname AS table,
-                EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2
-                          AND p.schemaname = n.nspname AND p.tablename = c.relname) AS published
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid = to_regclass($1)`,
-        [name, publication],
-      );
+      row = await catalog.resolveTable(name, publication);
     } catch (error) {
       const code = (error as { code?: string }).code;
       const malformed = code === "22023" || code === "42602";
@@ -59,10 +48,9 @@ async function resolveTables(
         { cause: error },
       );
     }
-    if (res.rowCount === 0) {
+    if (row === null) {
       throw new CdcError("unknown_table", `Cannot reload "${name}": no such table`);
     }
-    const row = res.rows[0];
     if (row.schema === "cdc_registry") {
       // ddl_history is published only to carry DDL into the stream.
       throw new CdcError("unknown_table", `Cannot reload "${name}": it is a registry table`);
@@ -92,29 +80,22 @@ export async function reloadCommand(config: Config, options: ReloadOptions): Pro
     }
     const registry = new Registry(registryClient, config.slot);
     await registry.assertInitialized();
-    const tables = await resolveTables(source, config.publication, options.tables);
-    const ids: number[] = [];
-    await registryClient.query("BEGIN");
+    const catalog = new SourceCatalog(source);
+    await registry.assertOwnedBy(await catalog.identity(), "reload tables of");
+    const tables = await resolveTables(
+      catalog,
+      config.publication,
+      options.tables,
+    );
+    let ids: number[];
     try {
-      for (const t of tables) {
-        const res = await registryClient.query(
-          `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name)
-           VALUES ($1, $2, $3) RETURNING id`,
-          [config.slot, t.schema, t.table],
-        );
-        await registryClient.query(
-          `UPDATE cdc_registry.table_state SET mode = 'pending_reload', updated_at = now()
-           WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3 AND mode = 'streaming'`,
-          [config.slot, t.schema, t.table],
-        );
-        ids.push(Number(res.rows[0].id));
-      }
-      await registryClient.query("COMMIT");
+      ids = await registry.requestReloads(tables);
     } catch (error) {
-      await registryClient.query("ROLLBACK").catch(() => {});
       throw new CdcError(
         "registry",
-        `Cannot request the reload: ${(error as Error).message.split("\n")[0]}`,
+        `Cannot request the reload: ${
+          (error as Error).message.split("\n")[0].replace(/^Cannot update the registry: /, "")
+        }`,
         { cause: error },
       );
     }
@@ -125,20 +106,15 @@ export async function reloadCommand(config: Config, options: ReloadOptions): Pro
     const reported = new Set<number>();
     let failed = 0;
     while (reported.size < ids.length) {
-      const res = await registryClient.query(
-        `SELECT id, schema_name, table_name, state, consistent_lsn::text AS lsn, error
-         FROM cdc_registry.reload_operations WHERE id = ANY($1::bigint[])`,
-        [ids],
-      );
-      for (const r of res.rows) {
-        const id = Number(r.id);
+      for (const r of await registry.reloadOutcomes(ids)) {
+        const id = r.id;
         if (reported.has(id) || (r.state !== "done" && r.state !== "failed")) continue;
         reported.add(id);
         if (r.state === "done") {
-          print(`reload ${id} of ${r.schema_name}.${r.table_name} done at ${r.lsn}`);
+          print(`reload ${id} of ${r.schema}.${r.table} done at ${r.lsn}`);
         } else {
           failed++;
-          print(`reload ${id} of ${r.schema_name}.${r.table_name} failed: ${r.error}`);
+          print(`reload ${id} of ${r.schema}.${r.table} failed: ${r.error}`);
         }
       }
       if (reported.size === ids.length) break;

@@ -11,19 +11,12 @@
  * inside the stream process, so status does not show them.
  */
 
-// @ts-types="npm:@types/pg@8.23.1"
-import type pg from "pg";
 import type { Config } from "../config.ts";
 import { formatLsn } from "../lsn.ts";
-import { HistoryGapLog } from "../registry/history_gap.ts";
 import { Registry } from "../registry/registry.ts";
 import { connect, describeTarget } from "../source/connect.ts";
-import {
-  readSlotHealth,
-  slotLostMessage,
-  unfinishedRecreateMessage,
-  walWarning,
-} from "../source/slot_health.ts";
+import { slotLostMessage, unfinishedRecreateMessage, walWarning } from "../source/slot_health.ts";
+import { SourceCatalog } from "../source/source_catalog.ts";
 
 /** Options of `status`. */
 export interface StatusOptions {
@@ -111,12 +104,16 @@ export interface TableStatus {
 /** The whole `--json` document. */
 export interface StatusReport {
   source: string;
+  /** `host:port/db` of a separate registry, or "in the source". */
+  registry: string;
   slot: SlotStatus;
   checkpoint: { lsn: string; updated_at: string } | null;
   tables: TableStatus[];
   pending_reloads: ReloadStatus[];
   failed_reloads: ReloadStatus[];
   history_gaps: GapStatus[];
+  /** Other slots (sources) that share this registry, with their source database. */
+  other_slots: { slot: string; database: string | null }[];
 }
 
 const FAILED_SHOWN = 20;
@@ -146,55 +143,37 @@ function reloadRow(r: Record<string, unknown>): ReloadStatus {
   };
 }
 
-const RELOAD_COLUMNS = `id, schema_name, table_name, state, requested_at, started_at,
-  finished_at, consistent_lsn::text AS consistent_lsn, error, waiting_for, reason`;
-
-/** Collects the status report. */
+/** Collects the status report of one slot. */
 export async function collectStatus(
-  source: pg.Client,
-  registryClient: pg.Client,
+  catalog: SourceCatalog,
+  registry: Registry,
   config: Config,
 ): Promise<StatusReport> {
-  const registry = new Registry(registryClient, config.slot);
   await registry.assertInitialized();
-
-  const slotRes = await source.query(
-    `SELECT active, active_pid, confirmed_flush_lsn::text AS confirmed,
-            restart_lsn::text AS restart, wal_status, safe_wal_size::text AS safe_wal_size,
-            pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag_bytes
-     FROM pg_replication_slots WHERE slot_name = $1`,
-    [config.slot],
-  );
-  const current = await source.query(
-    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn",
-  );
-  const s = slotRes.rows[0];
-  const gapLog = new HistoryGapLog(registryClient, config.slot);
-  const health = await readSlotHealth(source, config.slot, await gapLog.hasHistory());
+  await registry.assertOwnedBy(await catalog.identity(), "report on");
+  const s = await catalog.slot(config.slot);
+  const currentWal = await catalog.currentWalLsn();
+  const rows = await registry.statusRows(FAILED_SHOWN);
+  const cp = rows.checkpoint;
+  const lagBytes = s?.lagBytes == null ? null : Math.max(0, Number(s.lagBytes));
+  const gapLog = registry.historyGaps();
+  const health = await catalog.slotHealth(config.slot, await gapLog.hasHistory());
   const unfinished = (await gapLog.pending()).count > 0;
-  const cpRes = await registryClient.query(
-    `SELECT checkpoint_lsn::text AS lsn, updated_at,
-            extract(epoch FROM now() - updated_at)::float8 AS age
-     FROM cdc_registry.checkpoint WHERE slot_name = $1`,
-    [config.slot],
-  );
-  const cp = cpRes.rows[0];
-  const lagBytes = s?.lag_bytes == null ? null : Math.max(0, Number(s.lag_bytes));
   let lagSeconds: number | null = null;
   if (lagBytes === 0) lagSeconds = 0;
   else if (lagBytes !== null && cp) lagSeconds = Math.max(0, Math.round(Number(cp.age)));
   const slot: SlotStatus = {
     name: config.slot,
-    exists: s !== undefined,
+    exists: s !== null,
     active: Boolean(s?.active),
-    active_pid: num(s?.active_pid),
-    confirmed_flush_lsn: s?.confirmed ?? null,
-    restart_lsn: s?.restart ?? null,
-    current_wal_lsn: current.rows[0].lsn,
+    active_pid: num(s?.activePid),
+    confirmed_flush_lsn: s?.confirmedFlushLsn ?? null,
+    restart_lsn: s?.restartLsn ?? null,
+    current_wal_lsn: currentWal,
     lag_bytes: lagBytes,
     lag_seconds: lagSeconds,
-    wal_status: s?.wal_status ?? null,
-    safe_wal_size: num(s?.safe_wal_size),
+    wal_status: s?.walStatus ?? null,
+    safe_wal_size: num(s?.safeWalSize),
     lost: health.lost,
     invalidation_reason: health.invalidationReason,
     problem: health.lost
@@ -204,68 +183,34 @@ export async function collectStatus(
       : null,
     wal_warning: walWarning(health, config.walWarnBytes),
   };
-
-  const tablesRes = await registryClient.query(
-    `WITH files AS (
-       SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
-              sum(byte_size) AS bytes
-       FROM cdc_registry.file_log WHERE slot_name = $1 GROUP BY 1, 2),
-     state AS (SELECT * FROM cdc_registry.table_state WHERE slot_name = $1)
-     SELECT schema_name, table_name, coalesce(s.mode, 'streaming') AS mode, s.last_batch_ts,
-            s.last_lsn::text AS last_lsn, s.last_seq, s.reload_lsn::text AS reload_lsn,
-            coalesce(f.files, 0) AS files, coalesce(f.rows, 0) AS rows,
-            coalesce(f.bytes, 0) AS bytes
-     FROM state s FULL JOIN files f USING (schema_name, table_name)
-     ORDER BY schema_name, table_name`,
-    [config.slot],
-  );
-  const lastReloads = await registryClient.query(
-    `SELECT DISTINCT ON (schema_name, table_name) ${RELOAD_COLUMNS}
-     FROM cdc_registry.reload_operations WHERE slot_name = $1
-     ORDER BY schema_name, table_name, id DESC`,
-    [config.slot],
-  );
   const lastReload = new Map<string, ReloadStatus>();
-  for (const r of lastReloads.rows) {
+  for (const r of rows.lastReloads) {
     lastReload.set(`${r.schema_name}\0${r.table_name}`, reloadRow(r));
   }
-  const tables: TableStatus[] = tablesRes.rows.map((r) => ({
+  const tables: TableStatus[] = rows.tables.map((r) => ({
     name: `${r.schema_name}.${r.table_name}`,
-    schema: r.schema_name,
-    table: r.table_name,
-    mode: r.mode,
-    last_batch_ts: r.last_batch_ts ?? null,
-    last_lsn: r.last_lsn ?? null,
+    schema: r.schema_name as string,
+    table: r.table_name as string,
+    mode: r.mode as string,
+    last_batch_ts: (r.last_batch_ts as string | null) ?? null,
+    last_lsn: (r.last_lsn as string | null) ?? null,
     last_seq: num(r.last_seq),
     files: Number(r.files),
     rows: Number(r.rows),
     bytes: Number(r.bytes),
-    reload_lsn: r.reload_lsn ?? null,
+    reload_lsn: (r.reload_lsn as string | null) ?? null,
     last_reload: lastReload.get(`${r.schema_name}\0${r.table_name}`) ?? null,
   }));
-
-  const pending = await registryClient.query(
-    `SELECT ${RELOAD_COLUMNS} FROM cdc_registry.reload_operations
-     WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
-    [config.slot],
-  );
-  // Failures not followed by a successful reload of the same table.
-  const failed = await registryClient.query(
-    `SELECT ${RELOAD_COLUMNS} FROM cdc_registry.reload_operations o
-     WHERE slot_name = $1 AND state = 'failed'
-       AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
-                       WHERE d.slot_name = o.slot_name AND d.schema_name = o.schema_name
-                         AND d.table_name = o.table_name AND d.state = 'done' AND d.id > o.id)
-     ORDER BY id DESC LIMIT ${FAILED_SHOWN}`,
-    [config.slot],
-  );
+  const others = (await registry.slots()).filter((x) => x.slot !== config.slot);
   return {
     source: describeTarget(config.sourceUrl),
+    registry: config.registryUrl ? describeTarget(config.registryUrl) : "in the source",
     slot,
-    checkpoint: cp ? { lsn: cp.lsn, updated_at: iso(cp.updated_at)! } : null,
+    checkpoint: cp ? { lsn: cp.lsn as string, updated_at: iso(cp.updated_at)! } : null,
     tables,
-    pending_reloads: pending.rows.map(reloadRow),
-    failed_reloads: failed.rows.map(reloadRow),
+    pending_reloads: rows.pending.map(reloadRow),
+    failed_reloads: rows.failed.map(reloadRow),
+    other_slots: others,
     history_gaps: (await gapLog.list()).map((g) => ({
       table: `${g.schema}.${g.table}`,
       schema: g.schema,
@@ -295,7 +240,11 @@ export async function statusCommand(config: Config, options: StatusOptions): Pro
         applicationName: "cdc-egress/status",
       });
     }
-    const report = await collectStatus(source, registryClient, config);
+    const report = await collectStatus(
+      new SourceCatalog(source),
+      new Registry(registryClient, config.slot),
+      config,
+    );
     if (options.json) {
       print(JSON.stringify(report, null, 2));
     } else {
@@ -361,6 +310,7 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
   const out: string[] = [];
   const s = r.slot;
   out.push(`source: ${r.source}`);
+  out.push(`registry: ${r.registry}`);
   if (!s.exists) {
     out.push(`slot "${s.name}": does not exist${s.lost ? "" : ' (run "cdc-egress init")'}`);
   } else {
@@ -460,6 +410,15 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
       ]),
       tty,
     ));
+  }
+  if (r.other_slots.length > 0) {
+    out.push("");
+    out.push(
+      `other slots in this registry: ${
+        r.other_slots.map((o) => `${o.slot}${o.database ? ` (database "${o.database}")` : ""}`)
+          .join(", ")
+      } (cdc-egress status --slot NAME --source URL shows one)`,
+    );
   }
   return out;
 }

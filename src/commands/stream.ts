@@ -17,15 +17,16 @@ import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
 import { Registry } from "../registry/registry.ts";
-import { connect, redact } from "../source/connect.ts";
+import { connect, describeTarget, redact } from "../source/connect.ts";
 import { StreamMetrics } from "../observe/metrics.ts";
 import { SlotMonitor } from "../observe/slot_monitor.ts";
 import { type ObserveServer, serveObservability } from "../observe/http_server.ts";
 import { ReplicationStream } from "../source/replication_stream.ts";
-import { checkServer } from "../source/server_check.ts";
 import { assertSlotUsable } from "../source/slot_health.ts";
-import { qualifiedName, quoteIdent, selectTables } from "../source/table_selection.ts";
+import { SourceCatalog } from "../source/source_catalog.ts";
+import { qualifiedName } from "../source/table_selection.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
+import { checkDataDirOwner, claimDataDir } from "../write/data_dir_owner.ts";
 
 /** Makes sure the data dir exists, is a directory and is writable. */
 export async function prepareDataDir(dataDir: string): Promise<string> {
@@ -68,32 +69,27 @@ export async function prepareDataDir(dataDir: string): Promise<string> {
   return dir;
 }
 
-async function slotState(source: pg.Client, slot: string, publication: string): Promise<Lsn> {
-  const res = await source.query(
-    `SELECT confirmed_flush_lsn::text AS lsn, active_pid FROM pg_replication_slots
-     WHERE slot_name = $1`,
-    [slot],
-  );
-  if (res.rowCount === 0) {
+async function slotState(catalog: SourceCatalog, slot: string, publication: string): Promise<Lsn> {
+  const row = await catalog.slot(slot);
+  if (row === null) {
     throw new CdcError(
       "not_initialized",
       `Cannot stream: replication slot "${slot}" does not exist; run "cdc-egress init" first`,
     );
   }
-  if (res.rows[0].active_pid) {
+  if (row.activePid) {
     throw new CdcError(
       "slot_active",
-      `Cannot stream from slot "${slot}": it is active in process ${res.rows[0].active_pid}`,
+      `Cannot stream from slot "${slot}": it is active in process ${row.activePid}`,
     );
   }
-  const pub = await source.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication]);
-  if (pub.rowCount === 0) {
+  if (!(await catalog.publicationExists(publication))) {
     throw new CdcError(
       "not_initialized",
       `Cannot stream: publication "${publication}" does not exist; run "cdc-egress init" first`,
     );
   }
-  return res.rows[0].lsn ? parseLsn(res.rows[0].lsn) : ZERO_LSN;
+  return row.confirmedFlushLsn ? parseLsn(row.confirmedFlushLsn) : ZERO_LSN;
 }
 
 /**
@@ -102,34 +98,25 @@ async function slotState(source: pg.Client, slot: string, publication: string): 
  * exports it and it streams from there.
  */
 async function publishNewTable(
-  source: pg.Client,
+  catalog: SourceCatalog,
   config: Config,
   schema: string,
   table: string,
   logger: Logger,
 ): Promise<void> {
-  const selected = await selectTables(source, config.tables, config.exclude);
+  const selected = await catalog.selectTables(config.tables, config.exclude);
   const t = selected.find((x) => x.schema === schema && x.table === table);
   if (!t) return;
-  const res = await source.query(
-    `SELECT c.relreplident <> 'n' AND (c.relreplident <> 'd' OR EXISTS (
-              SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) AS ok,
-            EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $2
-                      AND p.schemaname = $3 AND p.tablename = $4) AS published
-     FROM pg_class c WHERE c.oid = $1`,
-    [t.oid, config.publication, schema, table],
-  );
-  if (!res.rows[0] || res.rows[0].published) return;
-  if (!res.rows[0].ok) {
+  const state = await catalog.publishState(t.oid, config.publication, t);
+  if (!state || state.published) return;
+  if (!state.identity) {
     logger.warn("new table has no replica identity; not published", {
       table: `${schema}.${table}`,
       fix: `ALTER TABLE ${qualifiedName(t)} REPLICA IDENTITY FULL; then run cdc-egress init`,
     });
     return;
   }
-  await source.query(
-    `ALTER PUBLICATION ${quoteIdent(config.publication)} ADD TABLE ${qualifiedName(t)}`,
-  );
+  await catalog.addToPublication(config.publication, t);
   logger.info("new table added to the publication", { table: `${schema}.${table}` });
 }
 
@@ -142,6 +129,8 @@ interface StreamContext {
   monitor: SlotMonitor;
   /** Called once the slot is ours and replication runs. */
   onStreaming: (pipeline: StreamPipeline) => void;
+  /** Set when the session lost the registry (or could not reach it). */
+  registryLost: boolean;
 }
 
 const NEVER_RETRY = new Set([
@@ -197,37 +186,53 @@ export async function streamCommand(config: Config): Promise<void> {
   try {
     while (!stopping) {
       const startedAt = Date.now();
+      const session: StreamContext = {
+        config,
+        dataDir,
+        logger,
+        metrics,
+        monitor,
+        registryLost: false,
+        onStreaming: (pipeline) => {
+          current = pipeline;
+          if (stopping) pipeline.stop();
+          if (!streamedOnce) {
+            streamedOnce = true;
+            server = serveObservability(config.metricsAddr, metrics, monitor);
+            logger.info("serving metrics", { addr: config.metricsAddr, port: server.port });
+            monitor.start();
+          }
+          monitor.setStreaming(true);
+        },
+      };
       try {
-        await runSession({
-          config,
-          dataDir,
-          logger,
-          metrics,
-          monitor,
-          onStreaming: (pipeline) => {
-            current = pipeline;
-            if (stopping) pipeline.stop();
-            if (!streamedOnce) {
-              streamedOnce = true;
-              server = serveObservability(config.metricsAddr, metrics, monitor);
-              logger.info("serving metrics", { addr: config.metricsAddr, port: server.port });
-              monitor.start();
-            }
-            monitor.setStreaming(true);
-          },
-        });
+        await runSession(session);
         break;
       } catch (error) {
+        const durable = (current as StreamPipeline | null)?.durableLsn;
         current = null;
         monitor.setStreaming(false);
         const code = error instanceof CdcError ? error.code : "internal";
-        metrics.errors.inc({ type: code });
+        metrics.errors.inc({ type: session.registryLost ? "registry" : code });
         if (!streamedOnce || stopping || !retryable(error)) throw error;
         if (Date.now() - startedAt > 60_000) attempt = 0;
         const delay = Math.min(30_000, 500 * 2 ** attempt++);
         metrics.recoveries.inc();
+        let message = (error as Error).message.split("\n")[0];
+        for (const url of [config.sourceUrl, config.registryUrl]) message = redact(message, url);
+        if (session.registryLost) {
+          // Nothing is acknowledged past what the registry holds; sealed
+          // files stay on disk until the registry says whether it has them.
+          if (monitor.state.registryUp) {
+            logger.warn("registry unreachable: acknowledgements held, sealed files kept", {
+              registry: describeTarget(config.registryUrl ?? config.sourceUrl),
+              ...(durable !== undefined ? { acknowledged_lsn: formatLsn(durable) } : {}),
+            });
+          }
+          monitor.setRegistryUp(false);
+        }
         logger.warn("stream session failed; reconnecting", {
-          error: redact((error as Error).message.split("\n")[0], config.sourceUrl),
+          error: message,
           retry_in_ms: delay,
         });
         await new Promise<void>((resolve) => {
@@ -245,6 +250,32 @@ export async function streamCommand(config: Config): Promise<void> {
   }
 }
 
+/** Opens the registry connection; a failure marks the session as having lost the registry. */
+async function connectRegistry(ctx: StreamContext): Promise<pg.Client> {
+  const { config } = ctx;
+  let client: pg.Client;
+  try {
+    client = config.registryUrl
+      ? await connect(config.registryUrl, { role: "registry", applicationName: "cdc-egress" })
+      : await connect(config.sourceUrl, { role: "registry", applicationName: "cdc-egress" });
+  } catch (error) {
+    ctx.registryLost = true;
+    throw error;
+  }
+  // The connection ending under us (a registry restart, failover, network)
+  // is what makes the session fail as a registry outage.
+  let closing = false;
+  client.on("end", () => {
+    if (!closing) ctx.registryLost = true;
+  });
+  const end = client.end.bind(client);
+  client.end = (() => {
+    closing = true;
+    return end();
+  }) as typeof client.end;
+  return client;
+}
+
 /** One connection's worth of streaming: preflight, recovery, pipeline. */
 async function runSession(ctx: StreamContext): Promise<void> {
   const { config, dataDir, logger, metrics } = ctx;
@@ -252,13 +283,32 @@ async function runSession(ctx: StreamContext): Promise<void> {
   const clients: pg.Client[] = [source];
   let stream: ReplicationStream | null = null;
   try {
-    const registryClient = config.registryUrl
-      ? await connect(config.registryUrl, { role: "registry" })
-      : await connect(config.sourceUrl, { role: "source" });
+    const catalog = new SourceCatalog(source);
+    const registryClient = await connectRegistry(ctx);
     clients.push(registryClient);
     const registry = new Registry(registryClient, config.slot);
-    const info = await checkServer(source, config.slot);
+    const info = await catalog.checkServer(config.slot);
     await registry.assertInitialized();
+    const capture = await catalog.ddlCapture();
+    if (capture === "outdated") {
+      throw new CdcError(
+        "not_initialized",
+        `Cannot stream: the DDL capture in the source is older than this version; run "cdc-egress init" first`,
+      );
+    }
+    if (capture === "missing") {
+      logger.warn("DDL capture is not installed in the source; DDL is not written to ddl.sql", {
+        fix: "run cdc-egress init as a role with CREATE on the source database",
+      });
+    }
+    const identity = await catalog.identity();
+    const me = {
+      slot: config.slot,
+      database: identity.database,
+      system_identifier: identity.systemIdentifier,
+    };
+    await registry.assertOwnedBy(identity, "stream from");
+    await checkDataDirOwner(dataDir, me);
     const holder = await registry.lockSlot();
     if (holder !== null) {
       throw new CdcError(
@@ -267,15 +317,23 @@ async function runSession(ctx: StreamContext): Promise<void> {
       );
     }
     await assertSlotUsable(source, registryClient, config.slot);
-    const startLsn = await slotState(source, config.slot, config.publication);
+    const startLsn = await slotState(catalog, config.slot, config.publication);
+    // Every check passed: claim the slot in the registry and the data dir.
+    await registry.claimSlot(identity, "stream from");
+    await claimDataDir(dataDir, me);
     const states = await registry.tableStates();
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
+    // Settles what a crash or a registry outage left: sealed files the
+    // registry has are renamed into place, the others removed (their
+    // changes come again from the slot).
     await recoverDataDir(dataDir, await registry.registeredPaths(), logger);
     // Exports are staged here until registered: what a crash left is never registered.
     const stagingDir = join(dataDir, EXPORT_STAGING_DIR, config.slot);
     await Deno.remove(stagingDir, { recursive: true }).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     });
+    if (!ctx.monitor.state.registryUp) logger.info("registry reachable again; files settled");
+    ctx.monitor.setRegistryUp(true);
     const protocol = info.major >= 16 ? 4 : 2;
     stream = await ReplicationStream.start(config.sourceUrl, {
       slot: config.slot,
@@ -297,7 +355,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
       tables: states,
       reloadAfterDdl: config.reloadAfterDdl,
       onCreateTable: (schema, table) =>
-        publishNewTable(source, config, schema, table, logger).catch((error) =>
+        publishNewTable(catalog, config, schema, table, logger).catch((error) =>
           logger.warn("cannot add new table to the publication", {
             table: `${schema}.${table}`,
             error: (error as Error).message.split("\n")[0],
@@ -307,7 +365,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
       metrics,
     });
     pipeline.attachReloads((host) =>
-      new ReloadCoordinator(registry, source, host, {
+      new ReloadCoordinator(registry, catalog, host, {
         sourceUrl: config.sourceUrl,
         publication: config.publication,
         slot: config.slot,

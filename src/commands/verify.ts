@@ -24,7 +24,7 @@ import { createGunzip } from "node:zlib";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import type { Config } from "../config.ts";
-import { compareLsn, formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import { compareLsn, formatLsn, type Lsn } from "../lsn.ts";
 import { gapNote, HistoryGapLog } from "../registry/history_gap.ts";
 import { Registry } from "../registry/registry.ts";
 import { replayTable } from "../replay/replay_files.ts";
@@ -33,6 +33,13 @@ import { assertSlotUsable } from "../source/slot_health.ts";
 import { parseTablePattern, qualifiedName, quoteIdent } from "../source/table_selection.ts";
 import { ensureDir, pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
 import { EXPORT_STAGING_DIR } from "../pipeline/recovery.ts";
+import {
+  foreignDataDirError,
+  isOtherDataDir,
+  OWNER_FILE,
+  readDataDirOwner,
+} from "../write/data_dir_owner.ts";
+import { SourceCatalog } from "../source/source_catalog.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 
 /** Options of `verify`. */
@@ -332,13 +339,22 @@ async function runVerify(
   const registry = new Registry(registryClient, config.slot);
   await registry.assertInitialized();
   await assertSlotUsable(source, registryClient, config.slot);
+  const catalog = new SourceCatalog(source);
+  await registry.assertOwnedBy(await catalog.identity(), "verify");
+  // Another slot's files in this data dir are not ours to judge (or quarantine).
+  const owner = await readDataDirOwner(dataDir).catch((error: Error) => {
+    throw new CannotRun(error.message);
+  });
+  if (owner && owner.slot !== config.slot) {
+    throw new CannotRun(foreignDataDirError("verify", config.dataDir, owner).message);
+  }
 
   const report: VerifyReport = {
     ok: true,
     slot: config.slot,
     data_dir: dataDir,
     deep: options.deep,
-    stream_running: await streamRunning(source, registryClient, config.slot),
+    stream_running: await streamRunning(catalog, registry, config.slot),
     files_checked: 0,
     rows_checked: 0,
     bytes_checked: 0,
@@ -352,29 +368,9 @@ async function runVerify(
 
   // Tables: those with registered state or files for this slot.
   const states = await registry.tableStates();
-  const fileRes = await registryClient.query(
-    `SELECT id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts, path,
-            file_type,
-            start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
-            row_count, byte_size, sha256
-     FROM cdc_registry.file_log WHERE slot_name = $1 ORDER BY id`,
-    [config.slot],
-  );
-  let files: FileRow[] = fileRes.rows.map((r) => ({
-    id: Number(r.id),
-    oid: r.oid === null ? null : Number(r.oid),
-    schema: r.schema_name,
-    table: r.table_name,
-    tableName: tableName(r.schema_name, r.table_name),
-    tableDir: r.table_dir,
-    batchTs: r.batch_ts,
-    path: r.path,
-    fileType: r.file_type,
-    start: { lsn: parseLsn(r.start_lsn), seq: Number(r.start_seq ?? 0) },
-    end: { lsn: parseLsn(r.end_lsn), seq: Number(r.end_seq ?? 0) },
-    rowCount: Number(r.row_count),
-    byteSize: Number(r.byte_size),
-    sha256: r.sha256,
+  let files: FileRow[] = (await registry.fileRows()).map((r) => ({
+    ...r,
+    tableName: tableName(r.schema, r.table),
   }));
   const tables = new Map<string, TableReport>();
   const addTable = (schema: string, table: string) => {
@@ -500,7 +496,7 @@ async function runVerify(
   // 3. Orphans.
   const orphans = await findOrphans(
     dataDir,
-    registryClient,
+    registry,
     tableDirs,
     report.stream_running,
     report.notes,
@@ -538,7 +534,7 @@ async function runVerify(
     await deepCompare(
       config,
       dataDir,
-      registryClient,
+      registry,
       [...tables.values()],
       report,
       clients,
@@ -557,21 +553,12 @@ async function runVerify(
 
 /** Whether a `stream` process holds the slot (walsender active or the stream's advisory lock). */
 async function streamRunning(
-  source: pg.Client,
-  registry: pg.Client,
+  catalog: SourceCatalog,
+  registry: Registry,
   slot: string,
 ): Promise<boolean> {
-  const res = await source.query(
-    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-    [slot],
-  );
-  if (res.rows[0]?.active_pid) return true;
-  const lock = await registry.query(
-    `SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-       AND classid = hashtext('cdc-egress stream')::oid AND objid = hashtext($1)::oid`,
-    [slot],
-  );
-  return (lock.rowCount ?? 0) > 0;
+  if ((await catalog.slot(slot))?.activePid) return true;
+  return (await registry.streamLockHolder()) !== null;
 }
 
 /** Stats and reads one registered file; returns a problem when it cannot be read. */
@@ -708,13 +695,13 @@ function checkRanges(
  */
 async function findOrphans(
   dataDir: string,
-  registry: pg.Client,
+  registry: Registry,
   tableDirs: Set<string> | null,
   streamRunning: boolean,
   notes: string[],
 ): Promise<string[]> {
-  const all = await registry.query("SELECT path FROM cdc_registry.file_log");
-  const known = new Set(all.rows.map((r) => r.path as string));
+  // This slot's files only: the data dir belongs to one slot (its marker says which).
+  const known = await registry.registeredPaths();
   const candidates: string[] = [];
   let inProgress = 0;
   const walk = async (rel: string) => {
@@ -732,7 +719,10 @@ async function findOrphans(
           e.isDirectory &&
           (e.name === SPOOL_DIR || e.name === QUARANTINE_DIR || e.name === EXPORT_STAGING_DIR)
         ) continue;
+        if (!e.isDirectory && e.name === OWNER_FILE) continue;
         if (tableDirs !== null && !tableDirs.has(e.name)) continue;
+        // Another source's data dir nested in this one: never ours to call orphan.
+        if (e.isDirectory && await isOtherDataDir(join(dataDir, e.name))) continue;
       }
       if (e.isDirectory) {
         await walk(path);
@@ -756,11 +746,7 @@ async function findOrphans(
   }
   if (candidates.length === 0) return [];
   // A running stream may have registered some of them since the first read.
-  const again = await registry.query(
-    "SELECT path FROM cdc_registry.file_log WHERE path = ANY($1::text[])",
-    [candidates],
-  );
-  const late = new Set(again.rows.map((r) => r.path as string));
+  const late = await registry.registeredAmong(candidates);
   const out: string[] = [];
   for (const c of candidates) {
     if (!late.has(c) && await pathExists(join(dataDir, c))) out.push(c);
@@ -775,7 +761,7 @@ async function findOrphans(
 async function deepCompare(
   config: Config,
   dataDir: string,
-  registryClient: pg.Client,
+  registry: Registry,
   tables: TableReport[],
   report: VerifyReport,
   clients: pg.Client[],
@@ -796,7 +782,7 @@ async function deepCompare(
       );
     }
     for (const t of tables) {
-      t.deep = await deepTable(registryClient, live, dataDir, config.slot, t, report, from);
+      t.deep = await deepTable(registry, live, dataDir, t, report, from);
     }
   } finally {
     await live.query("COMMIT").catch(() => {});
@@ -816,10 +802,9 @@ function emptyDeep(skipped: string): DeepResult {
 }
 
 async function deepTable(
-  registryClient: pg.Client,
+  registry: Registry,
   live: pg.Client,
   dataDir: string,
-  slot: string,
   t: TableReport,
   report: VerifyReport,
   from: "newest" | "first",
@@ -828,12 +813,7 @@ async function deepTable(
   const liveRel = await live.query("SELECT to_regclass($1)::oid::int8 AS oid", [qualifiedName(t)]);
   const oid = liveRel.rows[0]?.oid == null ? null : Number(liveRel.rows[0].oid);
   if (oid === null) return emptyDeep("live table not found");
-  const hasData = await registryClient.query(
-    `SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1 AND relation_oid = $2
-       AND file_type IN ('full_reload', 'streaming') LIMIT 1`,
-    [slot, oid],
-  );
-  if (hasData.rowCount === 0) return emptyDeep("no data files registered yet");
+  if (!(await registry.hasDataFiles(oid))) return emptyDeep("no data files registered yet");
   const cols = await live.query(
     `SELECT a.attname AS name FROM pg_attribute a
      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -845,8 +825,7 @@ async function deepTable(
 
   let replay;
   try {
-    replay =
-      (await replayTable(registryClient, dataDir, slot, t.schema, t.table, { oid, from })).replay;
+    replay = (await replayTable(registry, dataDir, t.schema, t.table, { oid, from })).replay;
   } catch (error) {
     report.problems.push({
       kind: "deep_error",

@@ -134,6 +134,16 @@ export class StreamMetrics {
       "How long the oldest export has waited for its snapshot (running transactions); 0 when none waits",
     registers: [this.registry],
   });
+  readonly registryUp = new client.Gauge({
+    name: "cdc_registry_up",
+    help: "1 while the registry is reachable, 0 during an outage",
+    registers: [this.registry],
+  });
+  readonly registryOutages = new client.Counter({
+    name: "cdc_registry_outages_total",
+    help: "Times the registry became unreachable while streaming",
+    registers: [this.registry],
+  });
 
   /** Records a registered file. */
   fileRegistered(

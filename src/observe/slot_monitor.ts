@@ -35,6 +35,8 @@ export interface SlotMonitorOptions {
 export interface MonitorState {
   connected: boolean;
   streaming: boolean;
+  /** The registry answers (false during a registry outage). */
+  registryUp: boolean;
   lagBytes: number | null;
   lagSeconds: number | null;
   walStatus: string | null;
@@ -55,6 +57,7 @@ export class SlotMonitor {
   readonly state: MonitorState = {
     connected: false,
     streaming: false,
+    registryUp: true,
     lagBytes: null,
     lagSeconds: null,
     walStatus: null,
@@ -72,13 +75,21 @@ export class SlotMonitor {
   }
 
   /**
-   * Whether the process should receive traffic: connected, streaming, lag
-   * under the bound, and the slot's WAL not at risk.
+   * Whether the process should receive traffic: connected, streaming, the
+   * registry up, lag under the bound, and the slot's WAL not at risk.
    */
   get ready(): boolean {
     const s = this.state;
-    return s.connected && s.streaming && (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs &&
+    return s.connected && s.streaming && s.registryUp &&
+      (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs &&
       s.walWarning === null && s.walStatus !== "lost";
+  }
+
+  /** Marks the registry reachable or not; counts each outage once. */
+  setRegistryUp(up: boolean): void {
+    if (this.state.registryUp && !up) this.#opts.metrics.registryOutages.inc();
+    this.state.registryUp = up;
+    this.#opts.metrics.registryUp.set(up ? 1 : 0);
   }
 
   /** Marks the stream session up or down. */

@@ -10,6 +10,7 @@
 import { basename, dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { pathExists, syncDir, TEMP_PREFIX } from "../write/atomic_file.ts";
+import { isOtherDataDir } from "../write/data_dir_owner.ts";
 
 /** Exports are written under `<data_dir>/.exports/<slot>/` until they are registered. */
 export const EXPORT_STAGING_DIR = ".exports";
@@ -70,6 +71,8 @@ export async function recoverDataDir(
     }
     if (!tableDir.isDirectory || tableDir.name.startsWith(".")) continue;
     const tablePath = join(dataDir, tableDir.name);
+    // Another source's data dir nested in ours: its files are not ours to settle.
+    if (await isOtherDataDir(tablePath)) continue;
     for await (const batchDir of Deno.readDir(tablePath)) {
       if (!batchDir.isDirectory) continue;
       const rel = `${tableDir.name}/${batchDir.name}`;

@@ -18,7 +18,7 @@ import { dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 import type { Registry, ReloadRequest, TablePosition } from "../registry/registry.ts";
-import { SourceCatalog } from "../source/source_catalog.ts";
+import type { SourceCatalog } from "../source/source_catalog.ts";
 import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
 import { tableDirName } from "../write/table_dir.ts";
@@ -140,8 +140,7 @@ function newProgress() {
 /** Finds reload work in the registry and carries it out with a worker pool. */
 export class ReloadCoordinator {
   #registry: Registry;
-  #catalog: pg.Client;
-  #source: SourceCatalog;
+  #catalog: SourceCatalog;
   #opts: ReloadOptions;
   #host: ReloadHost;
   /** Jobs under way (exporting, or sealed and waiting to be registered), by OID. */
@@ -159,10 +158,14 @@ export class ReloadCoordinator {
   #seq = 0;
   #progress = newProgress();
 
-  constructor(registry: Registry, catalog: pg.Client, host: ReloadHost, options: ReloadOptions) {
+  constructor(
+    registry: Registry,
+    catalog: SourceCatalog,
+    host: ReloadHost,
+    options: ReloadOptions,
+  ) {
     this.#registry = registry;
     this.#catalog = catalog;
-    this.#source = new SourceCatalog(catalog);
     this.#host = host;
     this.#opts = options;
   }
@@ -202,7 +205,7 @@ export class ReloadCoordinator {
     if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
     this.#lastPoll = now;
     await this.#registry.requestMissingExports(
-      await this.#source.publishedTables(this.#opts.publication),
+      await this.#catalog.publishedTables(this.#opts.publication),
     );
     const pending = await this.#registry.pendingReloads();
     await this.#resolveOids(pending);
@@ -237,16 +240,12 @@ export class ReloadCoordinator {
   async #resolveOids(ops: ReloadRequest[]): Promise<void> {
     const open = ops.filter((o) => o.oid === null);
     if (open.length === 0) return;
-    const res = await this.#catalog.query(
-      `SELECT to_regclass(format('%I.%I', s, t))::oid::int8 AS oid
-       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, n) ORDER BY n`,
-      [open.map((o) => o.schema), open.map((o) => o.table)],
-    );
+    const oids = await this.#catalog.relationOids(open);
     const gone: ReloadRequest[] = [];
     open.forEach((o, i) => {
-      const oid = res.rows[i].oid;
+      const oid = oids[i];
       if (oid === null) gone.push(o);
-      else o.oid = Number(oid);
+      else o.oid = oid;
     });
     if (gone.length > 0) await this.#registry.noteReloadError(gone, "table does not exist", true);
   }
@@ -254,13 +253,8 @@ export class ReloadCoordinator {
   async #start(jobs: Job[]): Promise<void> {
     // Largest first, so the long exports overlap the short ones. A
     // partitioned table has no storage of its own: count its partitions.
-    const sizes = await this.#catalog.query(
-      `SELECT COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(o)),
-                       pg_total_relation_size(o), 0)::int8 AS size
-       FROM unnest($1::oid[]) WITH ORDINALITY AS u(o, n) ORDER BY n`,
-      [jobs.map((j) => j.oid)],
-    );
-    jobs.forEach((j, i) => j.size = Number(sizes.rows[i].size));
+    const sizes = await this.#catalog.tableSizes(jobs.map((j) => j.oid));
+    jobs.forEach((j, i) => j.size = sizes[i]);
     jobs.sort((a, b) => b.size - a.size);
     await this.#planSplits(jobs);
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
@@ -336,7 +330,7 @@ export class ReloadCoordinator {
       now - m.startedAt >= WAIT_REPORT_MS && now - m.lastReport >= WAIT_REPORT_MS
     );
     if (due.length === 0) return;
-    const blocker = await this.#oldestTransaction().catch(() => null);
+    const blocker = await this.#catalog.oldestTransaction().catch(() => null);
     for (const m of due) {
       m.lastReport = now;
       const waited = Math.round((now - m.startedAt) / 1000);
@@ -351,24 +345,6 @@ export class ReloadCoordinator {
     }
   }
 
-  /** The oldest transaction a new snapshot has to wait for, in words. */
-  async #oldestTransaction(): Promise<string | null> {
-    const res = await this.#catalog.query(
-      `(SELECT 'transaction of pid ' || pid || ' (xid ' || backend_xid || ', ' ||
-               COALESCE(application_name, '') || ') open for ' ||
-               extract(epoch FROM now() - xact_start)::int || 's' AS what, xact_start AS since
-        FROM pg_stat_activity
-        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-        ORDER BY xact_start LIMIT 1)
-       UNION ALL
-       (SELECT 'prepared transaction ' || quote_literal(gid) || ' (xid ' || transaction ||
-               ') prepared for ' || extract(epoch FROM now() - prepared)::int || 's', prepared
-        FROM pg_prepared_xacts ORDER BY prepared LIMIT 1)
-       ORDER BY since LIMIT 1`,
-    );
-    return res.rows[0]?.what ?? null;
-  }
-
   /**
    * Splits heap tables above `splitBytes` into block ranges (TID range
    * scans), so several workers export one big table; the parts are gzip
@@ -378,15 +354,9 @@ export class ReloadCoordinator {
     if (this.#opts.workers < 2) return;
     for (const job of jobs) {
       if (job.size < this.#opts.splitBytes) continue;
-      const res = await this.#catalog.query(
-        `SELECT c.oid::int8 AS oid, c.relkind,
-                (pg_relation_size(c.oid) / current_setting('block_size')::int8) AS blocks
-         FROM pg_class c WHERE c.oid = $1`,
-        [job.oid],
-      );
-      const row = res.rows[0];
+      const row = await this.#catalog.heapBlocks(job.oid);
       if (!row || row.relkind !== "r") continue;
-      const blocks = Number(row.blocks);
+      const blocks = row.blocks;
       const count = Math.min(MAX_PARTS, Math.ceil(job.size / this.#opts.splitBytes), blocks);
       if (count < 2) continue;
       const step = Math.ceil(blocks / count);
@@ -395,7 +365,7 @@ export class ReloadCoordinator {
         // The last range is open-ended: the table may have grown since we measured it.
         parts.push({ index: i, from: i * step, to: i === count - 1 ? null : (i + 1) * step });
       }
-      job.split = { oid: Number(row.oid), parts, sealed: [], bytes: 0, failed: false };
+      job.split = { oid: job.oid, parts, sealed: [], bytes: 0, failed: false };
     }
   }
 

@@ -1,19 +1,36 @@
 /**
- * Numbered, append-only migrations of the `cdc_registry` schema. `init`
- * applies the missing ones in one transaction under an advisory lock, so two
- * concurrent `init`s cannot both apply them. Never edit a released migration:
- * add a new one.
+ * Numbered, append-only migrations of the `cdc_registry` schema. Each has a
+ * registry part (`sql`) and a source part (`source`: the DDL capture, which
+ * must live in the source because it reaches the stream through the WAL).
+ * `init` applies the missing parts of each side in one transaction per
+ * database under an advisory lock, so two concurrent `init`s cannot both
+ * apply them; each database records the versions it applied per side. Never
+ * edit a released migration: add a new one, and put anything that touches
+ * `ddl_history` or its trigger functions in `source`.
  */
 
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import { CdcError } from "../errors.ts";
 
-/** One schema change. */
+/**
+ * Which database a part of a migration belongs to. The DDL capture
+ * (`ddl_history`, its trigger functions) reaches the stream through the WAL,
+ * so it lives in the source; everything else lives in the registry. With the
+ * registry in the source database (the default) both parts go there.
+ */
+export type MigrationSide = "source" | "registry";
+
+/**
+ * One schema change. `sql` is the registry part, `source` the source part
+ * (DDL capture); either may be missing. Each side records the versions it
+ * has applied in its own `cdc_registry.schema_migrations`, with the side.
+ */
 export interface Migration {
   version: number;
   name: string;
-  sql: string;
+  sql?: string;
+  source?: string;
 }
 
 /** Every migration, in order. */
@@ -79,6 +96,8 @@ CREATE TABLE cdc_registry.reload_operations (
   error text
 );
 
+`,
+    source: `
 CREATE TABLE cdc_registry.ddl_history (
   id bigserial PRIMARY KEY,
   event_time timestamptz NOT NULL DEFAULT now(),
@@ -139,7 +158,7 @@ $fn$;
     name: "ddl_history columns with types and keys",
     // The stream writes the schema.yml of a ddl.sql folder from these: the
     // catalog it could query instead may already show later DDL.
-    sql: `
+    source: `
 ALTER TABLE cdc_registry.ddl_history ADD COLUMN replica_identity "char";
 
 CREATE OR REPLACE FUNCTION cdc_registry.capture_ddl() RETURNS event_trigger
@@ -209,7 +228,9 @@ ALTER TABLE cdc_registry.reload_operations ADD COLUMN relation_oid oid,
   ADD COLUMN hold_seq integer,
   -- What a waiting export waits for (the oldest transaction with an xid).
   ADD COLUMN waiting_for text;
-
+`,
+    // The DDL capture reaches the stream through the WAL: it lives in the source.
+    source: `
 ALTER TABLE cdc_registry.ddl_history ADD COLUMN rewrites boolean NOT NULL DEFAULT false;
 
 CREATE FUNCTION cdc_registry.capture_rewrite() RETURNS event_trigger
@@ -292,51 +313,110 @@ CREATE TABLE cdc_registry.history_gap (
 CREATE INDEX history_gap_table_idx ON cdc_registry.history_gap (slot_name, schema_name, table_name);
 `,
   },
+  {
+    version: 5,
+    name: "which source owns each slot",
+    // One registry may serve several sources; rows are keyed by slot, so a
+    // slot name must belong to one source database only.
+    sql: `
+CREATE TABLE cdc_registry.slot_owner (
+  slot_name text PRIMARY KEY,
+  system_identifier text NOT NULL,
+  database_name text NOT NULL,
+  claimed_at timestamptz NOT NULL DEFAULT now()
+);
+`,
+  },
 ];
 
 const LOCK_KEY = "hashtext('cdc_registry.migrations')";
 
-/** Versions applied so far (empty when the schema does not exist). */
-export async function appliedMigrations(client: pg.Client): Promise<number[]> {
+/** Both parts, in the order a single database applies them. */
+export const BOTH_SIDES: readonly MigrationSide[] = ["source", "registry"];
+
+/**
+ * Versions applied on `side` so far (empty when the schema does not exist).
+ * Rows written before migrations had sides count for both.
+ */
+export async function appliedMigrations(
+  client: pg.Client,
+  side: MigrationSide,
+): Promise<number[]> {
   const exists = await client.query(
-    "SELECT to_regclass('cdc_registry.schema_migrations') IS NOT NULL AS ok",
+    `SELECT to_regclass('cdc_registry.schema_migrations') IS NOT NULL AS ok,
+            EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid =
+                      to_regclass('cdc_registry.schema_migrations') AND attname = 'side') AS sided`,
   );
   if (!exists.rows[0].ok) return [];
-  const res = await client.query("SELECT version FROM cdc_registry.schema_migrations ORDER BY 1");
+  const res = await client.query(
+    exists.rows[0].sided
+      ? "SELECT DISTINCT version FROM cdc_registry.schema_migrations WHERE side IN ($1, 'both') ORDER BY 1"
+      : "SELECT version FROM cdc_registry.schema_migrations ORDER BY 1",
+    exists.rows[0].sided ? [side] : [],
+  );
   return res.rows.map((r) => Number(r.version));
 }
 
-/** Migrations not yet applied. */
-export async function pendingMigrations(client: pg.Client): Promise<Migration[]> {
-  const applied = new Set(await appliedMigrations(client));
+/** Migrations not yet applied on `side`. */
+export async function pendingMigrations(
+  client: pg.Client,
+  side: MigrationSide,
+): Promise<Migration[]> {
+  const applied = new Set(await appliedMigrations(client, side));
   return MIGRATIONS.filter((m) => !applied.has(m.version));
 }
 
-/** Applies the pending migrations in one transaction; returns what it applied. */
-export async function applyMigrations(client: pg.Client): Promise<Migration[]> {
+/**
+ * Applies the pending migrations of `sides` on one database in one
+ * transaction, under an advisory lock; returns the versions it applied.
+ * The registry in the source database gets both sides; a separate registry
+ * gets "registry" and the source "source". A database reached twice (a
+ * registry URL that names the source) works too: each side is recorded.
+ */
+export async function applyMigrations(
+  client: pg.Client,
+  sides: readonly MigrationSide[],
+): Promise<number[]> {
   await client.query("BEGIN");
   try {
     await client.query(`SELECT pg_advisory_xact_lock(${LOCK_KEY})`);
     await client.query("CREATE SCHEMA IF NOT EXISTS cdc_registry");
     await client.query(`CREATE TABLE IF NOT EXISTS cdc_registry.schema_migrations (
-      version integer PRIMARY KEY,
+      version integer NOT NULL,
       name text NOT NULL,
       applied_at timestamptz NOT NULL DEFAULT now())`);
-    const pending = await pendingMigrations(client);
-    for (const m of pending) {
-      await client.query(m.sql);
-      await client.query(
-        "INSERT INTO cdc_registry.schema_migrations (version, name) VALUES ($1, $2)",
-        [m.version, m.name],
-      );
+    // Before sides existed one row stood for the whole migration: 'both'.
+    await client.query(
+      "ALTER TABLE cdc_registry.schema_migrations ADD COLUMN IF NOT EXISTS side text NOT NULL DEFAULT 'both'",
+    );
+    await client.query(
+      "ALTER TABLE cdc_registry.schema_migrations DROP CONSTRAINT IF EXISTS schema_migrations_pkey",
+    );
+    await client.query(
+      `CREATE UNIQUE INDEX IF NOT EXISTS schema_migrations_version_side
+         ON cdc_registry.schema_migrations (version, side)`,
+    );
+    const applied = new Set<number>();
+    for (const side of sides) {
+      for (const m of await pendingMigrations(client, side)) {
+        const sql = side === "source" ? m.source : m.sql;
+        if (sql) await client.query(sql);
+        await client.query(
+          "INSERT INTO cdc_registry.schema_migrations (version, name, side) VALUES ($1, $2, $3)",
+          [m.version, m.name, side],
+        );
+        applied.add(m.version);
+      }
     }
     await client.query("COMMIT");
-    return pending;
+    return [...applied].sort((a, b) => a - b);
   } catch (error) {
     await client.query("ROLLBACK").catch(() => {});
     throw new CdcError(
       "registry",
-      `Cannot apply registry migrations: ${(error as Error).message.split("\n")[0]}`,
+      `Cannot apply ${sides.length === 1 ? sides[0] + " " : ""}migrations: ${
+        (error as Error).message.split("\n")[0]
+      }`,
       { cause: error },
     );
   }

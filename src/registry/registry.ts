@@ -8,8 +8,9 @@
 import type pg from "pg";
 import { CdcError } from "../errors.ts";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import type { PublishedTable, SourceIdentity } from "../source/source_catalog.ts";
 import { appliedMigrations, MIGRATIONS } from "./migrations.ts";
-import type { PublishedTable } from "../source/source_catalog.ts";
+import { HistoryGapLog } from "./history_gap.ts";
 
 /** Position of the last registered row of a table: (commit LSN, seq). */
 export interface TablePosition {
@@ -77,9 +78,14 @@ export interface ReloadInsert {
   hold: TablePosition;
 }
 
-/** Registry access bound to one slot. */
+/**
+ * Registry access bound to one slot: file rows, table state, checkpoints and
+ * reload operations, on the registry's connection (the source database or
+ * another server). Catalog questions about the source are not asked here
+ * (see {@linkcode SourceCatalog}): the connection stays private.
+ */
 export class Registry {
-  readonly client: pg.Client;
+  private readonly client: pg.Client;
   readonly slot: string;
   /** Serializes transactions: the stream loop and export workers share the client. */
   #tail: Promise<unknown> = Promise.resolve();
@@ -93,7 +99,7 @@ export class Registry {
   async assertInitialized(): Promise<void> {
     let applied: number[];
     try {
-      applied = await appliedMigrations(this.client);
+      applied = await appliedMigrations(this.client, "registry");
     } catch (error) {
       throw new CdcError("registry", `Cannot read the registry: ${(error as Error).message}`, {
         cause: error,
@@ -471,6 +477,307 @@ export class Registry {
       [this.slot, formatLsn(lsn)],
     );
   }
+
+  // --- Reads and requests of the operator commands (status, verify, reload) and of
+  // --- sharing one registry between sources. Kept here so the connection stays private.
+
+  /** A query whose failure (the registry went away, say) becomes one clear registry error. */
+  async #read(sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+    try {
+      return await this.client.query(sql, params);
+    } catch (error) {
+      throw new CdcError(
+        "registry",
+        `Cannot query the registry: ${(error as Error).message.split("\n")[0]}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /**
+   * Records that this slot belongs to `source` (first come), then throws
+   * like {@linkcode assertOwnedBy} when another source owns it.
+   */
+  async claimSlot(source: SourceIdentity, action: string): Promise<void> {
+    await this.#read(
+      `INSERT INTO cdc_registry.slot_owner (slot_name, system_identifier, database_name)
+       VALUES ($1, $2, $3) ON CONFLICT (slot_name) DO NOTHING`,
+      [this.slot, source.systemIdentifier, source.database],
+    );
+    await this.assertOwnedBy(source, action);
+  }
+
+  /**
+   * Throws when the registry records this slot for another source than
+   * `source`: a command pointed at the wrong source (or reusing a slot name
+   * of another source in a shared registry) must not read or change its rows.
+   */
+  async assertOwnedBy(source: SourceIdentity, action: string): Promise<void> {
+    const res = await this.#read(
+      `SELECT system_identifier, database_name FROM cdc_registry.slot_owner WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const r = res.rows[0];
+    if (!r) return;
+    if (r.system_identifier === source.systemIdentifier && r.database_name === source.database) {
+      return;
+    }
+    throw new CdcError(
+      "config",
+      `Cannot ${action} slot "${this.slot}": the registry records it for another source (database "${r.database_name}", system identifier ${r.system_identifier}); give each source its own --slot, or check --source`,
+    );
+  }
+
+  /** The history gaps of this slot (lost slots recreated). */
+  historyGaps(): HistoryGapLog {
+    return new HistoryGapLog(this.client, this.slot);
+  }
+
+  /** Every slot this registry knows, with the source database that owns it (when recorded). */
+  async slots(): Promise<{ slot: string; database: string | null }[]> {
+    const res = await this.#read(
+      `SELECT s.slot_name, o.database_name FROM (
+         SELECT slot_name FROM cdc_registry.checkpoint
+         UNION SELECT slot_name FROM cdc_registry.table_state
+         UNION SELECT slot_name FROM cdc_registry.slot_owner) s
+       LEFT JOIN cdc_registry.slot_owner o USING (slot_name) ORDER BY 1`,
+    );
+    return res.rows.map((r) => ({ slot: r.slot_name, database: r.database_name ?? null }));
+  }
+
+  /** The pid holding this slot's stream lock in the registry, or null. */
+  async streamLockHolder(): Promise<number | null> {
+    const res = await this.#read(
+      `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+         AND classid = hashtext('cdc-egress stream')::oid AND objid = hashtext($1)::oid LIMIT 1`,
+      [this.slot],
+    );
+    return res.rows[0]?.pid ?? null;
+  }
+
+  /** Of `paths`, those registered for this slot. */
+  async registeredAmong(paths: string[]): Promise<Set<string>> {
+    const res = await this.#read(
+      "SELECT path FROM cdc_registry.file_log WHERE slot_name = $1 AND path = ANY($2::text[])",
+      [this.slot, paths],
+    );
+    return new Set(res.rows.map((r) => r.path as string));
+  }
+
+  /** Every file row of this slot, in id order (for verify). */
+  async fileRows(): Promise<RegisteredFile[]> {
+    const res = await this.#read(
+      `SELECT id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts, path,
+              file_type, start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq,
+              end_seq, row_count, byte_size, sha256
+       FROM cdc_registry.file_log WHERE slot_name = $1 ORDER BY id`,
+      [this.slot],
+    );
+    return res.rows.map((r) => ({
+      id: Number(r.id),
+      oid: r.oid === null ? null : Number(r.oid),
+      schema: r.schema_name,
+      table: r.table_name,
+      tableDir: r.table_dir,
+      batchTs: r.batch_ts,
+      path: r.path,
+      fileType: r.file_type,
+      start: { lsn: parseLsn(r.start_lsn), seq: Number(r.start_seq ?? 0) },
+      end: { lsn: parseLsn(r.end_lsn), seq: Number(r.end_seq ?? 0) },
+      rowCount: Number(r.row_count),
+      byteSize: Number(r.byte_size),
+      sha256: r.sha256,
+    }));
+  }
+
+  /** Whether a relation has a registered full_reload or streaming file. */
+  async hasDataFiles(oid: number): Promise<boolean> {
+    const res = await this.#read(
+      `SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1 AND relation_oid = $2
+         AND file_type IN ('full_reload', 'streaming') LIMIT 1`,
+      [this.slot, oid],
+    );
+    return (res.rowCount ?? 0) > 0;
+  }
+
+  /** The relation (OID) that a table name means in the registry, or null. */
+  async registeredOid(schema: string, table: string): Promise<number | null> {
+    const res = await this.#read(
+      `SELECT relation_oid::int8 AS oid FROM cdc_registry.table_state
+       WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3
+       ORDER BY mode <> 'dropped' DESC, updated_at DESC LIMIT 1`,
+      [this.slot, schema, table],
+    );
+    return res.rows[0] ? Number(res.rows[0].oid) : null;
+  }
+
+  /**
+   * The files of one relation in replay order: a full_reload (the newest,
+   * or with `first` the first of its current history: after the newest one
+   * forced by DDL that changed rows or by a name that came to mean it), then
+   * the DDL and streaming files that reach past it.
+   */
+  async replayFiles(
+    oid: number,
+    from: "newest" | "first" = "newest",
+  ): Promise<{ path: string; fileType: "full_reload" | "streaming" | "ddl"; startLsn: Lsn }[]> {
+    const res = await this.#read(
+      `WITH reloads AS (
+         SELECT start_lsn, reload_reason FROM cdc_registry.file_log
+         WHERE slot_name = $1 AND relation_oid = $2 AND file_type = 'full_reload'),
+       base AS (
+         SELECT CASE WHEN $3 = 'first'
+           THEN COALESCE((SELECT max(start_lsn) FROM reloads WHERE reload_reason IN ('ddl', 'rename')),
+                         (SELECT min(start_lsn) FROM reloads))
+           ELSE (SELECT max(start_lsn) FROM reloads) END AS lsn)
+       SELECT f.path, f.file_type, f.start_lsn::text AS start_lsn
+       FROM cdc_registry.file_log f, base
+       WHERE f.slot_name = $1 AND f.relation_oid = $2
+         AND ((f.file_type = 'full_reload' AND f.start_lsn = base.lsn)
+           OR (f.file_type = 'streaming' AND (base.lsn IS NULL OR f.end_lsn >= base.lsn))
+           OR (f.file_type = 'ddl' AND base.lsn IS NOT NULL AND f.start_lsn >= base.lsn))
+       ORDER BY f.start_lsn, COALESCE(f.start_seq, -1)`,
+      [this.slot, oid, from],
+    );
+    return res.rows.map((r) => ({
+      path: r.path,
+      fileType: r.file_type,
+      startLsn: parseLsn(r.start_lsn),
+    }));
+  }
+
+  /** The rows `status` shows for this slot: checkpoint, tables with file totals, reloads. */
+  async statusRows(failedShown: number): Promise<StatusRows> {
+    const cols = `id, schema_name, table_name, state, requested_at, started_at,
+      finished_at, consistent_lsn::text AS consistent_lsn, error, waiting_for, reason`;
+    const checkpoint = await this.#read(
+      `SELECT checkpoint_lsn::text AS lsn, updated_at,
+              extract(epoch FROM now() - updated_at)::float8 AS age
+       FROM cdc_registry.checkpoint WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const tables = await this.#read(
+      `WITH files AS (
+         SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
+                sum(byte_size) AS bytes
+         FROM cdc_registry.file_log WHERE slot_name = $1 GROUP BY 1, 2),
+       state AS (SELECT * FROM cdc_registry.table_state WHERE slot_name = $1)
+       SELECT schema_name, table_name, coalesce(s.mode, 'streaming') AS mode, s.last_batch_ts,
+              s.last_lsn::text AS last_lsn, s.last_seq, s.reload_lsn::text AS reload_lsn,
+              coalesce(f.files, 0) AS files, coalesce(f.rows, 0) AS rows,
+              coalesce(f.bytes, 0) AS bytes
+       FROM state s FULL JOIN files f USING (schema_name, table_name)
+       ORDER BY schema_name, table_name`,
+      [this.slot],
+    );
+    const lastReloads = await this.#read(
+      `SELECT DISTINCT ON (schema_name, table_name) ${cols}
+       FROM cdc_registry.reload_operations WHERE slot_name = $1
+       ORDER BY schema_name, table_name, id DESC`,
+      [this.slot],
+    );
+    const pending = await this.#read(
+      `SELECT ${cols} FROM cdc_registry.reload_operations
+       WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
+      [this.slot],
+    );
+    // Failures not followed by a successful reload of the same table.
+    const failed = await this.#read(
+      `SELECT ${cols} FROM cdc_registry.reload_operations o
+       WHERE slot_name = $1 AND state = 'failed'
+         AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
+                         WHERE d.slot_name = o.slot_name AND d.schema_name = o.schema_name
+                           AND d.table_name = o.table_name AND d.state = 'done' AND d.id > o.id)
+       ORDER BY id DESC LIMIT ${Math.max(0, Math.floor(failedShown))}`,
+      [this.slot],
+    );
+    return {
+      checkpoint: checkpoint.rows[0] ?? null,
+      tables: tables.rows,
+      lastReloads: lastReloads.rows,
+      pending: pending.rows,
+      failed: failed.rows,
+    };
+  }
+
+  /**
+   * Records reload requests for `tables` in one transaction (state
+   * `requested`; a streaming table becomes `pending_reload`); returns the ids.
+   */
+  requestReloads(tables: { schema: string; table: string }[]): Promise<number[]> {
+    return this.#exclusive(async () => {
+      const ids: number[] = [];
+      await this.#transaction(async (c) => {
+        for (const t of tables) {
+          const res = await c.query(
+            `INSERT INTO cdc_registry.reload_operations (slot_name, schema_name, table_name)
+             VALUES ($1, $2, $3) RETURNING id`,
+            [this.slot, t.schema, t.table],
+          );
+          await c.query(
+            `UPDATE cdc_registry.table_state SET mode = 'pending_reload', updated_at = now()
+             WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3 AND mode = 'streaming'`,
+            [this.slot, t.schema, t.table],
+          );
+          ids.push(Number(res.rows[0].id));
+        }
+      });
+      return ids;
+    });
+  }
+
+  /** The reload operations `ids` as they stand. */
+  async reloadOutcomes(ids: number[]): Promise<
+    {
+      id: number;
+      schema: string;
+      table: string;
+      state: string;
+      lsn: string | null;
+      error: string | null;
+    }[]
+  > {
+    const res = await this.#read(
+      `SELECT id, schema_name, table_name, state, consistent_lsn::text AS lsn, error
+       FROM cdc_registry.reload_operations WHERE id = ANY($1::bigint[])`,
+      [ids],
+    );
+    return res.rows.map((r) => ({
+      id: Number(r.id),
+      schema: r.schema_name,
+      table: r.table_name,
+      state: r.state,
+      lsn: r.lsn ?? null,
+      error: r.error ?? null,
+    }));
+  }
+}
+
+/** A file_log row as verify reads it. */
+export interface RegisteredFile {
+  id: number;
+  /** The relation; null for files registered before registry migration 3. */
+  oid: number | null;
+  schema: string;
+  table: string;
+  tableDir: string;
+  batchTs: string;
+  path: string;
+  fileType: "streaming" | "full_reload" | "ddl";
+  start: TablePosition;
+  end: TablePosition;
+  rowCount: number;
+  byteSize: number;
+  sha256: string;
+}
+
+/** Raw rows behind `status` (shaped by the command). */
+export interface StatusRows {
+  checkpoint: Record<string, unknown> | null;
+  tables: Record<string, unknown>[];
+  lastReloads: Record<string, unknown>[];
+  pending: Record<string, unknown>[];
+  failed: Record<string, unknown>[];
 }
 
 /** A reload operation to carry out. */

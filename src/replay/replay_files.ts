@@ -6,10 +6,9 @@
 
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-// @ts-types="npm:@types/pg@8.23.1"
-import type pg from "pg";
 import { parse as parseYaml } from "yaml";
 import { type Lsn, parseLsn } from "../lsn.ts";
+import type { Registry } from "../registry/registry.ts";
 import { type CsvField, parseCsv } from "./csv_reader.ts";
 import { TableReplay } from "./table_replay.ts";
 
@@ -52,69 +51,17 @@ export interface ReplayOptions {
   oid?: number;
 }
 
-/** The relation (OID) that a table name means in the registry, or null. */
-export async function registeredOid(
-  registry: pg.Client,
-  slot: string,
-  schema: string,
-  table: string,
-): Promise<number | null> {
-  const res = await registry.query(
-    `SELECT relation_oid::int8 AS oid FROM cdc_registry.table_state
-     WHERE slot_name = $1 AND schema_name = $2 AND table_name = $3
-     ORDER BY mode <> 'dropped' DESC, updated_at DESC LIMIT 1`,
-    [slot, schema, table],
-  );
-  return res.rows[0] ? Number(res.rows[0].oid) : null;
-}
-
-/**
- * The files of one relation in replay order: a full_reload (see
- * {@linkcode ReplayOptions}), then the streaming files that reach past it.
- */
-export async function replayFiles(
-  registry: pg.Client,
-  slot: string,
-  oid: number,
-  from: "newest" | "first" = "newest",
-): Promise<ReplayFile[]> {
-  const res = await registry.query(
-    `WITH reloads AS (
-       SELECT start_lsn, reload_reason FROM cdc_registry.file_log
-       WHERE slot_name = $1 AND relation_oid = $2 AND file_type = 'full_reload'),
-     base AS (
-       SELECT CASE WHEN $3 = 'first'
-         THEN COALESCE((SELECT max(start_lsn) FROM reloads WHERE reload_reason IN ('ddl', 'rename')),
-                       (SELECT min(start_lsn) FROM reloads))
-         ELSE (SELECT max(start_lsn) FROM reloads) END AS lsn)
-     SELECT f.path, f.file_type, f.start_lsn::text AS start_lsn
-     FROM cdc_registry.file_log f, base
-     WHERE f.slot_name = $1 AND f.relation_oid = $2
-       AND ((f.file_type = 'full_reload' AND f.start_lsn = base.lsn)
-         OR (f.file_type = 'streaming' AND (base.lsn IS NULL OR f.end_lsn >= base.lsn))
-         OR (f.file_type = 'ddl' AND base.lsn IS NOT NULL AND f.start_lsn >= base.lsn))
-     ORDER BY f.start_lsn, COALESCE(f.start_seq, -1)`,
-    [slot, oid, from],
-  );
-  return res.rows.map((r) => ({
-    path: r.path,
-    fileType: r.file_type,
-    startLsn: parseLsn(r.start_lsn),
-  }));
-}
-
 /** Replays a table's files from `dataDir`; returns the rebuilt table. */
 export async function replayTable(
-  registry: pg.Client,
+  registry: Registry,
   dataDir: string,
-  slot: string,
   schema: string,
   table: string,
   options: ReplayOptions = {},
 ): Promise<{ replay: TableReplay | null; files: number; rows: number }> {
-  const oid = options.oid ?? await registeredOid(registry, slot, schema, table);
+  const oid = options.oid ?? await registry.registeredOid(schema, table);
   if (oid === null) return { replay: null, files: 0, rows: 0 };
-  const files = await replayFiles(registry, slot, oid, options.from);
+  const files = await registry.replayFiles(oid, options.from);
   let replay: TableReplay | null = null;
   let base: Lsn | null = null;
   let rows = 0;

@@ -20,6 +20,14 @@ export const PINNED_SETTINGS: Readonly<Record<string, string>> = {
 
 const OPTIONS = Object.entries(PINNED_SETTINGS).map(([k, v]) => `-c ${k}=${v}`).join(" ");
 
+/**
+ * The registry's commits must be durable before the slot is acknowledged:
+ * a server (or role) with `synchronous_commit = off` could lose a commit it
+ * reported in a crash, and with it files whose changes the slot no longer
+ * holds. So registry connections always commit synchronously.
+ */
+const REGISTRY_OPTIONS = `${OPTIONS} -c synchronous_commit=on`;
+
 /** Options for {@linkcode connect}. */
 export interface ConnectOptions {
   /** Open a logical replication connection (`replication=database`). */
@@ -105,7 +113,7 @@ export async function connect(
   try {
     client = new pg.Client({
       ...(url ? { connectionString: url } : {}),
-      options: OPTIONS,
+      options: role === "registry" ? REGISTRY_OPTIONS : OPTIONS,
       application_name: options.applicationName ?? "cdc-egress",
       connectionTimeoutMillis: 15_000,
       ...(options.replication ? { replication: "database" } : {}),

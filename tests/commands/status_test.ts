@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { testMajors } from "../../scripts/embedded_postgres.ts";
 import { runCli, waitFor } from "../harness/cli.ts";
-import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 
 // deno-lint-ignore no-explicit-any
 type Doc = any;
@@ -34,7 +34,7 @@ async function lsnLe(w: StreamEnv, a: string, b: string): Promise<boolean> {
 
 /** Asserts the per-table part of the report against table_state and file_log. */
 async function assertTablesMatchRegistry(w: StreamEnv, doc: Doc): Promise<void> {
-  const res = await w.db.query(
+  const res = await w.registry.query(
     `SELECT s.schema_name || '.' || s.table_name AS name, s.mode, s.reload_lsn::text AS reload_lsn,
             s.last_batch_ts,
             (SELECT count(*) FROM cdc_registry.file_log f WHERE f.schema_name = s.schema_name
@@ -57,7 +57,7 @@ async function assertTablesMatchRegistry(w: StreamEnv, doc: Doc): Promise<void> 
 }
 
 for (const version of testMajors()) {
-  Deno.test(`status reports the slot, tables and reloads (PG ${version})`, async (t) => {
+  Deno.test(`status reports the slot, tables and reloads (PG ${version}${layoutSuffix()})`, async (t) => {
     await using w = await streamEnv(version);
     const db = w.db;
 
@@ -82,7 +82,7 @@ for (const version of testMajors()) {
     await w.caughtUp();
     await waitFor("both tables to have streaming files", async () =>
       Number(
-        (await db.query(
+        (await w.registry.query(
           `SELECT count(DISTINCT table_name) AS n FROM cdc_registry.file_log
            WHERE file_type = 'streaming'`,
         )).rows[0].n,
@@ -114,7 +114,7 @@ for (const version of testMajors()) {
       assert.equal(doc.slot.active, false);
       assert.equal(doc.slot.active_pid, null);
       assert.equal(doc.slot.confirmed_flush_lsn, slot.confirmed);
-      const cp = (await db.query(
+      const cp = (await w.registry.query(
         "SELECT checkpoint_lsn::text AS lsn FROM cdc_registry.checkpoint WHERE slot_name = 'cdc_egress'",
       )).rows[0];
       assert.equal(doc.checkpoint.lsn, cp.lsn);
@@ -142,7 +142,7 @@ for (const version of testMajors()) {
       );
       assert.equal(doc.tables.find((x: Doc) => x.name === "public.orders").mode, "pending_reload");
       await assertTablesMatchRegistry(w, doc);
-      await db.query(
+      await w.registry.query(
         `UPDATE cdc_registry.reload_operations SET state = 'failed', error = 'boom',
            finished_at = now() WHERE state = 'requested'`,
       );

@@ -14,7 +14,7 @@ import { testMajors } from "../../scripts/embedded_postgres.ts";
 import { CsvRecordCounter } from "../../src/commands/verify.ts";
 import { type CsvField, parseCsv } from "../../src/replay/csv_reader.ts";
 import { type CliResult, runCli, waitFor } from "../harness/cli.ts";
-import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 
 Deno.test("CsvRecordCounter counts records, not newlines inside quotes", () => {
   const enc = new TextEncoder();
@@ -36,7 +36,7 @@ Deno.test("CsvRecordCounter counts records, not newlines inside quotes", () => {
 
 /** Files of `public.orders` of one type, in LSN order. */
 async function files(w: StreamEnv, type = "streaming", table = "orders") {
-  const res = await w.db.query(
+  const res = await w.registry.query(
     `SELECT id, path, start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
             row_count, byte_size, sha256
      FROM cdc_registry.file_log WHERE schema_name = 'public' AND table_name = $2
@@ -90,12 +90,13 @@ async function withFile(path: string, fn: (bytes: Uint8Array) => Promise<void>):
 
 /** Restores one file_log row after `fn`. */
 async function withRow(w: StreamEnv, path: string, fn: () => Promise<void>): Promise<void> {
-  const saved = (await w.db.query("SELECT * FROM cdc_registry.file_log WHERE path = $1", [path]))
-    .rows[0];
+  const saved =
+    (await w.registry.query("SELECT * FROM cdc_registry.file_log WHERE path = $1", [path]))
+      .rows[0];
   try {
     await fn();
   } finally {
-    await w.db.query(
+    await w.registry.query(
       `UPDATE cdc_registry.file_log SET start_lsn = $2, end_lsn = $3, start_seq = $4,
          end_seq = $5, row_count = $6, byte_size = $7, sha256 = $8 WHERE path = $1`,
       [
@@ -143,7 +144,7 @@ async function buildWorld(w: StreamEnv): Promise<void> {
   await w.caughtUp();
   const streamingFiles = async () =>
     Number(
-      (await db.query(
+      (await w.registry.query(
         `SELECT count(*) AS n FROM cdc_registry.file_log
          WHERE table_name = 'orders' AND file_type = 'streaming'`,
       )).rows[0].n,
@@ -184,7 +185,7 @@ async function buildWorld(w: StreamEnv): Promise<void> {
 }
 
 for (const version of testMajors()) {
-  Deno.test(`verify finds every kind of inconsistency (PG ${version})`, async (t) => {
+  Deno.test(`verify finds every kind of inconsistency (PG ${version}${layoutSuffix()})`, async (t) => {
     await using w = await streamEnv(version);
     await buildWorld(w);
     const streaming = await files(w);
@@ -212,7 +213,7 @@ for (const version of testMajors()) {
       assert.equal(orders.deep.replayed_rows, live);
       assert.equal(orders.deep.matching_rows, live);
       const registered = Number(
-        (await w.db.query("SELECT count(*) AS n FROM cdc_registry.file_log")).rows[0].n,
+        (await w.registry.query("SELECT count(*) AS n FROM cdc_registry.file_log")).rows[0].n,
       );
       assert.equal(doc.files_checked, registered);
       // --table narrows the check.
@@ -247,7 +248,7 @@ for (const version of testMajors()) {
 
     await t.step("a registry row count that lies", async () => {
       await withRow(w, target.path, async () => {
-        await w.db.query(
+        await w.registry.query(
           "UPDATE cdc_registry.file_log SET row_count = row_count + 1 WHERE path = $1",
           [target.path],
         );
@@ -288,7 +289,7 @@ for (const version of testMajors()) {
     await t.step("overlapping LSN ranges", async () => {
       const [a, b] = streaming;
       await withRow(w, a.path, async () => {
-        await w.db.query(
+        await w.registry.query(
           "UPDATE cdc_registry.file_log SET end_lsn = $2, end_seq = $3 WHERE path = $1",
           [a.path, b.start_lsn, b.start_seq],
         );
@@ -305,7 +306,7 @@ for (const version of testMajors()) {
         // 1 byte below the reload LSN: the file now starts before it and ends after it.
         const lsn = (await w.db.query("SELECT ($1::pg_lsn - 1)::text AS l", [reload.start_lsn]))
           .rows[0].l;
-        await w.db.query(
+        await w.registry.query(
           "UPDATE cdc_registry.file_log SET start_lsn = $2::pg_lsn WHERE path = $1",
           [target.path, lsn],
         );
@@ -341,7 +342,7 @@ for (const version of testMajors()) {
       await withFile(path, async () => {
         await withRow(w, at.path, async () => {
           await Deno.writeFile(path, bytes);
-          await w.db.query(
+          await w.registry.query(
             "UPDATE cdc_registry.file_log SET sha256 = $2, byte_size = $3 WHERE path = $1",
             [at.path, createHash("sha256").update(bytes).digest("hex"), bytes.length],
           );
@@ -379,7 +380,13 @@ for (const version of testMajors()) {
       url.pathname = "/other";
       const notInit = await runCli(["verify", "--json"], { ...w.env, CDC_SOURCE_URL: String(url) });
       assert.equal(notInit.code, 2, notInit.stderr);
-      assert.match(notInit.stderr, /run "cdc-egress init" first/);
+      // A separate registry is initialized, but records the slot for the first database.
+      assert.match(
+        notInit.stderr,
+        w.separateRegistry
+          ? /Cannot verify slot "cdc_egress": the registry records it for another source \(database "postgres"/
+          : /run "cdc-egress init" first/,
+      );
       assert.equal(JSON.parse(notInit.stdout).ok, false);
       const unknown = await verify(w, "--table", "nosuch");
       assert.equal(unknown.code, 2, unknown.stderr);

@@ -12,6 +12,7 @@ import { gunzipSync } from "node:zlib";
 // @ts-types="npm:@types/pg@8.23.1"
 import pg from "pg";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
+import { OWNER_FILE } from "../../src/write/data_dir_owner.ts";
 import { type CliProcess, waitFor } from "./cli.ts";
 import type { StreamEnv } from "./stream_env.ts";
 import { prng } from "./prng.ts";
@@ -328,12 +329,19 @@ export async function stopCleanly(p: CliProcess): Promise<void> {
 }
 
 /** Waits until no cdc-egress backend is left (after a kill: walsender, lock, export workers). */
-export async function waitForBackendsGone(db: pg.Client): Promise<void> {
+export async function waitForBackendsGone(
+  db: pg.Client,
+  registry: pg.Client = db,
+): Promise<void> {
   await waitFor("the killed stream's backends to exit", async () => {
-    const res = await db.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
-    );
-    return res.rows[0].n === 0;
+    // The registry's backend holds the stream's advisory lock: it must be gone too.
+    for (const c of new Set([db, registry])) {
+      const res = await c.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
+      );
+      if (res.rows[0].n !== 0) return false;
+    }
+    return true;
   }, 30_000);
 }
 
@@ -430,7 +438,7 @@ export async function readRegisteredCsv(
  *   folders).
  */
 export async function checkDataDir(w: StreamEnv): Promise<LoggedFile[]> {
-  const files = await fileLog(w.db);
+  const files = await fileLog(w.registry);
   const tree = await listTree(w.dataDir);
   const temps = tree.filter((p) => p.replace(/\/$/, "").split("/").pop()!.startsWith(".tmp-"));
   assert.deepEqual(temps, [], "temp files left in the data dir");
@@ -460,6 +468,7 @@ export async function checkDataDir(w: StreamEnv): Promise<LoggedFile[]> {
   }
   const strays = tree.filter((p) => {
     if (p.startsWith(".spool/") || p === ".spool/") return false;
+    if (p === OWNER_FILE) return false;
     if (p.endsWith("/")) {
       // Table folders hold batch folders; batch folders must hold a registered file.
       const depth = p.split("/").length - 1;
@@ -503,7 +512,7 @@ export async function exportLsns(db: pg.Client): Promise<Map<string, string>> {
 export async function assertChangesOnce(w: StreamEnv, tables: readonly TableName[]) {
   const dups: string[] = [];
   for (const t of tables) {
-    const files = (await fileLog(w.db)).filter((f) =>
+    const files = (await fileLog(w.registry)).filter((f) =>
       f.schema === t.schema && f.table === t.table && f.fileType === "streaming"
     );
     const seen = new Set<string>();

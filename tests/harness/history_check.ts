@@ -16,7 +16,7 @@ export async function relationRows(
   w: StreamEnv,
   oid: number,
 ): Promise<(string | null)[][]> {
-  const res = await w.db.query(
+  const res = await w.registry.query(
     `SELECT path FROM cdc_registry.file_log WHERE relation_oid = $1 AND file_type = 'streaming'
      ORDER BY start_lsn, start_seq`,
     [oid],
@@ -44,7 +44,15 @@ export async function assertBothReplaysEqual(
 ): Promise<void> {
   const live = await liveRows(w.db, schema, table);
   for (const from of ["newest", "first"] as const) {
-    const replayed = await replayedRows(w.db, w.dataDir, schema, table, "cdc_egress", from);
+    const replayed = await replayedRows(
+      w.registry,
+      w.dataDir,
+      schema,
+      table,
+      "cdc_egress",
+      from,
+      w.db,
+    );
     if (JSON.stringify(replayed) !== JSON.stringify(live)) {
       const r = new Set(replayed);
       const l = new Set(live);
@@ -62,8 +70,8 @@ export async function assertBothReplaysEqual(
  * the position their content is valid from, within each table dir.
  */
 export async function assertFolderOrder(w: StreamEnv): Promise<void> {
-  const files = await fileLog(w.db);
-  const oids = await w.db.query(
+  const files = await fileLog(w.registry);
+  const oids = await w.registry.query(
     "SELECT id::int8, relation_oid::int8 AS oid, table_dir FROM cdc_registry.file_log",
   );
   const meta = new Map(oids.rows.map((r) => [Number(r.id), r]));

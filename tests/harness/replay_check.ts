@@ -9,6 +9,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { parse as parseYaml } from "yaml";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
+import { Registry } from "../../src/registry/registry.ts";
 import { replayTable } from "../../src/replay/replay_files.ts";
 import { qualifiedName } from "../../src/source/table_selection.ts";
 
@@ -59,8 +60,9 @@ export async function liveRows(
 }
 
 /**
- * Replays the files of a table (newest full_reload, then later streaming
- * rows) and returns its sorted rows.
+ * Replays the files of the relation a table name means in `source` (newest
+ * full_reload, or the first one, then later streaming rows) and returns its
+ * sorted rows. `client` is the registry's connection.
  */
 export async function replayedRows(
   client: pg.Client,
@@ -69,11 +71,18 @@ export async function replayedRows(
   table: string,
   slot = "cdc_egress",
   from: "newest" | "first" = "newest",
+  source: pg.Client = client,
 ): Promise<string[]> {
-  const live = await client.query("SELECT to_regclass($1)::oid::int8 AS oid", [
+  const live = await source.query("SELECT to_regclass($1)::oid::int8 AS oid", [
     qualifiedName({ schema, table }),
   ]);
   const oid = live.rows[0]?.oid == null ? undefined : Number(live.rows[0].oid);
-  const { replay } = await replayTable(client, dataDir, slot, schema, table, { from, oid });
+  const { replay } = await replayTable(
+    new Registry(client, slot),
+    dataDir,
+    schema,
+    table,
+    { from, oid },
+  );
   return replay?.sortedRows() ?? [];
 }

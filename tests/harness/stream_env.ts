@@ -2,6 +2,10 @@
  * One integration-test world: a fresh cluster, a database client, a data
  * dir, the CLI environment, and helpers to run `init` and `stream` and wait
  * until the stream has registered everything written so far.
+ *
+ * `CDC_TEST_REGISTRY=separate` puts the registry in a second cluster
+ * (`--registry-url`), so the same tests cover both layouts; `registry` is
+ * then a client of that cluster, else the source client itself.
  */
 
 // @ts-types="npm:@types/pg@8.23.1"
@@ -14,6 +18,14 @@ import { liveRows, replayedRows } from "./replay_check.ts";
 export interface StreamEnv {
   cluster: Cluster;
   db: pg.Client;
+  /** The registry's cluster: `cluster` unless the registry is separate. */
+  registryCluster: Cluster;
+  /** A client of the registry database (`db` unless the registry is separate). */
+  registry: pg.Client;
+  /** Whether the registry is in a second cluster. */
+  separateRegistry: boolean;
+  /** Replaces `registry` with a new connection (after the registry server restarted). */
+  reconnectRegistry(): Promise<void>;
   dataDir: string;
   env: Record<string, string>;
   /** Runs `init`; throws with its stderr unless it exits 0. */
@@ -27,16 +39,47 @@ export interface StreamEnv {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** Whether `CDC_TEST_REGISTRY=separate` asks for the registry in a second cluster. */
+export function separateRegistryRequested(): boolean {
+  const v = Deno.env.get("CDC_TEST_REGISTRY") ?? "source";
+  if (v !== "source" && v !== "separate") {
+    throw new RangeError(`Cannot use CDC_TEST_REGISTRY="${v}": expected source or separate`);
+  }
+  return v === "separate";
+}
+
+/** " (registry separate)" in test names when the registry is in a second cluster. */
+export function layoutSuffix(): string {
+  return separateRegistryRequested() ? ", registry separate" : "";
+}
+
+/** Starts a small cluster for a registry of its own. */
+export function startRegistryCluster(version: PgMajor): Promise<Cluster> {
+  return startCluster({ version, settings: { shared_buffers: "32MB", wal_level: "replica" } });
+}
+
 /** Starts a cluster of `version` with a client and a temp data dir. */
 export async function streamEnv(
   version: PgMajor,
   settings: Record<string, string | number> = {},
+  options: { separateRegistry?: boolean } = {},
 ): Promise<StreamEnv> {
+  const separate = options.separateRegistry ?? separateRegistryRequested();
   const cluster = await startCluster({ version, settings });
+  const registryCluster = separate ? await startRegistryCluster(version) : cluster;
   const db = new pg.Client({ connectionString: cluster.url() });
   await db.connect();
+  // Errors of a registry that a test restarts must not crash the test process.
+  db.on("error", () => {});
+  let registry = db;
+  if (separate) {
+    registry = new pg.Client({ connectionString: registryCluster.url() });
+    registry.on("error", () => {});
+    await registry.connect();
+  }
   const dataDir = await Deno.makeTempDir({ prefix: "cdc-data-" });
   const env: Record<string, string> = {
+    ...(separate ? { CDC_REGISTRY_URL: registryCluster.url() } : {}),
     CDC_SOURCE_URL: cluster.url(),
     CDC_DATA_DIR: dataDir,
     CDC_BATCH_INTERVAL: "1s",
@@ -47,6 +90,17 @@ export async function streamEnv(
   const world: StreamEnv = {
     cluster,
     db,
+    registryCluster,
+    registry,
+    separateRegistry: separate,
+    async reconnectRegistry() {
+      if (!separate) throw new Error("the registry is the source: reconnect db instead");
+      await world.registry.end().catch(() => {});
+      const c = new pg.Client({ connectionString: registryCluster.url() });
+      c.on("error", () => {});
+      await c.connect();
+      world.registry = c;
+    },
     dataDir,
     env,
     async init() {
@@ -73,26 +127,40 @@ export async function streamEnv(
         timeoutMs,
       );
       // Exports are not covered by the slot position: wait until every
-      // published table has a registered export and none is pending.
+      // published table (a source question) has a registered export and
+      // none is pending (registry questions).
       await waitFor(
         "every published table to be exported",
-        async () =>
-          (await db.query(
+        async () => {
+          const published = (await db.query(
+            `SELECT to_regclass(format('%I.%I', schemaname, tablename))::oid::int8 AS oid
+             FROM pg_publication_tables
+             WHERE pubname = 'cdc_egress' AND schemaname <> 'cdc_registry'`,
+          )).rows;
+          return (await world.registry.query(
             `SELECT NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations
                                 WHERE state IN ('requested', 'exporting'))
                 AND NOT EXISTS (
-                  SELECT 1 FROM pg_publication_tables p WHERE p.pubname = 'cdc_egress'
-                    AND p.schemaname <> 'cdc_registry'
-                    AND NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s
-                                    WHERE s.relation_oid = to_regclass(
-                                            format('%I.%I', p.schemaname, p.tablename))
+                  SELECT 1 FROM unnest($1::oid[]) AS p(oid)
+                  WHERE NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s
+                                    WHERE s.relation_oid = p.oid
                                       AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))) AS ok`,
-          )).rows[0]?.ok,
+            [published.map((r) => r.oid)],
+          )).rows[0]?.ok;
+        },
         timeoutMs,
       );
     },
     async assertReplayEquals(schema, table) {
-      const replayed = await replayedRows(db, dataDir, schema, table);
+      const replayed = await replayedRows(
+        world.registry,
+        dataDir,
+        schema,
+        table,
+        "cdc_egress",
+        "newest",
+        db,
+      );
       const live = await liveRows(db, schema, table);
       if (JSON.stringify(replayed) !== JSON.stringify(live)) {
         const r = new Set(replayed);
@@ -109,6 +177,10 @@ export async function streamEnv(
     async [Symbol.asyncDispose]() {
       for (const p of processes) await p.stop("SIGKILL");
       await db.end().catch(() => {});
+      if (separate) {
+        await world.registry.end().catch(() => {});
+        await registryCluster.destroy();
+      }
       await cluster.destroy();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     },

@@ -23,7 +23,8 @@ import { type Lsn, maxLsn, parseLsn, ZERO_LSN } from "../../src/lsn.ts";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
 import { type CliProcess, runCli, waitFor } from "../harness/cli.ts";
 import { registeredRows } from "../harness/replay_check.ts";
-import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { OWNER_FILE } from "../../src/write/data_dir_owner.ts";
+import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 import { prng } from "../harness/prng.ts";
 
 const ROUNDS = Number(Deno.env.get("CDC_CRASH_ROUNDS") ?? 26);
@@ -174,25 +175,31 @@ async function listFiles(dir: string): Promise<string[]> {
  */
 async function sampleSlot(
   db: pg.Client,
+  registry: pg.Client,
   initialConfirmed: string,
   stop: () => boolean,
 ): Promise<{ samples: number; violations: string[] }> {
   let samples = 0;
   const violations: string[] = [];
   while (!stop()) {
-    await checkSlot(db, initialConfirmed, violations);
+    await checkSlot(db, registry, initialConfirmed, violations);
     samples++;
     await sleep(15);
   }
   return { samples, violations };
 }
 
-async function checkSlot(db: pg.Client, initialConfirmed: string, violations: string[]) {
+async function checkSlot(
+  db: pg.Client,
+  registry: pg.Client,
+  initialConfirmed: string,
+  violations: string[],
+) {
   const slot = await db.query(
     "SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = 'cdc_egress'",
   );
   const confirmed: string = slot.rows[0].lsn;
-  const cp = await db.query(
+  const cp = await registry.query(
     `SELECT checkpoint_lsn::text AS cp, $1::pg_lsn <= checkpoint_lsn AS ok
      FROM cdc_registry.checkpoint WHERE slot_name = 'cdc_egress'`,
     [confirmed],
@@ -214,7 +221,7 @@ async function initialExportDone(w: StreamEnv, stream: CliProcess): Promise<void
   let exited = false;
   stream.exited().then(() => exited = true);
   await waitFor("the initial export", async () => {
-    const res = await w.db.query(
+    const res = await w.registry.query(
       `SELECT count(DISTINCT table_name)::int AS n FROM cdc_registry.file_log
        WHERE slot_name = 'cdc_egress' AND file_type = 'full_reload'`,
     );
@@ -223,12 +230,19 @@ async function initialExportDone(w: StreamEnv, stream: CliProcess): Promise<void
 }
 
 /** Waits until no cdc-egress backend is left (the killed process's walsender and lock). */
-async function waitForBackendsGone(db: pg.Client): Promise<void> {
+async function waitForBackendsGone(
+  db: pg.Client,
+  registry: pg.Client = db,
+): Promise<void> {
   await waitFor("the killed stream's backends to exit", async () => {
-    const res = await db.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
-    );
-    return res.rows[0].n === 0;
+    // The registry's backend holds the stream's advisory lock: it must be gone too.
+    for (const c of new Set([db, registry])) {
+      const res = await c.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'cdc-egress%'`,
+      );
+      if (res.rows[0].n !== 0) return false;
+    }
+    return true;
   }, 30_000);
 }
 
@@ -240,7 +254,7 @@ async function waitForBackendsGone(db: pg.Client): Promise<void> {
 async function checkAfterKill(
   w: StreamEnv,
 ): Promise<{ temps: number; renamePending: number; exportTemps: number }> {
-  const registered = await w.db.query(
+  const registered = await w.registry.query(
     "SELECT path FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress'",
   );
   const onDisk = new Set(await listFiles(w.dataDir));
@@ -261,7 +275,7 @@ async function checkAfterKill(
 
 /** Moves the newest registered file back to its temp name; false if there is none. */
 async function unrenameNewest(w: StreamEnv): Promise<boolean> {
-  const newest = await w.db.query(
+  const newest = await w.registry.query(
     "SELECT path FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress' ORDER BY id DESC LIMIT 1",
   );
   if (newest.rowCount === 0) return false;
@@ -277,7 +291,7 @@ async function unrenameNewest(w: StreamEnv): Promise<boolean> {
 
 /** Checks the registry against the files and the files against each other. */
 async function checkFiles(w: StreamEnv): Promise<void> {
-  const registered = await w.db.query(
+  const registered = await w.registry.query(
     `SELECT path, file_type, byte_size::int8::text AS byte_size, sha256, row_count::int AS rows,
             start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq
      FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress' ORDER BY path`,
@@ -303,7 +317,7 @@ async function checkFiles(w: StreamEnv): Promise<void> {
     );
   }
   const unregistered = onDisk.filter((p) => {
-    if (registeredPaths.has(p)) return false;
+    if (registeredPaths.has(p) || p === OWNER_FILE) return false;
     const [dir, name] = [p.replace(/\/[^/]+$/, ""), p.split("/").pop()];
     return !(name === "schema.yml" && registeredDirs.has(dir));
   });
@@ -317,7 +331,7 @@ async function checkFiles(w: StreamEnv): Promise<void> {
  * two tables' exports a transaction is split between export and stream.)
  */
 async function checkExactlyOnce(w: StreamEnv): Promise<number> {
-  const exports = await w.db.query(
+  const exports = await w.registry.query(
     `SELECT table_name, max(start_lsn)::text AS lsn FROM cdc_registry.file_log
      WHERE slot_name = 'cdc_egress' AND file_type = 'full_reload' GROUP BY table_name`,
   );
@@ -329,7 +343,7 @@ async function checkExactlyOnce(w: StreamEnv): Promise<number> {
   const seqsByLsn = new Map<string, number[]>();
   const early: string[] = [];
   for (const table of TABLES) {
-    const { rows } = await registeredRows(w.db, w.dataDir, "public", table);
+    const { rows } = await registeredRows(w.registry, w.dataDir, "public", table);
     for (const r of rows) {
       const lsn = parseLsn(r[1]!);
       if (lsn < (boundary.get(table) ?? ZERO_LSN)) early.push(`${table} ${r[1]}#${r[2]}`);
@@ -359,7 +373,7 @@ async function checkExactlyOnce(w: StreamEnv): Promise<number> {
 for (const version of testMajors()) {
   Deno.test({
     name:
-      `crash: kill -9 of stream under writes loses and duplicates nothing (PostgreSQL ${version})`,
+      `crash: kill -9 of stream under writes loses and duplicates nothing (PostgreSQL ${version}${layoutSuffix()})`,
     sanitizeOps: false,
     sanitizeResources: false,
   }, async () => {
@@ -385,10 +399,11 @@ for (const version of testMajors()) {
 
     const writer = await connect(w.cluster.url());
     const sampler = await connect(w.cluster.url());
+    const registrySampler = w.separateRegistry ? await connect(w.registryCluster.url()) : sampler;
     let stopWorkload = false;
     let stopSampler = false;
     const writing = workload(writer, prng(seed ^ 0x5eed), () => stopWorkload);
-    const sampling = sampleSlot(sampler, initialConfirmed, () => stopSampler);
+    const sampling = sampleSlot(sampler, registrySampler, initialConfirmed, () => stopSampler);
     writing.catch(() => {});
     sampling.catch(() => {});
     let workloadDone = false;
@@ -424,7 +439,7 @@ for (const version of testMajors()) {
           );
         }
         assert.ok(!workloadDone, "the workload stopped early");
-        await waitForBackendsGone(w.db);
+        await waitForBackendsGone(w.db, w.registry);
         if (graceful) {
           // Every few rounds a SIGTERM under writes: a clean exit leaves
           // only registered, complete files.
@@ -458,7 +473,7 @@ for (const version of testMajors()) {
       const code = await current.stop("SIGTERM");
       assert.equal(code, 0, "exit code of the final stream");
       const final: string[] = [];
-      await checkSlot(w.db, initialConfirmed, final);
+      await checkSlot(w.db, w.registry, initialConfirmed, final);
       assert.deepEqual([...violations, ...final], [], "confirmed_flush_lsn passed the checkpoint");
       assert.ok(samples > 100, `only ${samples} slot samples`);
 
@@ -467,7 +482,7 @@ for (const version of testMajors()) {
       assert.equal(verify.code, 0, `verify --deep:\n${verify.stdout}${verify.stderr}`);
       const changes = await checkExactlyOnce(w);
       await checkFiles(w);
-      const files = await w.db.query("SELECT count(*)::int AS n FROM cdc_registry.file_log");
+      const files = await w.registry.query("SELECT count(*)::int AS n FROM cdc_registry.file_log");
       // Big transactions reached us streamed (protocol >= 2) before commit.
       const streamed = await w.db.query(
         "SELECT stream_txns::int AS n FROM pg_stat_replication_slots WHERE slot_name = 'cdc_egress'",
@@ -492,6 +507,7 @@ for (const version of testMajors()) {
       await Promise.allSettled([writing, sampling]);
       await writer.end().catch(() => {});
       await sampler.end().catch(() => {});
+      if (registrySampler !== sampler) await registrySampler.end().catch(() => {});
     }
   });
 }

@@ -25,7 +25,7 @@ import {
   startStream,
   stopCleanly,
 } from "../harness/export_world.ts";
-import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 
 const META_COLUMNS = 7;
 
@@ -71,7 +71,8 @@ async function writeRows(db: pg.Client, step: number, columns: string[]): Promis
 
 for (const version of testMajors()) {
   Deno.test({
-    name: `ddl: column changes, new and dropped tables while streaming (PG ${version})`,
+    name:
+      `ddl: column changes, new and dropped tables while streaming (PG ${version}${layoutSuffix()})`,
     sanitizeOps: false,
     sanitizeResources: false,
   }, async () => {
@@ -141,7 +142,7 @@ for (const version of testMajors()) {
       await w.db.query("INSERT INTO public.t_new VALUES ($1, $2)", [n, `v${n}`]);
       await w.db.query("UPDATE public.t_new SET v = v || '+' WHERE id = $1", [n - 1]);
       await w.db.query("INSERT INTO public.t_new2 VALUES ('later', $1)", [n++]);
-      const files = await fileLog(w.db);
+      const files = await fileLog(w.registry);
       return ["t_new", "t_new2"].every((t) => {
         const exp = files.find((f) => f.table === t && f.fileType === "full_reload");
         return exp && files.some((f) =>
@@ -224,7 +225,7 @@ for (const version of testMajors()) {
         "DROP TABLE public.other",
       ),
     );
-    const modes = await w.db.query(
+    const modes = await w.registry.query(
       "SELECT table_name, mode FROM cdc_registry.table_state ORDER BY 1",
     );
     assert.deepEqual(modes.rows, [
@@ -239,7 +240,7 @@ for (const version of testMajors()) {
     await w.db.query("INSERT INTO public.t (id, a, c2, d) VALUES (9999, 1, 2, 'after restart')");
     await w.caughtUp();
     await stopCleanly(again);
-    const after = await fileLog(w.db);
+    const after = await fileLog(w.registry);
     assert.deepEqual(
       after.filter((f) => f.fileType !== "streaming").map((f) => f.path),
       files.filter((f) => f.fileType !== "streaming").map((f) => f.path),

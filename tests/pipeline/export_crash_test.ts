@@ -33,7 +33,7 @@ import {
   waitForBackendsGone,
   Workload,
 } from "../harness/export_world.ts";
-import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 
 const BIG_ROWS = 1_000_000;
 const ROUNDS = Number(Deno.env.get("CDC_EXPORT_CRASH_ROUNDS") ?? 10);
@@ -44,7 +44,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Whether an export is pending: a table never exported or a reload not done. */
 async function exportPending(w: StreamEnv): Promise<boolean> {
-  const res = await w.db.query(
+  const res = await w.registry.query(
     `SELECT EXISTS (SELECT 1 FROM cdc_registry.reload_operations
                     WHERE state IN ('requested', 'exporting'))
          OR (SELECT count(DISTINCT (schema_name, table_name)) FROM cdc_registry.file_log
@@ -95,7 +95,7 @@ async function bigCopyAt(w: StreamEnv, p: CliProcess, rows: number): Promise<voi
  * crash may fall between the registry commit and the rename).
  */
 async function checkAfterKill(w: StreamEnv): Promise<void> {
-  const registered = new Set((await fileLog(w.db)).map((f) => f.path));
+  const registered = new Set((await fileLog(w.registry)).map((f) => f.path));
   const tree = new Set(await listTree(w.dataDir));
   const unregistered = [...tree].filter((f) => f.endsWith(".csv.gz") && !registered.has(f))
     .filter((f) => !f.split("/").pop()!.startsWith(".tmp-"));
@@ -108,7 +108,8 @@ async function checkAfterKill(w: StreamEnv): Promise<void> {
 
 for (const version of testMajors()) {
   Deno.test({
-    name: `export crash: kill -9 during the initial export and reloads (PG ${version})`,
+    name:
+      `export crash: kill -9 during the initial export and reloads (PG ${version}${layoutSuffix()})`,
     sanitizeOps: false,
     sanitizeResources: false,
   }, async () => {
@@ -127,7 +128,9 @@ for (const version of testMajors()) {
         // kill reloads, some after they finished.
         const exported = async () =>
           new Set(
-            (await fileLog(w.db)).filter((f) => f.fileType === "full_reload").map((f) => f.table),
+            (await fileLog(w.registry)).filter((f) => f.fileType === "full_reload").map((f) =>
+              f.table
+            ),
           );
         let initial = round < ROUNDS / 2 && (await exported()).size < MIXED_TABLES.length;
         let request: "before" | "while" | null = null;
@@ -164,7 +167,7 @@ for (const version of testMajors()) {
         if (initial) kills.initial++;
         else kills.reload++;
         await workload.check();
-        await waitForBackendsGone(w.db);
+        await waitForBackendsGone(w.db, w.registry);
         await checkAfterKill(w);
       }
       assert.deepEqual(
@@ -181,13 +184,13 @@ for (const version of testMajors()) {
 
       for (const t of MIXED_TABLES) await w.assertReplayEquals(t.schema, t.table);
       const files = await checkDataDir(w);
-      await assertNoStraddle(w.db);
+      await assertNoStraddle(w.registry);
       await assertChangesOnce(w, MIXED_TABLES);
-      const ops = await w.db.query(
+      const ops = await w.registry.query(
         "SELECT id, schema_name, table_name, state, error FROM cdc_registry.reload_operations",
       );
       assert.deepEqual(ops.rows.filter((o) => o.state !== "done"), [], "unfinished reloads");
-      const modes = await w.db.query(
+      const modes = await w.registry.query(
         "SELECT schema_name, table_name, mode FROM cdc_registry.table_state WHERE mode <> 'streaming'",
       );
       assert.deepEqual(modes.rows, [], "tables not streaming");
