@@ -16,8 +16,9 @@ import { recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
-import { Registry } from "../registry/registry.ts";
+import { Registry, REGISTRY_APPLICATION_NAME } from "../registry/registry.ts";
 import { connect, redact } from "../source/connect.ts";
+import { classifyFailure, type FailureClass, retryDelayMs } from "../source/retry_policy.ts";
 import { StreamMetrics } from "../observe/metrics.ts";
 import { SlotMonitor } from "../observe/slot_monitor.ts";
 import { type ObserveServer, serveObservability } from "../observe/http_server.ts";
@@ -143,13 +144,6 @@ interface StreamContext {
   onStreaming: (pipeline: StreamPipeline) => void;
 }
 
-const NEVER_RETRY = new Set(["config", "not_initialized", "server", "data_dir", "unknown_table"]);
-
-/** Whether a failed session should be retried (only once streaming has worked). */
-function retryable(error: unknown): boolean {
-  return !(error instanceof CdcError && NEVER_RETRY.has(error.code));
-}
-
 /**
  * Runs `stream` until a signal asks it to stop. A session that fails after
  * streaming has started (PostgreSQL restarted, walsender terminated, registry
@@ -212,12 +206,24 @@ export async function streamCommand(config: Config): Promise<void> {
         monitor.setStreaming(false);
         const code = error instanceof CdcError ? error.code : "internal";
         metrics.errors.inc({ type: code });
-        if (!streamedOnce || stopping || !retryable(error)) throw error;
+        if (!streamedOnce || stopping) throw error;
+        const verdict = classifyFailure(error);
+        const message = redactAll(errorLine(error), config);
+        if (!verdict.transient) {
+          logger.error("stream failed; a retry cannot fix this", {
+            error: message,
+            reason: verdict.reason,
+            fix: verdict.fix,
+          });
+          throw notRetried(error, message, verdict);
+        }
         if (Date.now() - startedAt > 60_000) attempt = 0;
-        const delay = Math.min(30_000, 500 * 2 ** attempt++);
+        const delay = retryDelayMs(attempt++);
         metrics.recoveries.inc();
-        logger.warn("stream session failed; reconnecting", {
-          error: redact((error as Error).message.split("\n")[0], config.sourceUrl),
+        logger.warn(`stream session failed (${verdict.reason}); reconnecting`, {
+          error: message,
+          fix: verdict.fix,
+          attempt,
           retry_in_ms: delay,
         });
         await new Promise<void>((resolve) => {
@@ -235,6 +241,23 @@ export async function streamCommand(config: Config): Promise<void> {
   }
 }
 
+/** The first line of an error's message. */
+function errorLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+}
+
+function redactAll(message: string, config: Config): string {
+  return redact(redact(message, config.sourceUrl), config.registryUrl);
+}
+
+/** The error `stream` exits with when a retry cannot help: what failed, why, what to fix. */
+function notRetried(error: unknown, message: string, verdict: FailureClass): Error {
+  const line = `${message} (not retried: ${verdict.reason}; ${verdict.fix})`;
+  return error instanceof CdcError
+    ? new CdcError(error.code, line, { cause: error })
+    : new Error(line, { cause: error });
+}
+
 /** One connection's worth of streaming: preflight, recovery, pipeline. */
 async function runSession(ctx: StreamContext): Promise<void> {
   const { config, dataDir, logger, metrics } = ctx;
@@ -242,14 +265,29 @@ async function runSession(ctx: StreamContext): Promise<void> {
   const clients: pg.Client[] = [source];
   let stream: ReplicationStream | null = null;
   try {
-    const registryClient = config.registryUrl
-      ? await connect(config.registryUrl, { role: "registry" })
-      : await connect(config.sourceUrl, { role: "source" });
+    const registryClient = await connect(config.registryUrl ?? config.sourceUrl, {
+      role: config.registryUrl ? "registry" : "source",
+      registry: true,
+      applicationName: REGISTRY_APPLICATION_NAME,
+    });
     clients.push(registryClient);
     const registry = new Registry(registryClient, config.slot);
     const info = await checkServer(source, config.slot);
     await registry.assertInitialized();
-    const holder = await registry.lockSlot();
+    const holder = await registry.lockSlot({
+      slotActive: async () =>
+        (await source.query(
+          "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active) AS a",
+          [config.slot],
+        )).rows[0].a,
+      onWait: (pid) =>
+        ctx.logger.warn("slot lock held by an idle session without a walsender; waiting", {
+          pid,
+          fix: "nothing if the previous stream process died; it is taken over within a minute",
+        }),
+      onTakeOver: (pid) =>
+        ctx.logger.warn("took over the slot lock of a dead stream session", { pid }),
+    });
     if (holder !== null) {
       throw new CdcError(
         "slot_active",
