@@ -75,6 +75,16 @@ function urlParams(url: string | undefined): URLSearchParams {
 
 /** The TLS settings of a URL plus environment, with libpq's defaults filled in. */
 export function tlsFileSettings(url: string | undefined, env: Env): TlsFileSettings {
+  const rawMode = urlParams(url).get("sslmode") ?? env("PGSSLMODE") ?? "prefer";
+  if (!(MODES as readonly string[]).includes(rawMode)) {
+    throw new TypeError(
+      `Cannot use sslmode "${rawMode}": expected disable, allow, prefer, require, verify-ca or verify-full`,
+    );
+  }
+  return { mode: rawMode as SslMode, ...tlsFiles(url, env) };
+}
+
+function tlsFiles(url: string | undefined, env: Env): Omit<TlsFileSettings, "mode"> {
   const params = urlParams(url);
   const home = env("HOME");
   const dir = home ? join(home, ".postgresql") : "/nonexistent/.postgresql";
@@ -84,18 +94,11 @@ export function tlsFileSettings(url: string | undefined, env: Env): TlsFileSetti
       ? { path: value === "system" ? value : resolve(value), explicit: true }
       : { path: join(dir, fallback), explicit: false };
   };
-  const rawMode = params.get("sslmode") ?? env("PGSSLMODE") ?? "prefer";
-  if (!(MODES as readonly string[]).includes(rawMode)) {
-    throw new TypeError(
-      `Cannot use sslmode "${rawMode}": expected disable, allow, prefer, require, verify-ca or verify-full`,
-    );
-  }
   const rootCert = pick("sslrootcert", "PGSSLROOTCERT", "root.crt");
   const cert = pick("sslcert", "PGSSLCERT", "postgresql.crt");
   const key = pick("sslkey", "PGSSLKEY", "postgresql.key");
   const crl = pick("sslcrl", "PGSSLCRL", "root.crl");
   return {
-    mode: rawMode as SslMode,
     rootCert: rootCert.path,
     cert: cert.path,
     key: key.path,
@@ -114,13 +117,7 @@ export function tlsFileSettings(url: string | undefined, env: Env): TlsFileSetti
  * libpq default, absolute: what the binary needs read permission for.
  */
 export function tlsFilePaths(url: string | undefined, env: Env): string[] {
-  let s: TlsFileSettings;
-  try {
-    s = tlsFileSettings(url, env);
-  } catch {
-    // A bad sslmode is reported by the CLI itself; the paths still count.
-    s = tlsFileSettings(url, (k) => (k === "PGSSLMODE" ? undefined : env(k)));
-  }
+  const s = tlsFiles(url, env);
   return [s.rootCert, s.cert, s.key, s.crl].filter((p) => p !== "system");
 }
 
