@@ -13,6 +13,7 @@ import { liveRows, replayedRows } from "./replay_check.ts";
 /** A cluster plus what a test needs around it. */
 export interface StreamEnv {
   cluster: Cluster;
+  /** Admin client; a fault that restarts PostgreSQL replaces it. */
   db: pg.Client;
   dataDir: string;
   env: Record<string, string>;
@@ -61,11 +62,12 @@ export async function streamEnv(
     async caughtUp(timeoutMs = 90_000) {
       // The insert position, not pg_current_wal_lsn(): with synchronous_commit
       // off the write position can lag behind commits that already returned.
-      const target = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
+      const target =
+        (await world.db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
       await waitFor(
         `the slot to confirm ${target}`,
         async () =>
-          (await db.query(
+          (await world.db.query(
             `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots
              WHERE slot_name = 'cdc_egress'`,
             [target],
@@ -77,7 +79,7 @@ export async function streamEnv(
       await waitFor(
         "every published table to be exported",
         async () =>
-          (await db.query(
+          (await world.db.query(
             `SELECT NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations
                                 WHERE state IN ('requested', 'exporting'))
                 AND NOT EXISTS (
@@ -92,8 +94,8 @@ export async function streamEnv(
       );
     },
     async assertReplayEquals(schema, table) {
-      const replayed = await replayedRows(db, dataDir, schema, table);
-      const live = await liveRows(db, schema, table);
+      const replayed = await replayedRows(world.db, dataDir, schema, table);
+      const live = await liveRows(world.db, schema, table);
       if (JSON.stringify(replayed) !== JSON.stringify(live)) {
         const r = new Set(replayed);
         const l = new Set(live);
@@ -108,7 +110,7 @@ export async function streamEnv(
     },
     async [Symbol.asyncDispose]() {
       for (const p of processes) await p.stop("SIGKILL");
-      await db.end().catch(() => {});
+      await world.db.end().catch(() => {});
       await cluster.destroy();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     },
