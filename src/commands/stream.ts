@@ -146,10 +146,13 @@ interface StreamContext {
 
 /**
  * Runs `stream` until a signal asks it to stop. A session that fails after
- * streaming has started (PostgreSQL restarted, walsender terminated, registry
- * unreachable) is retried with exponential backoff; it resumes exactly where
- * the registered files end. Failures before the first session streams exit
- * at once with their error.
+ * streaming has started is retried with exponential backoff when the
+ * failure is transient (PostgreSQL restarted, connection lost, slots or
+ * WAL senders exhausted, disk full; see `classifyFailure`), with one log
+ * line saying what to fix; it resumes exactly where the registered files
+ * end. A failure no retry can fix (dropped slot, revoked privilege, bad
+ * setting) ends the command with one line saying why. Failures before the
+ * first session streams exit at once with their error.
  */
 export async function streamCommand(config: Config): Promise<void> {
   const logger = new Logger({ level: config.logLevel, format: config.logFormat });

@@ -90,11 +90,11 @@ const SQLSTATES: Record<string, Rule> = {
   ),
   "42704": p(
     "a replication slot or publication does not exist",
-    'run "cdc-egress init" (or init --recreate-slot if the slot was dropped)',
+    'run "cdc-egress init"; if the slot was dropped, reload every table after it (changes made without a slot are lost)',
   ),
   "55000": p(
     "the replication slot cannot be used (invalidated, lost, or wal_level changed)",
-    'run "cdc-egress init --recreate-slot"; the gap is recorded and tables are reloaded',
+    'drop the slot, run "cdc-egress init" and reload every table (changes the slot lost are gone)',
   ),
   "22023": p("a setting has a value the server rejects", "fix the setting named in the error"),
   "42P01": p(

@@ -317,6 +317,31 @@ for (const version of testMajors()) {
 
   Deno.test({
     ...OPTS,
+    name: `faults: a dropped slot ends the stream with one line saying why (PG ${version})`,
+  }, async () => {
+    await using w = await faultWorld(version);
+    const p = await startStream(w);
+    await w.caughtUp();
+    const faults = new Faults(w);
+    // Between the walsender's end and the stream's reconnect the slot is free to drop.
+    await waitFor("the slot to be dropped", async () => {
+      await faults.terminate(walsender());
+      try {
+        await w.db.query("SELECT pg_drop_replication_slot('cdc_egress')");
+        return true;
+      } catch {
+        return false;
+      }
+    }, 60_000);
+    const code = await Promise.race([p.exited(), sleep(60_000).then(() => "still running")]);
+    assert.equal(code, 1, p.stderr.slice(-3000));
+    const errors = p.stderr.split("\n").filter((l) => l.startsWith("error:"));
+    assert.equal(errors.length, 1, p.stderr.slice(-3000));
+    assert.match(errors[0], /slot "cdc_egress" does not exist.*\(not retried: .*cdc-egress init/);
+  });
+
+  Deno.test({
+    ...OPTS,
     name: `faults: replication slots exhausted when a reload starts, then freed (PG ${version})`,
   }, async () => {
     // Our slot and two fillers take every slot.
