@@ -19,7 +19,14 @@ import pg from "pg";
 import { type PgMajor, testMajors } from "../../scripts/embedded_postgres.ts";
 import { type CliProcess, runCli, waitFor } from "../harness/cli.ts";
 import { checkDataDir, fileLog, listTree, startStream } from "../harness/export_world.ts";
-import { exportWorker, Faults, registrySession, SmallDisk, walsender } from "../harness/faults.ts";
+import {
+  exportSnapshotSession,
+  exportWorker,
+  Faults,
+  registrySession,
+  SmallDisk,
+  walsender,
+} from "../harness/faults.ts";
 import { prng } from "../harness/prng.ts";
 import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 
@@ -313,6 +320,70 @@ for (const version of testMajors()) {
     );
     await reloadDone(w, p);
     await assertHealthy(w, p, writer);
+  });
+
+  Deno.test({
+    ...OPTS,
+    name: `faults: PostgreSQL fast restart while a reload's snapshot waits (PG ${version})`,
+  }, async () => {
+    await using w = await faultWorld(version);
+    const p = await startStream(w);
+    await w.caughtUp();
+    const writer = new ResilientWriter(w, 0x5b + version);
+    // An open transaction with an xid makes CREATE_REPLICATION_SLOT wait.
+    const open = new pg.Client({ connectionString: w.cluster.url() });
+    open.on("error", () => {});
+    await open.connect();
+    await open.query("BEGIN");
+    await open.query("INSERT INTO public.side VALUES (-1, 'open')");
+    const r = await runCli(["reload", "public.big"], w.env);
+    assert.equal(r.code, 0, r.stderr);
+    const faults = new Faults(w);
+    await waitFor("the export snapshot to wait for the open transaction", async () => {
+      await assertRunning(p);
+      return (await faults.backends()).some((b) =>
+        exportSnapshotSession(b) && /CREATE_REPLICATION_SLOT/i.test(b.query) &&
+        b.state === "active"
+      );
+    }, 60_000);
+    await faults.restart("fast");
+    await open.end().catch(() => {});
+    await reloadDone(w, p);
+    await assertHealthy(w, p, writer);
+  });
+
+  Deno.test({
+    ...OPTS,
+    name: `faults: the slot lock of a frozen stream is taken over within a minute (PG ${version})`,
+  }, async () => {
+    // The frozen process keeps its TCP connections alive (the kernel
+    // answers keepalives), so only the lock takeover frees its lock; its
+    // walsender ends after wal_sender_timeout.
+    await using w = await faultWorld(version, { wal_sender_timeout: "5s" });
+    const frozen = await startStream(w);
+    await w.caughtUp();
+    const writer = new ResilientWriter(w, 0xf0 + version);
+    frozen.child.kill("SIGSTOP");
+    try {
+      await waitFor("the frozen stream's walsender to time out", async () =>
+        !(await w.db.query(
+          "SELECT active FROM pg_replication_slots WHERE slot_name = 'cdc_egress'",
+        )).rows[0].active, 60_000);
+      const started = Date.now();
+      const p = w.stream();
+      await waitFor("the new stream to take the slot", async () => {
+        await assertRunning(p);
+        return (await w.db.query(
+          "SELECT active FROM pg_replication_slots WHERE slot_name = 'cdc_egress'",
+        )).rows[0].active;
+      }, 90_000);
+      const took = Date.now() - started;
+      assert.ok(took < 60_000, `took ${took} ms`);
+      assert.match(p.stderr, /took over the slot lock of a dead stream session/);
+      await assertHealthy(w, p, writer);
+    } finally {
+      await frozen.stop("SIGKILL");
+    }
   });
 
   Deno.test({

@@ -1,6 +1,6 @@
 /**
  * Registry sessions against a real cluster: the session settings of each
- * kind of connection, the per-slot uniqueness of file_log paths
+ * kind of connection (`connect()`), the per-slot uniqueness of file_log paths
  * (migration 6), and the takeover of a slot lock whose holder is dead.
  */
 
@@ -11,9 +11,6 @@ import { startCluster, testMajors } from "../../scripts/embedded_postgres.ts";
 import { applyMigrations } from "../../src/registry/migrations.ts";
 import { Registry, REGISTRY_APPLICATION_NAME } from "../../src/registry/registry.ts";
 import { connect } from "../../src/source/connect.ts";
-import { exportSnapshot } from "../../src/source/export_snapshot.ts";
-import { classifyFailure } from "../../src/source/retry_policy.ts";
-import { CdcError } from "../../src/errors.ts";
 
 async function settings(client: pg.Client, names: string[]): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
@@ -73,27 +70,6 @@ for (const version of testMajors()) {
       await assert.rejects(insert("slot_a"), /file_log_slot_path_key/);
       // Applying again changes nothing.
       assert.deepEqual(await applyMigrations(db), []);
-    } finally {
-      await db.end();
-    }
-  });
-
-  Deno.test(`exportSnapshot() with every slot in use is transient, with its cause (PG ${version})`, async () => {
-    await using cluster = await startCluster({ version, settings: { max_replication_slots: 1 } });
-    const db = await connect(cluster.url());
-    try {
-      await db.query("SELECT pg_create_logical_replication_slot('only_one', 'pgoutput')");
-      const error = await exportSnapshot(cluster.url(), "export_x").then(
-        (s) => (s.release(), null),
-        (e) => e,
-      );
-      assert.ok(error instanceof CdcError, String(error));
-      assert.equal(error.code, "unavailable");
-      assert.equal((error.cause as { code?: string }).code, "53400");
-      assert.match(error.message, /all replication slots are in use/);
-      const verdict = classifyFailure(error);
-      assert.equal(verdict.transient, true);
-      assert.match(verdict.fix, /max_replication_slots/);
     } finally {
       await db.end();
     }

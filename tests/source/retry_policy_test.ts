@@ -86,6 +86,19 @@ const TRANSIENT: [string, unknown][] = [
     }),
   ],
   ["message only: slots in use", new Error("ERROR: all replication slots are in use")],
+  [
+    "a replication connection refused for lack of WAL senders",
+    new CdcError(
+      "connection",
+      "Cannot connect to source PostgreSQL at h:5432/db: number of requested standby connections exceeds max_wal_senders (currently 1)",
+      {
+        cause: serverError(
+          "53300",
+          "number of requested standby connections exceeds max_wal_senders (currently 1)",
+        ),
+      },
+    ),
+  ],
 ];
 
 const PERMANENT: [string, unknown][] = [
