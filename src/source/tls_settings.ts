@@ -121,6 +121,20 @@ export function tlsFilePaths(url: string | undefined, env: Env): string[] {
   return [s.rootCert, s.cert, s.key, s.crl].filter((p) => p !== "system");
 }
 
+/** Whether the connection goes to a Unix-domain socket (a host that is a path). */
+function unixSocket(url: string | undefined, env: Env): boolean {
+  let host = env("PGHOST") ?? "";
+  if (url) {
+    try {
+      const u = new URL(url);
+      host = u.searchParams.get("host") ?? decodeURIComponent(u.hostname);
+    } catch {
+      return false;
+    }
+  }
+  return host.startsWith("/");
+}
+
 /** `url` without the TLS parameters, for pg. */
 export function stripTlsParams(url: string): string {
   let u: URL;
@@ -189,7 +203,10 @@ export async function tlsPlan(
       cause: error,
     });
   }
-  if (s.mode === "disable") return { mode: s.mode, ssl: false, fallback: null };
+  // libpq never uses TLS over a Unix-domain socket, whatever sslmode says.
+  if (s.mode === "disable" || unixSocket(url, env)) {
+    return { mode: s.mode, ssl: false, fallback: null };
+  }
   const verify = s.mode === "verify-ca" || s.mode === "verify-full";
   const options: ConnectionOptions = {};
   if (s.rootCert === "system") {
