@@ -112,16 +112,18 @@ export class Faults {
    * server, but the session is terminated while waiting for a synchronous
    * standby that does not exist, so the client sees an error.
    *
-   * How: `lockTable` is locked (EXCLUSIVE: reads pass, writes wait) until
-   * the registry session is seen blocked in a statement matching
-   * `blockedSql` inside its transaction; then synchronous_standby_names
-   * names a missing standby and the lock is released. The registry session
-   * (synchronous_commit = on) now waits in COMMIT (wait event SyncRep) and
-   * is terminated there. Other sessions of the test cluster run with
-   * synchronous_commit = off and never wait. Returns when the outcome is in.
+   * How: `lockSql` runs in a transaction of ours and takes a lock (e.g.
+   * `LOCK TABLE ... IN EXCLUSIVE MODE`: reads pass, writes wait; or a row's
+   * `FOR UPDATE`) until the registry session is seen blocked in a statement
+   * matching `blockedSql` inside its transaction; then
+   * synchronous_standby_names names a missing standby and the lock is
+   * released. The registry session (synchronous_commit = on) now waits in
+   * COMMIT (wait event SyncRep) and is terminated there. Other sessions of
+   * the test cluster run with synchronous_commit = off and never wait.
+   * Returns when the outcome is in.
    */
   async ambiguousRegistryCommit(
-    lockTable: string,
+    lockSql: string,
     blockedSql: RegExp,
     timeoutMs = 60_000,
   ): Promise<void> {
@@ -130,7 +132,7 @@ export class Faults {
     await locker.connect();
     try {
       await locker.query("BEGIN");
-      await locker.query(`LOCK TABLE ${lockTable} IN EXCLUSIVE MODE`);
+      await locker.query(lockSql);
       const blocked = await waitFor(`the registry session to block on ${blockedSql}`, async () => {
         const b = (await this.backends()).find((b) =>
           registrySession(b) && b.inTransaction && b.waitEvent !== null &&

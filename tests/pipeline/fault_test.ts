@@ -231,7 +231,7 @@ for (const version of testMajors()) {
     await w.caughtUp();
     const writer = new ResilientWriter(w, 0x4e9 + version);
     await new Faults(w).ambiguousRegistryCommit(
-      "cdc_registry.file_log",
+      "LOCK TABLE cdc_registry.file_log IN EXCLUSIVE MODE",
       /INSERT INTO cdc_registry\.file_log/,
     );
     await waitFor("a new registry session", async () => {
@@ -318,10 +318,11 @@ for (const version of testMajors()) {
     const p = await startStream(w);
     await w.caughtUp();
     const writer = new ResilientWriter(w, 0xec + version);
-    const r = await runCli(["reload", "public.big"], w.env);
-    assert.equal(r.code, 0, r.stderr);
+    await reloadBigUntilCopying(w, p);
+    // Holding the operation's row makes finishReload wait at its last statement.
     await new Faults(w).ambiguousRegistryCommit(
-      "cdc_registry.reload_operations",
+      `SELECT 1 FROM cdc_registry.reload_operations
+       WHERE table_name = 'big' AND state = 'exporting' FOR UPDATE`,
       /SET state = 'done'/,
     );
     await reloadDone(w, p);
