@@ -44,6 +44,13 @@ export const REGISTRY_SETTINGS: Readonly<Record<string, string>> = {
 /** Client-side keepalive: first probe after this much idle time. */
 const CLIENT_KEEPALIVE_MS = 20_000;
 
+/**
+ * Client-side limit on a registry statement's answer: statement_timeout is
+ * enforced by a server that may be gone, and the OS's keepalive probes
+ * (75 s apart, 9 of them) take minutes to notice that.
+ */
+const REGISTRY_QUERY_TIMEOUT_MS = 75_000;
+
 function optionString(settings: Record<string, string>): string {
   return Object.entries(settings).map(([k, v]) => `-c ${k}=${v}`).join(" ");
 }
@@ -179,6 +186,7 @@ export async function connect(
         connectionTimeoutMillis: 15_000,
         keepAlive: true,
         keepAliveInitialDelayMillis: CLIENT_KEEPALIVE_MS,
+        ...(options.registry ? { query_timeout: REGISTRY_QUERY_TIMEOUT_MS } : {}),
         ssl,
         ...(options.replication ? { replication: "database" } : {}),
       } as pg.ClientConfig);

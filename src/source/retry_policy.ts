@@ -152,6 +152,13 @@ const MESSAGES: [RegExp, Rule][] = [
   [/terminating connection due to administrator command/i, SQLSTATES["57P01"]],
   [/canceling statement due to statement timeout/i, SQLSTATES["57014"]],
   [/no space left on device|os error 28\b/i, DISK_FULL],
+  [
+    /query read timeout/i,
+    t(
+      "the registry did not answer a statement in time",
+      "check the registry server and the network to it",
+    ),
+  ],
   [/replication slot .* is active for PID/i, SQLSTATES["55006"]],
   [/password authentication failed/i, SQLSTATES["28P01"]],
   [/replication slot .* does not exist|publication .* does not exist/i, SQLSTATES["42704"]],

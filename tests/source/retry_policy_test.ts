@@ -62,6 +62,7 @@ const TRANSIENT: [string, unknown][] = [
     new CdcError("slot_active", 'Cannot stream from slot "s": it is active in process 7'),
   ],
   ["unknown error", new TypeError("something unexpected")],
+  ["a registry query without an answer", new Error("Query read timeout")],
   // What exportSnapshot throws: a server error around the real cause.
   [
     "export snapshot failed on a restart",
