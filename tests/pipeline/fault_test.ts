@@ -288,21 +288,32 @@ for (const version of testMajors()) {
     await assertHealthy(w, p, writer);
   });
 
-  Deno.test({
-    ...OPTS,
-    name: `faults: PostgreSQL fast restart during the initial export's COPY (PG ${version})`,
-  }, async () => {
-    await using w = await faultWorld(version);
-    const writer = new ResilientWriter(w, 0x1e + version);
-    const p = w.stream();
-    const faults = new Faults(w);
-    await waitFor("the initial export's COPY", async () => {
-      await assertRunning(p);
-      return (await faults.backends()).some(exportWorker(true));
-    }, 60_000);
-    await faults.restart("fast");
-    await assertHealthy(w, p, writer);
-  });
+  for (
+    const [what, inject, knownFailing] of [
+      ["PostgreSQL fast restart", (f: Faults) => f.restart("fast"), false],
+      ["walsender terminated", (f: Faults) => f.terminate(walsender()), false],
+      // Fails on the current coordinator: the failed attempt's export folder
+      // stays behind, empty (issue 8, lead; see the reload variant above).
+      ["export worker terminated", (f: Faults) => f.terminate(exportWorker(true)), true],
+    ] as const
+  ) {
+    Deno.test({
+      ...OPTS,
+      ignore: knownFailing && !KNOWN_FAILING,
+      name: `faults: ${what} during the initial export's COPY (PG ${version})`,
+    }, async () => {
+      await using w = await faultWorld(version);
+      const writer = new ResilientWriter(w, 0x1e + version);
+      const p = w.stream();
+      const faults = new Faults(w);
+      await waitFor("the initial export's COPY", async () => {
+        await assertRunning(p);
+        return (await faults.backends()).some(exportWorker(true));
+      }, 60_000);
+      await inject(faults);
+      await assertHealthy(w, p, writer);
+    });
+  }
 
   Deno.test({
     // The export's registering COMMIT succeeds on the server but the client
