@@ -50,6 +50,11 @@ const TLS_PARAMS = [
   "ssl",
 ];
 
+const PROTOCOL_PARAMS = [
+  ["ssl_min_protocol_version", "PGSSLMINPROTOCOLVERSION", "minVersion"],
+  ["ssl_max_protocol_version", "PGSSLMAXPROTOCOLVERSION", "maxVersion"],
+] as const;
+
 /** Where the TLS files come from: URL parameter, PGSSL* variable or libpq default. */
 export interface TlsFileSettings {
   mode: SslMode;
@@ -256,6 +261,32 @@ export async function tlsPlan(
       }
       return hostCheck ? checkServerIdentity(host, peer) : undefined;
     };
+  }
+  const params = urlParams(url);
+  const password = params.get("sslpassword");
+  if (password) options.passphrase = password;
+  const versions: Record<string, "TLSv1" | "TLSv1.1" | "TLSv1.2" | "TLSv1.3"> = {
+    "TLSv1": "TLSv1",
+    "TLSv1.1": "TLSv1.1",
+    "TLSv1.2": "TLSv1.2",
+    "TLSv1.3": "TLSv1.3",
+  };
+  for (const [param, variable, key] of PROTOCOL_PARAMS) {
+    const value = params.get(param) ?? env(variable);
+    if (!value) continue;
+    if (!versions[value]) {
+      throw new CdcError(
+        "config",
+        `Cannot use ${role} TLS settings: ${param} "${value}" is not TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3`,
+      );
+    }
+    options[key] = versions[value];
+  }
+  if (params.get("sslcrldir") ?? env("PGSSLCRLDIR")) {
+    throw new CdcError(
+      "config",
+      `Cannot use ${role} TLS settings: sslcrldir is not supported; name one CRL file with sslcrl`,
+    );
   }
   const fallback = s.mode === "prefer" ? false : s.mode === "allow" ? options : null;
   return {

@@ -98,3 +98,23 @@ Deno.test("revokedSerials() reads the serials a CRL revokes", async () => {
   assert.deepEqual([...serials], [serial.toUpperCase()]);
   assert.throws(() => revokedSerials("not a crl", "/x.crl"), /not a valid CRL/);
 });
+
+Deno.test("tlsPlan() passes sslpassword and protocol versions on, and refuses sslcrldir", async () => {
+  const e = env({ HOME: "/nonexistent-home" });
+  const plan = await tlsPlan(
+    "postgres://h/db?sslmode=require&sslpassword=k3y&ssl_min_protocol_version=TLSv1.3",
+    e,
+    "source",
+  );
+  assert.ok(plan.ssl);
+  assert.equal(plan.ssl.passphrase, "k3y");
+  assert.equal(plan.ssl.minVersion, "TLSv1.3");
+  await assert.rejects(
+    tlsPlan("postgres://h/db?ssl_max_protocol_version=TLSv9", e, "source"),
+    /ssl_max_protocol_version "TLSv9"/,
+  );
+  await assert.rejects(
+    tlsPlan("postgres://h/db?sslcrldir=/etc/crls", e, "source"),
+    /sslcrldir is not supported/,
+  );
+});
