@@ -139,7 +139,8 @@ const DENO_CLASSES: [string, Rule][] = [
   ["NotCapable", p("the binary lacks a permission", "rebuild it with the current settings")],
 ];
 
-const SENDERS_PATTERN = /number of requested standby connections exceeds max_wal_senders/i;
+// PostgreSQL 17+ quotes the setting's name.
+const SENDERS_PATTERN = /number of requested standby connections exceeds "?max_wal_senders/i;
 
 /** Messages, for errors whose code got lost on the way (or never had one). */
 const MESSAGES: [RegExp, Rule][] = [

@@ -35,6 +35,13 @@ const TRANSIENT: [string, unknown][] = [
       "number of requested standby connections exceeds max_wal_senders (currently 2)",
     ),
   ],
+  [
+    "53300 wal senders exhausted (PG 17+ wording)",
+    serverError(
+      "53300",
+      'number of requested standby connections exceeds "max_wal_senders" (currently 1)',
+    ),
+  ],
   ["53400 slots exhausted", serverError("53400", "all replication slots are in use")],
   ["08006 connection failure", serverError("08006", "connection failure")],
   ["08P01 protocol violation", serverError("08P01", "unexpected EOF")],
@@ -155,6 +162,12 @@ for (const [what, error] of PERMANENT) {
 }
 
 Deno.test("classifyFailure() names what to fix for exhausted slots and WAL senders", () => {
+  assert.match(
+    classifyFailure(
+      serverError("53300", 'number of requested standby connections exceeds "max_wal_senders"'),
+    ).fix,
+    /max_wal_senders/,
+  );
   assert.match(
     classifyFailure(serverError("53400", "all replication slots are in use")).fix,
     /max_replication_slots/,
