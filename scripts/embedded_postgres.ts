@@ -41,6 +41,17 @@ export interface ClusterOptions {
   parent?: string;
   /** Keep the files after destroy (for the demo). */
   keep?: boolean;
+  /**
+   * Serve TLS with this certificate and key (PEM files, copied into the
+   * cluster); `ca` is the CA file the server checks client certificates with.
+   */
+  tls?: { cert: string; key: string; ca?: string };
+  /**
+   * Lines of `pg_hba.conf` for TCP clients, replacing initdb's `host` lines
+   * (e.g. `hostssl all all 127.0.0.1/32 scram-sha-256`); local socket access
+   * stays `trust`.
+   */
+  hba?: string[];
 }
 
 /**
@@ -186,6 +197,30 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     shared_buffers: "128MB",
     ...options.settings,
   };
+  if (options.tls) {
+    // The server reads these as `nobody` and refuses a key others can read.
+    const files: [string, string | undefined][] = [
+      ["server.crt", options.tls.cert],
+      ["server.key", options.tls.key],
+      ["root.crt", options.tls.ca],
+    ];
+    for (const [name, from] of files) {
+      if (!from) continue;
+      await Deno.copyFile(from, join(data, name));
+      await Deno.chmod(join(data, name), 0o600);
+      if (isRoot) await Deno.chown(join(data, name), NOBODY, NOBODY);
+    }
+    settings.ssl = "on";
+    settings.ssl_cert_file = "'server.crt'";
+    settings.ssl_key_file = "'server.key'";
+    if (options.tls.ca) settings.ssl_ca_file = "'root.crt'";
+  }
+  if (options.hba) {
+    await Deno.writeTextFile(
+      join(data, "pg_hba.conf"),
+      ["local all all trust", "local replication all trust", ...options.hba, ""].join("\n"),
+    );
+  }
   const conf = Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join("\n");
   await Deno.writeTextFile(join(data, "postgresql.conf"), "\n" + conf + "\n", { append: true });
   const logFile = join(dir, "server.log");

@@ -2,13 +2,15 @@
  * The permission flags of the compiled binary, derived from the settings it
  * is built for: network only to the source and registry hosts and the
  * metrics address, read and write only in the data dir (plus reading the
- * config file and ~/.pgpass), and only the environment variables it reads.
+ * config file, ~/.pgpass and the TLS files the settings name or libpq
+ * looks for by default), and only the environment variables it reads.
  * Tests run main.ts with exactly the flags this gives for their settings.
  */
 
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { type Config, DEFAULTS, loadConfigSync, SETTINGS } from "../src/config.ts";
+import { tlsFilePaths } from "../src/source/tls_settings.ts";
 
 /** Environment variables cdc-egress and the pg driver read. */
 export const ENV_VARS: readonly string[] = [
@@ -51,6 +53,11 @@ export function permissionFlags(
   if (options.configPath) read.push(resolve(options.configPath));
   const home = env("HOME");
   read.push(env("PGPASSFILE") ?? (home ? `${home}/.pgpass` : "/nonexistent/.pgpass"));
+  // TLS files: sslrootcert/sslcert/sslkey/sslcrl of each URL, the PGSSL*
+  // variables and libpq's defaults under ~/.postgresql/.
+  for (const url of [config.sourceUrl, config.registryUrl]) {
+    for (const path of tlsFilePaths(url, env)) if (!read.includes(path)) read.push(path);
+  }
   return [
     `--allow-net=${[...net].join(",")}`,
     `--allow-read=${read.join(",")}`,

@@ -16,6 +16,7 @@ export type CdcErrorCode =
   | "data_dir" // data dir unusable
   | "registry" // registry inconsistent or unreachable
   | "protocol" // the replication stream broke its contract
+  | "unavailable" // the server cannot serve us for now (restart, limits reached); retried
   | "unknown_table" // a table name that is not published
   | "slot_lost"; // the replication slot was invalidated or dropped: recover with init --recreate-slot
 

@@ -16,8 +16,9 @@ import { EXPORT_STAGING_DIR, recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
-import { Registry } from "../registry/registry.ts";
+import { Registry, REGISTRY_APPLICATION_NAME } from "../registry/registry.ts";
 import { connect, describeTarget, redact } from "../source/connect.ts";
+import { classifyFailure, type FailureClass, retryDelayMs } from "../source/retry_policy.ts";
 import { StreamMetrics } from "../observe/metrics.ts";
 import { SlotMonitor } from "../observe/slot_monitor.ts";
 import { type ObserveServer, serveObservability } from "../observe/http_server.ts";
@@ -133,27 +134,15 @@ interface StreamContext {
   registryLost: boolean;
 }
 
-const NEVER_RETRY = new Set([
-  "config",
-  "not_initialized",
-  "server",
-  "data_dir",
-  "unknown_table",
-  // Retrying cannot help: only init --recreate-slot can (exit code 3).
-  "slot_lost",
-]);
-
-/** Whether a failed session should be retried (only once streaming has worked). */
-function retryable(error: unknown): boolean {
-  return !(error instanceof CdcError && NEVER_RETRY.has(error.code));
-}
-
 /**
  * Runs `stream` until a signal asks it to stop. A session that fails after
- * streaming has started (PostgreSQL restarted, walsender terminated, registry
- * unreachable) is retried with exponential backoff; it resumes exactly where
- * the registered files end. Failures before the first session streams exit
- * at once with their error.
+ * streaming has started is retried with exponential backoff when the
+ * failure is transient (PostgreSQL restarted, connection lost, slots or
+ * WAL senders exhausted, disk full; see `classifyFailure`), with one log
+ * line saying what to fix; it resumes exactly where the registered files
+ * end. A failure no retry can fix (dropped slot, revoked privilege, bad
+ * setting) ends the command with one line saying why. Failures before the
+ * first session streams exit at once with their error.
  */
 export async function streamCommand(config: Config): Promise<void> {
   const logger = new Logger({ level: config.logLevel, format: config.logFormat });
@@ -214,12 +203,25 @@ export async function streamCommand(config: Config): Promise<void> {
         monitor.setStreaming(false);
         const code = error instanceof CdcError ? error.code : "internal";
         metrics.errors.inc({ type: session.registryLost ? "registry" : code });
-        if (!streamedOnce || stopping || !retryable(error)) throw error;
+        // A lost slot already says what happened and how to recover (exit 3).
+        if (
+          !streamedOnce || stopping || (error instanceof CdcError && error.code === "slot_lost")
+        ) {
+          throw error;
+        }
+        const verdict = classifyFailure(error);
+        const message = redactAll(errorLine(error), config);
+        if (!verdict.transient) {
+          logger.error("stream failed; a retry cannot fix this", {
+            error: message,
+            reason: verdict.reason,
+            fix: verdict.fix,
+          });
+          throw notRetried(error, message, verdict);
+        }
         if (Date.now() - startedAt > 60_000) attempt = 0;
-        const delay = Math.min(30_000, 500 * 2 ** attempt++);
+        const delay = retryDelayMs(attempt++);
         metrics.recoveries.inc();
-        let message = (error as Error).message.split("\n")[0];
-        for (const url of [config.sourceUrl, config.registryUrl]) message = redact(message, url);
         if (session.registryLost) {
           // Nothing is acknowledged past what the registry holds; sealed
           // files stay on disk until the registry says whether it has them.
@@ -231,8 +233,10 @@ export async function streamCommand(config: Config): Promise<void> {
           }
           monitor.setRegistryUp(false);
         }
-        logger.warn("stream session failed; reconnecting", {
+        logger.warn(`stream session failed (${verdict.reason}); reconnecting`, {
           error: message,
+          fix: verdict.fix,
+          attempt,
           retry_in_ms: delay,
         });
         await new Promise<void>((resolve) => {
@@ -255,9 +259,11 @@ async function connectRegistry(ctx: StreamContext): Promise<pg.Client> {
   const { config } = ctx;
   let client: pg.Client;
   try {
-    client = config.registryUrl
-      ? await connect(config.registryUrl, { role: "registry", applicationName: "cdc-egress" })
-      : await connect(config.sourceUrl, { role: "registry", applicationName: "cdc-egress" });
+    client = await connect(config.registryUrl ?? config.sourceUrl, {
+      role: "registry",
+      registry: true,
+      applicationName: REGISTRY_APPLICATION_NAME,
+    });
   } catch (error) {
     ctx.registryLost = true;
     throw error;
@@ -274,6 +280,23 @@ async function connectRegistry(ctx: StreamContext): Promise<pg.Client> {
     return end();
   }) as typeof client.end;
   return client;
+}
+
+/** The first line of an error's message. */
+function errorLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+}
+
+function redactAll(message: string, config: Config): string {
+  return redact(redact(message, config.sourceUrl), config.registryUrl);
+}
+
+/** The error `stream` exits with when a retry cannot help: what failed, why, what to fix. */
+function notRetried(error: unknown, message: string, verdict: FailureClass): Error {
+  const line = `${message} (not retried: ${verdict.reason}; ${verdict.fix})`;
+  return error instanceof CdcError
+    ? new CdcError(error.code, line, { cause: error })
+    : new Error(line, { cause: error });
 }
 
 /** One connection's worth of streaming: preflight, recovery, pipeline. */
@@ -309,7 +332,20 @@ async function runSession(ctx: StreamContext): Promise<void> {
     };
     await registry.assertOwnedBy(identity, "stream from");
     await checkDataDirOwner(dataDir, me);
-    const holder = await registry.lockSlot();
+    const holder = await registry.lockSlot({
+      slotActive: async () =>
+        (await source.query(
+          "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active) AS a",
+          [config.slot],
+        )).rows[0].a,
+      onWait: (pid) =>
+        ctx.logger.warn("slot lock held by an idle session without a walsender; waiting", {
+          pid,
+          fix: "nothing if the previous stream process died; it is taken over within a minute",
+        }),
+      onTakeOver: (pid) =>
+        ctx.logger.warn("took over the slot lock of a dead stream session", { pid }),
+    });
     if (holder !== null) {
       throw new CdcError(
         "slot_active",

@@ -327,6 +327,31 @@ CREATE TABLE cdc_registry.slot_owner (
 );
 `,
   },
+  {
+    version: 6,
+    name: "file_log paths unique per slot",
+    // Paths are relative to each slot's data dir, so two slots may well
+    // write the same path; only within one slot must a path be unique.
+    sql: `
+DO $fn$
+DECLARE
+  c record;
+BEGIN
+  FOR c IN
+    SELECT con.conname FROM pg_constraint con
+    WHERE con.conrelid = 'cdc_registry.file_log'::regclass AND con.contype = 'u'
+      AND con.conkey = ARRAY[(SELECT attnum FROM pg_attribute
+                              WHERE attrelid = 'cdc_registry.file_log'::regclass
+                                AND attname = 'path')]::int2[]
+  LOOP
+    EXECUTE format('ALTER TABLE cdc_registry.file_log DROP CONSTRAINT %I', c.conname);
+  END LOOP;
+END
+$fn$;
+ALTER TABLE cdc_registry.file_log
+  ADD CONSTRAINT file_log_slot_path_key UNIQUE (slot_name, path);
+`,
+  },
 ];
 
 const LOCK_KEY = "hashtext('cdc_registry.migrations')";

@@ -78,6 +78,27 @@ export interface ReloadInsert {
   hold: TablePosition;
 }
 
+/** application_name of the registry session of `stream`, which holds the slot lock. */
+export const REGISTRY_APPLICATION_NAME = "cdc-egress/registry";
+
+/** How long a lock holder must look dead before it is taken over. */
+const STALE_LOCK_MS = 45_000;
+
+/** Options for {@linkcode Registry.lockSlot}. */
+export interface LockSlotOptions {
+  /**
+   * Whether the slot has a walsender now. Without it no holder is ever taken
+   * for dead (the registry may be another server than the slot's).
+   */
+  slotActive?: () => Promise<boolean>;
+  /** A holder idle this long while the slot is inactive is dead (default 45 s). */
+  staleAfterMs?: number;
+  /** Called once per holder that is being waited out. */
+  onWait?: (pid: number) => void;
+  /** Called after a dead holder was terminated. */
+  onTakeOver?: (pid: number) => void;
+}
+
 /**
  * Registry access bound to one slot: file rows, table state, checkpoints and
  * reload operations, on the registry's connection (the source database or
@@ -118,20 +139,68 @@ export class Registry {
 
   /**
    * Takes the session advisory lock that makes this process the only
-   * stream for the slot; returns the pid of the holder when taken.
+   * stream for the slot; returns null when taken, else the holder's pid.
+   *
+   * A holder that looks dead is taken over (see {@linkcode LockSlotOptions}):
+   * it is a `stream` registry session ({@linkcode REGISTRY_APPLICATION_NAME}),
+   * idle (not in a transaction) for `staleAfterMs`, while the slot has had
+   * no walsender all along. A live stream always has its walsender on the
+   * slot, except for the moments between taking the lock and starting
+   * replication, which are far shorter. Such a holder is waited for until
+   * it has been idle that long, then terminated. Anything else (the slot
+   * active, another application, a transaction open) is returned at once.
    */
-  async lockSlot(): Promise<number | null> {
-    const res = await this.client.query(
-      "SELECT pg_try_advisory_lock(hashtext('cdc-egress stream'), hashtext($1)) AS ok",
-      [this.slot],
-    );
-    if (res.rows[0].ok) return null;
-    const holder = await this.client.query(
-      `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-         AND classid = hashtext('cdc-egress stream')::oid AND objid = hashtext($1)::oid LIMIT 1`,
-      [this.slot],
-    );
-    return holder.rows[0]?.pid ?? -1;
+  async lockSlot(options: LockSlotOptions = {}): Promise<number | null> {
+    const staleAfter = options.staleAfterMs ?? STALE_LOCK_MS;
+    const tryLock = async () =>
+      (await this.client.query(
+        "SELECT pg_try_advisory_lock(hashtext('cdc-egress stream'), hashtext($1)) AS ok",
+        [this.slot],
+      )).rows[0].ok as boolean;
+    let announced: number | null = null;
+    for (let round = 0;; round++) {
+      if (await tryLock()) return null;
+      const res = await this.client.query(
+        `SELECT l.pid, a.application_name = $2 AND a.state = 'idle' AS candidate,
+                (extract(epoch FROM now() - a.state_change) * 1000)::float8 AS idle_ms
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.classid = hashtext('cdc-egress stream')::oid AND l.objid = hashtext($1)::oid
+         LIMIT 1`,
+        [this.slot, REGISTRY_APPLICATION_NAME],
+      );
+      const holder = res.rows[0];
+      // Released between the two queries: try again (a few times at most).
+      if (!holder) {
+        if (round < 5) continue;
+        return -1;
+      }
+      const pid = Number(holder.pid);
+      if (!holder.candidate || !options.slotActive || await options.slotActive()) return pid;
+      const idleMs = Number(holder.idle_ms);
+      if (idleMs < staleAfter) {
+        if (announced !== pid) options.onWait?.(pid);
+        announced = pid;
+        await new Promise((r) => setTimeout(r, Math.min(1000, staleAfter - idleMs + 50)));
+        continue;
+      }
+      // Terminate only if it is still the same idle session (state_change
+      // unchanged means it has not run anything since we looked).
+      const killed = await this.client.query(
+        `SELECT pg_terminate_backend(a.pid) AS ok FROM pg_stat_activity a
+         WHERE a.pid = $1 AND a.application_name = $2 AND a.state = 'idle'
+           AND now() - a.state_change >= $3 * interval '1 millisecond'`,
+        [pid, REGISTRY_APPLICATION_NAME, staleAfter],
+      ).catch(() => null);
+      if (!killed?.rows[0]?.ok) return pid;
+      options.onTakeOver?.(pid);
+      // The backend exits asynchronously; its lock goes with it.
+      for (let i = 0; i < 100; i++) {
+        if (await tryLock()) return null;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return pid;
+    }
   }
 
   /** The checkpoint LSN, or null before the first one. */

@@ -14,6 +14,7 @@ import type pg from "pg";
 import { CdcError } from "../errors.ts";
 import { type Lsn, parseLsn } from "../lsn.ts";
 import { connect } from "./connect.ts";
+import { classifyFailure } from "./retry_policy.ts";
 import { quoteIdent } from "./table_selection.ts";
 
 /** An exported snapshot and its WAL boundary. */
@@ -58,8 +59,10 @@ export async function exportSnapshot(
   } catch (error) {
     await client.end().catch(() => {});
     if (signal?.aborted) throw new DOMException("Export snapshot cancelled", "AbortError");
+    // A restart, exhausted slots or WAL senders pass by themselves: say so in
+    // the code, so the stream retries instead of exiting.
     throw new CdcError(
-      "server",
+      classifyFailure(error).transient ? "unavailable" : "server",
       `Cannot create an export snapshot: ${(error as Error).message.split("\n")[0]}`,
       { cause: error },
     );

@@ -60,8 +60,8 @@ type State = "open" | "sealing" | "sealed" | "published" | "aborted";
  * directory. Finishing is one step, {@linkcode commit}, or two, for callers
  * that record the file elsewhere before it appears:
  *
- * 1. {@linkcode seal} ends the gzip stream and fsyncs the temp file; the size
- *    and sha256 are final.
+ * 1. {@linkcode seal} ends the gzip stream and fsyncs the temp file and its
+ *    directory; the size and sha256 are final.
  * 2. {@linkcode publish} renames it to the final name (replacing any file
  *    there, e.g. an unregistered leftover of an earlier attempt) and fsyncs
  *    the directory.
@@ -211,6 +211,10 @@ export class GzipFileWriter {
       await this.#flushOutput();
       await this.#file.sync();
       this.#closeFile();
+      // The temp file's directory entry must be durable before anyone
+      // registers the file: recovery renames a registered temp file into
+      // place, which needs the entry to have survived a power loss.
+      await syncDir(dirname(this.#tempPath));
     } catch (error) {
       this.#error ??= error;
       throw error;

@@ -17,6 +17,7 @@ import { liveRows, replayedRows } from "./replay_check.ts";
 /** A cluster plus what a test needs around it. */
 export interface StreamEnv {
   cluster: Cluster;
+  /** Admin client; a fault that restarts PostgreSQL replaces it. */
   db: pg.Client;
   /** The registry's cluster: `cluster` unless the registry is separate. */
   registryCluster: Cluster;
@@ -91,15 +92,19 @@ export async function streamEnv(
     cluster,
     db,
     registryCluster,
-    registry,
+    // The source's client when the registry is the source: a fault that
+    // restarts PostgreSQL replaces `db`, and with it this.
+    get registry() {
+      return separate ? registry : world.db;
+    },
     separateRegistry: separate,
     async reconnectRegistry() {
       if (!separate) throw new Error("the registry is the source: reconnect db instead");
-      await world.registry.end().catch(() => {});
+      await registry.end().catch(() => {});
       const c = new pg.Client({ connectionString: registryCluster.url() });
       c.on("error", () => {});
       await c.connect();
-      world.registry = c;
+      registry = c;
     },
     dataDir,
     env,
@@ -115,11 +120,12 @@ export async function streamEnv(
     async caughtUp(timeoutMs = 90_000) {
       // The insert position, not pg_current_wal_lsn(): with synchronous_commit
       // off the write position can lag behind commits that already returned.
-      const target = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
+      const target =
+        (await world.db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
       await waitFor(
         `the slot to confirm ${target}`,
         async () =>
-          (await db.query(
+          (await world.db.query(
             `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots
              WHERE slot_name = 'cdc_egress'`,
             [target],
@@ -132,7 +138,7 @@ export async function streamEnv(
       await waitFor(
         "every published table to be exported",
         async () => {
-          const published = (await db.query(
+          const published = (await world.db.query(
             `SELECT to_regclass(format('%I.%I', schemaname, tablename))::oid::int8 AS oid
              FROM pg_publication_tables
              WHERE pubname = 'cdc_egress' AND schemaname <> 'cdc_registry'`,
@@ -159,9 +165,9 @@ export async function streamEnv(
         table,
         "cdc_egress",
         "newest",
-        db,
+        world.db,
       );
-      const live = await liveRows(db, schema, table);
+      const live = await liveRows(world.db, schema, table);
       if (JSON.stringify(replayed) !== JSON.stringify(live)) {
         const r = new Set(replayed);
         const l = new Set(live);
@@ -176,7 +182,7 @@ export async function streamEnv(
     },
     async [Symbol.asyncDispose]() {
       for (const p of processes) await p.stop("SIGKILL");
-      await db.end().catch(() => {});
+      await world.db.end().catch(() => {});
       if (separate) {
         await world.registry.end().catch(() => {});
         await registryCluster.destroy();

@@ -277,3 +277,65 @@ Deno.test("GzipFileWriter rejects a temp path that is not a .tmp- file next to t
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+const hasStrace = (await new Deno.Command("sh", { args: ["-c", "command -v strace"] }).output())
+  .success;
+
+Deno.test({
+  name: "GzipFileWriter.seal fsyncs the temp file's directory before it returns",
+  // strace shows the syscalls; .ci/run installs it.
+  ignore: !hasStrace,
+}, async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cdc-seal-" });
+  try {
+    const out = join(dir, "out");
+    await Deno.mkdir(out);
+    const script = join(dir, "seal.ts");
+    const module = new URL("../../src/write/gzip_file_writer.ts", import.meta.url).href;
+    await Deno.writeTextFile(
+      script,
+      `import { GzipFileWriter } from ${JSON.stringify(module)};
+       const w = await GzipFileWriter.create(${JSON.stringify(join(out, "f.csv.gz"))});
+       await w.write(new TextEncoder().encode("a,b\\n"));
+       await w.seal();
+       console.log("SEALED");
+       await w.publish();`,
+    );
+    const log = join(dir, "strace.log");
+    const run = await new Deno.Command("strace", {
+      args: [
+        "-f",
+        "-qq",
+        "-y",
+        "-e",
+        "trace=fsync,fdatasync,write,rename",
+        "-o",
+        log,
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--no-config",
+        script,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.ok(run.success, new TextDecoder().decode(run.stderr));
+    const lines = (await Deno.readTextFile(log)).split("\n");
+    const sealed = lines.findIndex((l) => l.includes('"SEALED\\n"'));
+    const fileSync = lines.findIndex((l) =>
+      /fd?a?t?a?sync\(\d+<[^>]*\/out\/\.tmp-f\.csv\.gz/.test(l)
+    );
+    const dirSync = lines.findIndex((l, i) =>
+      i > fileSync && new RegExp(`sync\\(\\d+<${out.replaceAll("/", "\\/")}>\\)`).test(l)
+    );
+    assert.ok(sealed > 0, "marker not found");
+    assert.ok(fileSync >= 0 && fileSync < sealed, "the temp file is fsynced before seal returns");
+    assert.ok(
+      dirSync > fileSync && dirSync < sealed,
+      "the directory is fsynced before seal returns",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
