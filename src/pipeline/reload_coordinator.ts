@@ -18,6 +18,7 @@ import { dirname, join } from "node:path";
 import type { Logger } from "../log.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 import type { Registry, ReloadRequest, TablePosition } from "../registry/registry.ts";
+import { classifyFailure } from "../source/retry_policy.ts";
 import type { SourceCatalog } from "../source/source_catalog.ts";
 import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
@@ -197,7 +198,7 @@ export class ReloadCoordinator {
       if (made.snapshot) await this.#begin(made.making.jobs, made.snapshot);
       else {
         const message = (made.error as Error).message.split("\n")[0];
-        for (const job of made.making.jobs) await this.#failed(job, message, false);
+        for (const job of made.making.jobs) await this.#failed(job, message, false, made.error);
       }
     }
     if (this.#making.size > 0) await this.#reportWaits(now);
@@ -486,7 +487,7 @@ export class ReloadCoordinator {
         job.split.failed = true;
       }
       if (this.#stopping) return;
-      await this.#failed(job, (error as Error).message.split("\n")[0], false);
+      await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
       // The snapshot is gone with this worker's transaction; a later poll
       // starts the table again with a fresh one.
       throw error;
@@ -494,7 +495,7 @@ export class ReloadCoordinator {
   }
 
   /** Records a failed job; it is retried with backoff unless `final`. */
-  async #failed(job: Job, message: string, final: boolean): Promise<void> {
+  async #failed(job: Job, message: string, final: boolean, cause?: unknown): Promise<void> {
     if (this.#running.get(job.oid) === job) this.#running.delete(job.oid);
     await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
     if (job.stale) return;
@@ -503,9 +504,12 @@ export class ReloadCoordinator {
     f.retryAt = Date.now() + Math.min(MAX_RETRY_MS, RETRY_BASE_MS * 2 ** (f.count - 1));
     this.#failures.set(job.oid, f);
     if (!final) {
+      // Slots or WAL senders exhausted, a restart: say what to fix, and go on streaming.
+      const verdict = cause === undefined ? null : classifyFailure(cause);
       this.#opts.logger.error("export failed; it will be retried", {
         table: `${job.schema}.${job.table}`,
         error: message,
+        ...(verdict ? { reason: verdict.reason, fix: verdict.fix } : {}),
         attempt: f.count,
         retry_in_ms: f.retryAt - Date.now(),
       });

@@ -12,8 +12,6 @@
  * exits 0. The tests look only at what a user sees (processes, files,
  * registry, pg_stat_activity), not at the coordinator's internals.
  *
- * Tests that fail on the current export coordinator are `ignore`d, each
- * with a comment saying why; `CDC_TEST_KNOWN_FAILING=1` runs them.
  * Disk-full tests mount a small tmpfs over the data dir: they need root and
  * a kernel that allows the mount, and are ignored elsewhere.
  */
@@ -181,8 +179,6 @@ function loggedRetry(p: CliProcess, reason: RegExp): boolean {
 
 const OPTS = { sanitizeOps: false, sanitizeResources: false };
 const canMount = await SmallDisk.available();
-/** Runs the tests that fail until the lead's coordinator rewrite (issue 7/8) lands. */
-const KNOWN_FAILING = Deno.env.get("CDC_TEST_KNOWN_FAILING") === "1";
 
 for (const version of testMajors()) {
   for (const mode of ["fast", "immediate"] as const) {
@@ -261,11 +257,9 @@ for (const version of testMajors()) {
   });
 
   Deno.test({
-    // Fails on the current coordinator: the failed attempt's export folder
-    // stays behind, empty, next to the retry's (issue 8, "every failure path
-    // releases what it holds"; the lead's coordinator rewrite for issue 7).
+    // A failed attempt leaves nothing behind: exports are staged outside the
+    // table folders until registered.
     ...OPTS,
-    ignore: !KNOWN_FAILING,
     name: `faults: export worker terminated during a reload's COPY (PG ${version})`,
   }, async () => {
     await using w = await faultWorld(version);
@@ -294,17 +288,14 @@ for (const version of testMajors()) {
   });
 
   for (
-    const [what, inject, knownFailing] of [
-      ["PostgreSQL fast restart", (f: Faults) => f.restart("fast"), false],
-      ["walsender terminated", (f: Faults) => f.terminate(walsender()), false],
-      // Fails on the current coordinator: the failed attempt's export folder
-      // stays behind, empty (issue 8, lead; see the reload variant above).
-      ["export worker terminated", (f: Faults) => f.terminate(exportWorker(true)), true],
+    const [what, inject] of [
+      ["PostgreSQL fast restart", (f: Faults) => f.restart("fast")],
+      ["walsender terminated", (f: Faults) => f.terminate(walsender())],
+      ["export worker terminated", (f: Faults) => f.terminate(exportWorker(true))],
     ] as const
   ) {
     Deno.test({
       ...OPTS,
-      ignore: knownFailing && !KNOWN_FAILING,
       name: `faults: ${what} during the initial export's COPY (PG ${version})`,
     }, async () => {
       await using w = await faultWorld(version);
@@ -322,11 +313,9 @@ for (const version of testMajors()) {
 
   Deno.test({
     // The export's registering COMMIT succeeds on the server but the client
-    // sees an error; the coordinator then deletes the file it just
-    // registered (issue 8, "The registry decides"; the lead's rewrite of
-    // reload_coordinator.ts for issue 7 fixes this). Remove `ignore` then.
+    // sees an error: the registry decides, the file stays and recovery
+    // settles it.
     ...OPTS,
-    ignore: !KNOWN_FAILING,
     name:
       `faults: registry session ends in an ambiguous COMMIT at an export's commit (PG ${version})`,
   }, async () => {
@@ -411,7 +400,8 @@ for (const version of testMajors()) {
 
   Deno.test({
     ...OPTS,
-    name: `faults: a dropped slot ends the stream with one line saying why (PG ${version})`,
+    name:
+      `faults: a dropped slot ends the stream with exit 3 and one line saying why (PG ${version})`,
   }, async () => {
     await using w = await faultWorld(version);
     const p = await startStream(w);
@@ -428,10 +418,11 @@ for (const version of testMajors()) {
       }
     }, 60_000);
     const code = await Promise.race([p.exited(), sleep(60_000).then(() => "still running")]);
-    assert.equal(code, 1, p.stderr.slice(-3000));
+    // The registry holds the slot's history: a missing slot is a lost one.
+    assert.equal(code, 3, p.stderr.slice(-3000));
     const errors = p.stderr.split("\n").filter((l) => l.startsWith("error:"));
     assert.equal(errors.length, 1, p.stderr.slice(-3000));
-    assert.match(errors[0], /slot "cdc_egress" does not exist.*\(not retried: .*cdc-egress init/);
+    assert.match(errors[0], /slot "cdc_egress".*cdc-egress init --recreate-slot/);
   });
 
   Deno.test({
@@ -492,9 +483,7 @@ for (const version of testMajors()) {
 
   Deno.test({
     ...OPTS,
-    // Fails on the current coordinator like the terminated export worker
-    // above: the failed attempt leaves its empty export folder (issue 8, lead).
-    ignore: !canMount || !KNOWN_FAILING,
+    ignore: !canMount,
     name: `faults: data dir disk full during a reload, retried when space returns (PG ${version})`,
   }, async () => {
     await using w = await faultWorld(version);
@@ -574,10 +563,7 @@ for (const version of testMajors()) {
   });
 
   Deno.test({
-    // Fails on the current coordinator like the reload variant: the file
-    // registered by the ambiguous COMMIT is deleted (issue 8, lead).
     ...OPTS,
-    ignore: !KNOWN_FAILING,
     name:
       `faults: registry session ends in an ambiguous COMMIT at the initial export's commit (PG ${version})`,
   }, async () => {
