@@ -54,13 +54,13 @@ function literal(text: string): string {
 
 /**
  * DuckDB's CSV options for PostgreSQL's COPY dialect, every column VARCHAR.
- * A row may be up to 32 MiB (DuckDB's reader needs the whole row in one
+ * A row may be up to 16 MiB (DuckDB's reader needs the whole row in one
  * buffer, and buffers count against the memory limit).
  */
 function csvOptions(names: string[], header: boolean): string {
   const columns = names.map((n) => `${literal(n)}: 'VARCHAR'`).join(", ");
   return `header = ${header}, delim = ',', quote = '"', escape = '"', new_line = '\\n',
-    allow_quoted_nulls = false, auto_detect = false, max_line_size = 33554432, buffer_size = 33554433,
+    allow_quoted_nulls = false, auto_detect = false, max_line_size = 16777216, buffer_size = 33554432,
     columns = {${columns}}`;
 }
 
