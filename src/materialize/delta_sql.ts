@@ -4,6 +4,7 @@
  *
  * The delta goes into a staging table of text columns first:
  * `_kind` (`K` key to delete, `X` multiset row to remove `_cnt` times,
+ * `U` row that replaces the row of its key (update, or insert if none),
  * `R` row to insert, `B` row to insert that keeps some values of the row the
  * target holds under key `_b0..`, per `_from`), `_cnt`, `_n`, `_from`,
  * `_b0..`, then `c0..` the table's values as PostgreSQL text. Then a few
@@ -80,7 +81,7 @@ export async function encodeStage(
     if (r.base) {
       const from = r.base.fromBase.map((b) => (b ? "1" : "0")).join("");
       await put("B", null, from, r.base.key, (i) => r.values[i]);
-    } else await put("R", null, null, null, (i) => r.values[i]);
+    } else await put(r.replace ? "U" : "R", null, null, null, (i) => r.values[i]);
   }
   if (csv.byteLength > 0) await sink(csv.takeChunk());
 }
@@ -116,7 +117,24 @@ export function deltaStatements(
     out.push(`DELETE FROM ${table} t USING ${stage} s WHERE s._kind = 'K' AND ${on}`);
   }
   if (delta.removals.length > 0) out.push(d.removeRows(table, stage));
-  if (delta.rows.some((r) => !r.base)) {
+  if (delta.rows.some((r) => r.replace)) {
+    // Upserts: update the rows the target has, insert the others.
+    const on = keyCols.map((c) => `t.${cols[c]} = ${d.cast(`s.c${c}`, c)}`).join(" AND ");
+    const set = shape.columns.flatMap((c, i) =>
+      c.isKey ? [] : [`${cols[i]} = ${d.cast(`s.c${i}`, i)}`]
+    );
+    if (set.length > 0) {
+      out.push(
+        `UPDATE ${table} t SET ${set.join(", ")} FROM ${stage} s WHERE s._kind = 'U' AND ${on}`,
+      );
+    }
+    out.push(
+      `INSERT INTO ${table} (${cols.join(", ")}) SELECT ${
+        shape.columns.map((_c, i) => d.cast(`s.c${i}`, i)).join(", ")
+      } FROM ${stage} s WHERE s._kind = 'U' AND NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${on})`,
+    );
+  }
+  if (delta.rows.some((r) => !r.base && !r.replace)) {
     out.push(
       `INSERT INTO ${table} (${cols.join(", ")}) SELECT ${
         shape.columns.map((_c, i) => d.cast(`c${i}`, i)).join(", ")

@@ -25,6 +25,7 @@ import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
 import {
+  buildPrefix,
   type MaterializeTarget,
   PROGRESS_DDL,
   PROGRESS_TABLE,
@@ -354,7 +355,16 @@ class DuckdbTableSink implements TableSink {
   async reset(shape: TableShape): Promise<void> {
     await this.#begin();
     await this.#run(`CREATE SCHEMA IF NOT EXISTS ${ident(this.#t.schema)}`);
-    this.#name = `_cdc_build_${crypto.randomUUID().slice(0, 8)}`;
+    // Build tables of this table left by a crash.
+    const left = await this.#run(
+      `SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()
+       AND schema_name = ${literal(this.#t.schema)}
+       AND starts_with(table_name, ${literal(buildPrefix(this.#t.table))})`,
+    );
+    for (const [name] of left) {
+      await this.#run(`DROP TABLE ${ident(this.#t.schema)}.${ident(String(name))}`);
+    }
+    this.#name = `${buildPrefix(this.#t.table)}${crypto.randomUUID().slice(0, 8)}`;
     this.#shape = shape;
     this.#types = shape.columns.map((c) => this.#colType(c.name, c.type));
     this.#typeNames = this.#types.map((t) => t.type);
@@ -479,8 +489,10 @@ class DuckdbTableSink implements TableSink {
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
-    if (this.#rebuild || !this.#inTx) return;
-    await this.#saveProgress();
+    if (!this.#inTx) return;
+    // A rebuild commits file by file into its build table (bounded transactions);
+    // its progress is written only when the table is swapped in.
+    if (!this.#rebuild) await this.#saveProgress();
     await this.#conn.run("COMMIT");
     this.#inTx = false;
   }
@@ -490,6 +502,7 @@ class DuckdbTableSink implements TableSink {
       if (this.#inTx) await this.abort();
       return;
     }
+    await this.#begin();
     await this.#run(`DROP TABLE IF EXISTS ${ident(this.#t.schema)}.${ident(this.#t.table)}`);
     await this.#run(`ALTER TABLE ${this.#qualified} RENAME TO ${ident(this.#t.table)}`);
     this.#name = this.#t.table;
@@ -499,8 +512,13 @@ class DuckdbTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
-    if (!this.#inTx) return;
-    this.#inTx = false;
-    await this.#conn.run("ROLLBACK").catch(() => {});
+    if (this.#inTx) {
+      this.#inTx = false;
+      await this.#conn.run("ROLLBACK").catch(() => {});
+    }
+    // A build table left by an interrupted rebuild goes; a crash leaves it to the next rebuild.
+    if (this.#rebuild && this.#name !== this.#t.table) {
+      await this.#run(`DROP TABLE IF EXISTS ${this.#qualified}`).catch(() => {});
+    }
   }
 }

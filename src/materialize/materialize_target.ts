@@ -57,6 +57,13 @@ export class WidenColumn extends Error {
   }
 }
 
+/** Build tables of a table start with this (a hash of its name, so leftovers are found). */
+export function buildPrefix(table: string): string {
+  let h = 0x811c9dc5;
+  for (const ch of new TextEncoder().encode(table)) h = Math.imul(h ^ ch, 0x01000193) >>> 0;
+  return `_cdc_build_${h.toString(16).padStart(8, "0")}_`;
+}
+
 /** Progress table, in every target. */
 export const PROGRESS_TABLE = "cdc_egress.progress";
 

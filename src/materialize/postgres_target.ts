@@ -21,6 +21,7 @@ import type { ReplayPosition } from "../replay/replay_sink.ts";
 import { quoteIdent } from "../source/table_selection.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import {
+  buildPrefix,
   type MaterializeTarget,
   PROGRESS_DDL,
   PROGRESS_TABLE,
@@ -192,7 +193,16 @@ class PostgresTableSink implements TableSink {
   async reset(shape: TableShape): Promise<void> {
     await this.#begin();
     await this.#q(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(this.#t.schema)}`);
-    this.#name = `_cdc_build_${randomSuffix()}`;
+    // Build tables of this table left by a crash (named after its oid-free name hash).
+    const left = await this.#q(
+      `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname LIKE $2`,
+      [this.#t.schema, `${buildPrefix(this.#t.table)}%`],
+    );
+    for (const r of left.rows) {
+      await this.#q(`DROP TABLE ${quoteIdent(this.#t.schema)}.${quoteIdent(r.relname)}`);
+    }
+    this.#name = `${buildPrefix(this.#t.table)}${randomSuffix().slice(0, 8)}`;
     this.#types = [];
     for (const c of shape.columns) this.#types.push(await this.#target.targetType(c.type));
     const cols = shape.columns.map((c, i) => `${quoteIdent(c.name)} ${this.#types[i]}`);
@@ -318,8 +328,10 @@ class PostgresTableSink implements TableSink {
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
-    if (this.#rebuild || !this.#inTx) return;
-    await this.#saveProgress();
+    if (!this.#inTx) return;
+    // A rebuild commits file by file into its build table (bounded transactions);
+    // its progress is written only when the table is swapped in.
+    if (!this.#rebuild) await this.#saveProgress();
     await this.#q("COMMIT");
     this.#inTx = false;
   }
@@ -329,6 +341,7 @@ class PostgresTableSink implements TableSink {
       if (this.#inTx) await this.abort();
       return;
     }
+    await this.#begin();
     await this.#q(
       `DROP TABLE IF EXISTS ${quoteIdent(this.#t.schema)}.${quoteIdent(this.#t.table)}`,
     );
@@ -340,8 +353,13 @@ class PostgresTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
-    if (!this.#inTx) return;
-    this.#inTx = false;
-    await this.#q("ROLLBACK").catch(() => {});
+    if (this.#inTx) {
+      this.#inTx = false;
+      await this.#q("ROLLBACK").catch(() => {});
+    }
+    // A build table left by an interrupted rebuild goes; a crash leaves it to the next rebuild.
+    if (this.#rebuild && this.#name !== this.#t.table) {
+      await this.#q(`DROP TABLE IF EXISTS ${this.#qualified}`).catch(() => {});
+    }
   }
 }

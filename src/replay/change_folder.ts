@@ -22,6 +22,11 @@ export const META_COLUMNS = 7;
 export interface DeltaRow {
   values: CsvField[];
   /**
+   * Keyed tables: the row replaces whatever row the target holds under its
+   * key (an upsert); its key is not in `deleteKeys`.
+   */
+  replace: boolean;
+  /**
    * When some values come from a row the target holds before this delta:
    * that row's key, and per column whether to take the target's value.
    */
@@ -32,7 +37,11 @@ export interface DeltaRow {
 export interface Delta {
   /** Empty the table first (a TRUNCATE in the run). */
   truncate: boolean;
-  /** Keyed tables: key tuples (in key column order) whose rows go away. */
+  /**
+   * Keyed tables: key tuples (in key column order) whose rows go away: keys
+   * that end deleted, and keys of rows that keep values of the target's row
+   * (`base`), which are inserted again after the deletion.
+   */
   deleteKeys: CsvField[][];
   /** Multiset tables: remove `count` rows equal to `row` (at most as many as exist). */
   removals: { row: CsvField[]; count: number }[];
@@ -43,7 +52,7 @@ export interface Delta {
 }
 
 const GONE = null;
-type Entry = DeltaRow | typeof GONE;
+type Entry = { key: CsvField[]; row: DeltaRow | typeof GONE };
 
 /** Folds ordered streaming rows of one table shape into a {@linkcode Delta}. */
 export class ChangeFolder {
@@ -75,6 +84,11 @@ export class ChangeFolder {
     return this.#keyCols.map((i) => values[i] ?? null);
   }
 
+  /** A Map key for a key tuple (the value itself for a one-column key, which is never NULL). */
+  #id(key: CsvField[]): string {
+    return key.length === 1 && key[0] !== null ? key[0] : JSON.stringify(key) + "\u0000";
+  }
+
   #oldValues(json: string): CsvField[] {
     const obj = JSON.parse(json) as Record<string, string | null>;
     return this.#names.map((n) => obj[n] ?? null);
@@ -103,26 +117,30 @@ export class ChangeFolder {
   #addKeyed(op: string, values: CsvField[], oldJson: CsvField, unchanged: string[]): void {
     const newKey = this.#keyOf(values);
     if (op === "I") {
-      this.#entries.set(JSON.stringify(newKey), { values, base: null });
+      this.#entries.set(this.#id(newKey), {
+        key: newKey,
+        row: { values, replace: true, base: null },
+      });
       return;
     }
     const oldKey = oldJson ? this.#keyOf(this.#oldValues(oldJson)) : newKey;
-    const oldId = JSON.stringify(oldKey);
-    // What the old row is: touched in this run, gone, or still the target's.
-    const old: Entry | undefined = this.#entries.get(oldId);
-    this.#entries.set(oldId, GONE);
+    const oldId = this.#id(oldKey);
+    // What the old row is: touched in this run (a row or GONE), or still the target's.
+    const touched = this.#entries.get(oldId);
+    this.#entries.set(oldId, { key: oldKey, row: GONE });
     if (op === "D") return;
+    const old = touched?.row;
     let base: DeltaRow["base"] = null;
     for (const name of unchanged) {
       const i = this.#names.indexOf(name);
       if (i < 0) continue;
-      if (old === undefined) {
+      if (touched === undefined) {
         // Not touched in this run: the target's row (or NULL if it has none).
         if (!this.#truncate) {
           base ??= { key: oldKey, fromBase: this.#names.map(() => false) };
           base.fromBase[i] = true;
         } else values[i] = null;
-      } else if (old === GONE) {
+      } else if (old === GONE || old === undefined) {
         values[i] = null;
       } else if (old.base?.fromBase[i]) {
         base ??= { key: old.base.key, fromBase: this.#names.map(() => false) };
@@ -131,7 +149,10 @@ export class ChangeFolder {
         values[i] = old.values[i];
       }
     }
-    this.#entries.set(JSON.stringify(newKey), { values, base });
+    this.#entries.set(this.#id(newKey), {
+      key: newKey,
+      row: { values, replace: base === null, base },
+    });
   }
 
   #addMultiset(op: string, values: CsvField[], oldJson: CsvField, unchanged: string[]): void {
@@ -176,12 +197,12 @@ export class ChangeFolder {
       rows: [],
       changes: this.#changes,
     };
-    for (const [id, e] of this.#entries) {
-      delta.deleteKeys.push(JSON.parse(id));
-      if (e) delta.rows.push(e);
+    for (const { key, row } of this.#entries.values()) {
+      if (!row || !row.replace) delta.deleteKeys.push(key);
+      if (row) delta.rows.push(row);
     }
     for (const { row, count } of this.#added.values()) {
-      for (let n = 0; n < count; n++) delta.rows.push({ values: row, base: null });
+      for (let n = 0; n < count; n++) delta.rows.push({ values: row, replace: false, base: null });
     }
     this.#entries.clear();
     this.#added.clear();

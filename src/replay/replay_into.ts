@@ -79,6 +79,9 @@ export async function replayInto(
       shape = fileShape;
     }
     const folder = new ChangeFolder(shape);
+    // Rows of one transaction share their _cdc_lsn text: parse it once.
+    let lsnText = "";
+    let lsn = 0n;
     let chars = 0;
     let header = true;
     for await (const batch of csvGzRows(join(dataDir, file.path))) {
@@ -87,7 +90,10 @@ export async function replayInto(
           header = false;
           continue;
         }
-        const lsn = parseLsn(row[1] as string);
+        if (row[1] !== lsnText) {
+          lsnText = row[1] as string;
+          lsn = parseLsn(lsnText);
+        }
         const seq = Number(row[2]);
         if (lsn < base || !after(lsn, seq, position)) continue;
         if (options.asOf !== undefined && lsn > options.asOf) continue;

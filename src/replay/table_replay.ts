@@ -70,6 +70,9 @@ export class TableReplay implements ReplaySink {
       return r.values.map((v, i) => r.base!.fromBase[i] ? (old ? old[i] : null) : v);
     });
     for (const key of delta.deleteKeys) this.#rows.delete(this.#id(key));
+    for (const r of delta.rows) {
+      if (r.replace) this.#rows.delete(this.#id(this.keyColumns.map((i) => r.values[i] ?? null)));
+    }
     for (const { row, count } of delta.removals) {
       const id = this.#id(row);
       const list = this.#rows.get(id);

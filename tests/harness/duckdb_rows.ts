@@ -36,6 +36,32 @@ export function floatText(v: unknown, real: boolean): string | null {
 /** A table's rows as PostgreSQL text (floats canonical), sorted by JSON form. */
 export async function duckdbRows(path: string, schema: string, table: string): Promise<string[]> {
   const cols = await duckdbColumns(path, schema, table);
+  return await rowsAsText(path, `"${schema}"."${table}"`, cols);
+}
+
+/** A Parquet file's columns (DuckDB types). */
+export async function parquetColumns(file: string): Promise<{ name: string; type: string }[]> {
+  const inst = await DuckDBInstance.create(":memory:");
+  try {
+    const c = await inst.connect();
+    const r = await c.runAndReadAll(`DESCRIBE SELECT * FROM read_parquet('${file}')`);
+    c.closeSync();
+    return r.getRowsJS().map((row) => ({ name: String(row[0]), type: String(row[1]) }));
+  } finally {
+    inst.closeSync();
+  }
+}
+
+/** A Parquet file's rows as PostgreSQL text (floats canonical), sorted by JSON form. */
+export async function parquetRows(file: string): Promise<string[]> {
+  return await rowsAsText(":memory:", `read_parquet('${file}')`, await parquetColumns(file));
+}
+
+async function rowsAsText(
+  path: string,
+  from: string,
+  cols: { name: string; type: string }[],
+): Promise<string[]> {
   const exprs = cols.map(({ name, type }) => {
     const c = `"${name.replaceAll('"', '""')}"`;
     if (type === "VARCHAR" || type === "FLOAT" || type === "DOUBLE") return c;
@@ -43,11 +69,14 @@ export async function duckdbRows(path: string, schema: string, table: string): P
     if (type === "BLOB") return `'\\x' || lower(hex(${c}))`;
     return `CAST(${c} AS VARCHAR)`;
   });
-  const inst = await DuckDBInstance.create(path, { access_mode: "READ_ONLY" });
+  const inst = await DuckDBInstance.create(
+    path,
+    path === ":memory:" ? {} : { access_mode: "READ_ONLY" },
+  );
   try {
     const c = await inst.connect();
     await c.run("SET TimeZone = 'UTC'");
-    const r = await c.runAndReadAll(`SELECT ${exprs.join(", ")} FROM "${schema}"."${table}"`);
+    const r = await c.runAndReadAll(`SELECT ${exprs.join(", ")} FROM ${from}`);
     c.closeSync();
     return r.getRowsJS().map((row) =>
       JSON.stringify(row.map((v, i) => {

@@ -14,7 +14,13 @@ import { join } from "node:path";
 import pg from "pg";
 import { testMajors } from "../../scripts/embedded_postgres.ts";
 import { CliProcess, type CliResult, runCli, waitFor } from "../harness/cli.ts";
-import { canonicalFloats, duckdbColumns, duckdbRows } from "../harness/duckdb_rows.ts";
+import {
+  canonicalFloats,
+  duckdbColumns,
+  duckdbRows,
+  parquetColumns,
+  parquetRows,
+} from "../harness/duckdb_rows.ts";
 import { startStream, stopCleanly } from "../harness/export_world.ts";
 import {
   allRows,
@@ -156,6 +162,20 @@ for (const version of testMajors()) {
       assert.equal(types.get("nb"), "VARCHAR");
       assert.equal(types.get("m"), "VARCHAR");
       assert.equal(types.get("iv"), "VARCHAR");
+    });
+
+    await t.step("parquet: equals the source, with DuckDB's types", async () => {
+      const dir = join(out, "parquet");
+      ok(await materialize(w, "--to", `parquet:${dir}`), "materialize parquet");
+      const source = await allRows(w.db);
+      for (const table of TABLES) {
+        const file = join(dir, `public.${table}.parquet`);
+        assertSameRows(
+          await parquetRows(file),
+          canonicalFloats(source.get(table)!, await parquetColumns(file)),
+          `parquet ${table}`,
+        );
+      }
     });
 
     await t.step("--as-of an LSN in the middle equals the source at that LSN", async () => {

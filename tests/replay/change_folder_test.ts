@@ -45,7 +45,7 @@ async function replay(shape: TableShape, base: CsvField[][], changes: CsvField[]
     truncate: false,
     deleteKeys: [],
     removals: [],
-    rows: base.map((values) => ({ values, base: null })),
+    rows: base.map((values) => ({ values, replace: false, base: null })),
     changes: 0,
   });
   for (const c of changes) {
