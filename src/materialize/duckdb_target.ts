@@ -26,6 +26,7 @@ import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from ".
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
 import {
   buildPrefix,
+  LongLines,
   type MaterializeTarget,
   PROGRESS_DDL,
   PROGRESS_TABLE,
@@ -55,17 +56,23 @@ function literal(text: string): string {
 
 /**
  * DuckDB's CSV options for PostgreSQL's COPY dialect, every column VARCHAR.
- * A row may be up to 16 MiB (DuckDB's reader needs the whole row in one
- * buffer, and buffers count against the memory limit).
+ * DuckDB's reader needs a whole row in one buffer, and its buffers make most
+ * of its memory: rows up to 4 MiB by default, up to 16 MiB for a table
+ * that needed it ({@linkcode LONG_LINE}).
  */
-function csvOptions(names: string[], header: boolean): string {
+function csvOptions(names: string[], header: boolean, longLines = false): string {
+  const line = longLines ? 16 << 20 : 4 << 20;
   const columns = names.map((n) => `${literal(n)}: 'VARCHAR'`).join(", ");
   return `header = ${header}, delim = ',', quote = '"', escape = '"', new_line = '\\n',
-    allow_quoted_nulls = false, auto_detect = false, max_line_size = 16777216, buffer_size = 33554432,
+    allow_quoted_nulls = false, auto_detect = false, max_line_size = ${line}, buffer_size = ${
+    2 * line
+  },
     columns = {${columns}}`;
 }
 
 const WIDEN = /cdc-egress: widen column (\d+)/;
+/** DuckDB's error for a row longer than max_line_size. */
+const LONG_LINE = /Maximum line size/i;
 
 /** What the DuckDB database behind a target is for. */
 export type DuckdbRole = "duckdb" | "csv" | "parquet";
@@ -80,6 +87,8 @@ export class DuckdbTarget implements MaterializeTarget {
   readonly #outDir: string | null;
   /** Columns to keep VARCHAR per table (values that did not fit their type). */
   readonly widened = new Map<string, Set<string>>();
+  /** Tables whose files have rows longer than the default line limit. */
+  readonly longLines = new Set<string>();
 
   private constructor(
     instance: { closeSync(): void },
@@ -124,7 +133,8 @@ export class DuckdbTarget implements MaterializeTarget {
       );
     }
     await conn.run("SET TimeZone = 'UTC'");
-    await conn.run("SET memory_limit = '160MB'");
+    await conn.run("SET memory_limit = '128MB'");
+    await conn.run("SET allocator_flush_threshold = '8MB'");
     await conn.run("SET preserve_insertion_order = false");
     await conn.run("CREATE SCHEMA IF NOT EXISTS cdc_egress");
     await conn.run(PROGRESS_DDL);
@@ -287,6 +297,10 @@ class DuckdbTableSink implements TableSink {
     }
   }
 
+  get #longLines(): boolean {
+    return this.#target.longLines.has(`${this.#t.schema}.${this.#t.table}`);
+  }
+
   #colType(name: string, pgType: string): DuckdbColumnType {
     return this.#target.columnType(this.#t, name, pgType);
   }
@@ -299,8 +313,10 @@ class DuckdbTableSink implements TableSink {
     try {
       return (await this.#conn.runAndReadAll(sql)).getRowsJS();
     } catch (error) {
-      const m = WIDEN.exec(String((error as Error).message));
+      const message = String((error as Error).message);
+      const m = WIDEN.exec(message);
       if (m && this.#shape) throw new WidenColumn(this.#shape.columns[Number(m[1])].name);
+      if (LONG_LINE.test(message) && !this.#longLines) throw new LongLines();
       throw error;
     }
   }
@@ -377,7 +393,9 @@ class DuckdbTableSink implements TableSink {
     const rows = await this.#run(
       `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
        SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-       FROM read_csv(${literal(path)}, compression = 'gzip', ${csvOptions(names, true)})`,
+       FROM read_csv(${literal(path)}, compression = 'gzip', ${
+        csvOptions(names, true, this.#longLines)
+      })`,
     );
     return Number(rows[0]?.[0] ?? 0);
   }
@@ -451,7 +469,7 @@ class DuckdbTableSink implements TableSink {
     await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
     await this.#run(
       `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
-        csvOptions(names, false)
+        csvOptions(names, false, this.#longLines)
       })`,
     );
     for (

@@ -64,6 +64,13 @@ export function buildPrefix(table: string): string {
   return `_cdc_build_${h.toString(16).padStart(8, "0")}_`;
 }
 
+/** Thrown when a row is longer than DuckDB's default line limit: retry the table with a larger one. */
+export class LongLines extends Error {
+  constructor() {
+    super("a row is longer than the CSV line limit");
+  }
+}
+
 /** Progress table, in every target. */
 export const PROGRESS_TABLE = "cdc_egress.progress";
 

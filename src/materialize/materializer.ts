@@ -14,7 +14,12 @@ import { replayInto } from "../replay/replay_into.ts";
 import { replayPlan } from "../replay/replay_plan.ts";
 import { connect } from "../source/connect.ts";
 import { matchesPattern, parseTablePattern, qualifiedName } from "../source/table_selection.ts";
-import { type MaterializeTarget, type SourceTable, WidenColumn } from "./materialize_target.ts";
+import {
+  LongLines,
+  type MaterializeTarget,
+  type SourceTable,
+  WidenColumn,
+} from "./materialize_target.ts";
 import { PostgresTarget } from "./postgres_target.ts";
 import type { TargetSpec } from "./target_spec.ts";
 
@@ -187,6 +192,11 @@ export async function materializeTable(
       };
     } catch (error) {
       await sink.abort();
+      const longLines = (target as unknown as { longLines?: Set<string> }).longLines;
+      if (error instanceof LongLines && longLines) {
+        longLines.add(`${t.schema}.${t.table}`);
+        continue;
+      }
       // A value that does not fit its DuckDB type: keep that column VARCHAR and go again.
       if (error instanceof WidenColumn && attempt < 100) {
         const widened = (target as unknown as { widened?: Map<string, Set<string>> }).widened;

@@ -67,6 +67,8 @@ export async function createTables(db: pg.Client): Promise<void> {
        '1999-12-31 23:59:59', '2000-01-01 00:00:00+00', '12:34:56.789', NULL, '-1 days +02:00',
        NULL, 'null', '"s"', NULL, NULL, NULL, NULL, 'sad', NULL, '9999-12-31');
     INSERT INTO toast_t SELECT g, repeat(md5(g::text), 400), g FROM generate_series(1, 20) g;
+    -- A 5 MB value: longer than DuckDB's default CSV line limit.
+    INSERT INTO toast_t VALUES (999, repeat('long ', 1000000), 0);
     INSERT INTO keys_t SELECT g, 'v' || g FROM generate_series(1, 50) g;
     INSERT INTO full_t SELECT g % 5, CASE WHEN g % 3 = 0 THEN NULL WHEN g % 3 = 1 THEN '' ELSE 'x' END
       FROM generate_series(1, 60) g;
@@ -105,6 +107,7 @@ export async function changeRound(db: pg.Client, rng: Rng, round: number): Promi
   await db.query("UPDATE toast_t SET small = small + 1 WHERE id % 3 = $1", [n(3)]);
   await db.query("UPDATE toast_t SET id = id + 1000, small = 0 WHERE id = $1", [1 + n(20)]);
   await db.query("UPDATE toast_t SET small = small + 7 WHERE id > 1000");
+  if (round === 0) await db.query("UPDATE toast_t SET big = big || '!' WHERE id = 999");
   await db.query("UPDATE toast_t SET big = repeat(md5($1), 300) WHERE id = $2", [
     `r${round}`,
     2 + n(5),
