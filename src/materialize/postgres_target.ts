@@ -217,6 +217,8 @@ class PostgresTableSink implements TableSink {
     );
     await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), createGunzip(), copy);
     await this.#createIndex(shape);
+    // Statistics, so that applying deltas joins through the index.
+    await this.#q(`ANALYZE ${this.#qualified}`);
     return (copy as unknown as { rowCount: number }).rowCount ?? 0;
   }
 
@@ -292,6 +294,13 @@ class PostgresTableSink implements TableSink {
     });
     await pipeline(Readable.from(chunks), copy);
     await this.#q(`ANALYZE ${stage}`);
+    // The staged keys are text cast to the key types, and the planner then
+    // tends to hash the whole target: look each key up in the index instead.
+    const indexed = shape.keyed && this.#index !== null;
+    if (indexed) {
+      await this.#q("SET LOCAL enable_hashjoin = off");
+      await this.#q("SET LOCAL enable_mergejoin = off");
+    }
     for (
       const sql of deltaStatements(
         delta,
@@ -302,6 +311,10 @@ class PostgresTableSink implements TableSink {
         this.#dialect(),
       )
     ) await this.#q(sql);
+    if (indexed) {
+      await this.#q("SET LOCAL enable_hashjoin TO DEFAULT");
+      await this.#q("SET LOCAL enable_mergejoin TO DEFAULT");
+    }
   }
 
   async #saveProgress(): Promise<void> {

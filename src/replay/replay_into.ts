@@ -7,7 +7,7 @@
 
 import { join } from "node:path";
 import { type Lsn, parseLsn } from "../lsn.ts";
-import { ChangeFolder } from "./change_folder.ts";
+import { ChangeFolder, type Delta } from "./change_folder.ts";
 import { csvGzRows } from "./csv_gz_rows.ts";
 import { readFolderSchema, sameShape, type TableShape } from "./folder_schema.ts";
 import type { ReplayPlan } from "./replay_plan.ts";
@@ -47,8 +47,8 @@ export async function replayInto(
   plan: ReplayPlan,
   options: ReplayOptions = {},
 ): Promise<ReplayResult> {
-  const runSize = options.runSize ?? 50_000;
-  const runChars = options.runChars ?? 32 << 20;
+  const runSize = options.runSize ?? 20_000;
+  const runChars = options.runChars ?? 16 << 20;
   let shape: TableShape;
   let position: ReplayPosition;
   let files = 0;
@@ -79,6 +79,14 @@ export async function replayInto(
       shape = fileShape;
     }
     const folder = new ChangeFolder(shape);
+    // The sink applies one delta while the next one is read and folded.
+    let applying: Promise<void> | null = null;
+    const apply = async (delta: Delta) => {
+      await applying;
+      applying = sink.apply(delta, shape);
+      // Keep a failure from going unhandled until it is awaited.
+      applying.catch(() => {});
+    };
     // Rows of one transaction share their _cdc_lsn text: parse it once.
     let lsnText = "";
     let lsn = 0n;
@@ -102,12 +110,13 @@ export async function replayInto(
         rows++;
         for (const v of row) chars += v === null ? 1 : v.length + 1;
         if (folder.size >= runSize || chars >= runChars) {
-          await sink.apply(folder.take(), shape);
+          await apply(folder.take());
           chars = 0;
         }
       }
     }
-    if (folder.size > 0) await sink.apply(folder.take(), shape);
+    if (folder.size > 0) await apply(folder.take());
+    await applying;
     files++;
     await sink.fileDone(file, position, shape);
   }
