@@ -119,6 +119,31 @@ const COMMANDS: Record<string, CommandSpec> = {
       });
     },
   },
+  materialize: {
+    summary: "rebuild tables from the files into DuckDB, PostgreSQL, CSV or Parquet",
+    usage:
+      "cdc-egress materialize [<table>...] --to duckdb:PATH|postgres://...|csv:DIR|parquet:DIR [--as-of LSN] [--follow] [--replace] [settings]",
+    positionals: true,
+    flags: {
+      to: { type: "string", help: "target: duckdb:PATH, postgres://..., csv:DIR or parquet:DIR" },
+      "as-of": { type: "string", help: "the tables as they were at this LSN (e.g. 0/16B3748)" },
+      follow: { type: "boolean", help: "keep applying new files until SIGTERM/SIGINT" },
+      replace: {
+        type: "boolean",
+        help: "overwrite target tables of the same name that materialize did not create",
+      },
+    },
+    run: async (config, flags, positionals) => {
+      const { materializeCommand } = await import("./src/commands/materialize.ts");
+      return await materializeCommand(config, {
+        tables: positionals,
+        to: flags.to as string | undefined,
+        asOf: flags["as-of"] as string | undefined,
+        follow: Boolean(flags.follow),
+        replace: Boolean(flags.replace),
+      });
+    },
+  },
   status: {
     summary: "slot lag, table modes, last batch per table, pending and failed reloads",
     usage: "cdc-egress status [--json] [settings]",
@@ -146,7 +171,7 @@ function usage(): string {
     "Usage: cdc-egress <command> [flags]",
     "",
     "Commands:",
-    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`),
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(11)} ${c.summary}`),
     "",
     "Settings (flag / environment variable / YAML key):",
     "  --config FILE                 CDC_CONFIG             YAML file with the settings below",

@@ -39,6 +39,15 @@
  * row. Reports `pg_stat_replication_slots` spill and stream bytes for both
  * slots (ours must not spill) and our peak RSS.
  *
+ * **materialize**: a `--mat-rows` full_reload (bigint key, int, md5 text,
+ * timestamptz, numeric(12,2)) plus `--mat-changes` streamed changes (70%
+ * updates, 20% inserts, 10% deletes, in transactions of 100k). Baselines:
+ * DuckDB's own `read_csv` of the same files into two tables (in-process, no
+ * merge), and `psql \copy ... FROM PROGRAM 'gzip -dc ...'` of the full_reload
+ * into a table with the same primary key. Ours: `cdc-egress materialize` into
+ * a fresh DuckDB file and into a fresh PostgreSQL database (process wall
+ * time, peak RSS sampled from /proc). Runs only when named in `--only`.
+ *
  * With `--repeat N` the sides run alternately N times: backlog reports the
  * best run by ratio, export and bigtxn the median run by ratio. Each prints
  * the load average (other work on a 2-CPU machine skews the figures).
@@ -110,18 +119,22 @@ const { values: args } = parseArgs({
     "export-rows": { type: "string", default: "2000000" },
     "export-workers": { type: "string", default: "1" },
     "bigtxn-rows": { type: "string", default: "2000000" },
+    "mat-rows": { type: "string", default: "2000000" },
+    "mat-changes": { type: "string", default: "1000000" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 
 if (args.help) {
   console.log(
-    `Usage: deno task bench [--only backlog,export,bigtxn] [--changes N] [--interval DUR]
-                       [--pg 14..18] [--clients N] [--repeat N] [--export-rows N]
-                       [--export-workers N] [--bigtxn-rows N] [--cpu-prof DIR]
+    `Usage: deno task bench [--only backlog,export,bigtxn,materialize] [--changes N]
+                       [--interval DUR] [--pg 14..18] [--clients N] [--repeat N]
+                       [--export-rows N] [--export-workers N] [--bigtxn-rows N]
+                       [--mat-rows N] [--mat-changes N] [--cpu-prof DIR]
                        [--timeout S] [--keep]
 
   --only LIST     benchmarks to run, comma-separated (default backlog,export,bigtxn)
+                  (materialize runs only when named)
   --changes N     row changes to generate (default 1000000; 4 per pgbench transaction)
   --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
   --pg N          PostgreSQL major version of the embedded cluster (default 18)
@@ -130,6 +143,8 @@ if (args.help) {
   --export-rows N rows in the export benchmark's table (default 2000000)
   --export-workers N  CDC_EXPORT_WORKERS for the export benchmark (default 1)
   --bigtxn-rows N rows in the bigtxn benchmark's one transaction (default 2000000)
+  --mat-rows N    rows of the materialize benchmark's full_reload (default 2000000)
+  --mat-changes N changes streamed after it (default 1000000)
   --cpu-prof DIR  run the backlog's stream process with --cpu-prof into DIR
   --timeout S     give up on the stream run after S seconds (default 600)
   --keep          keep the cluster and data dir (paths are printed)`,
@@ -1229,10 +1244,250 @@ async function bigTxnOnce(
   };
 }
 
+const MAT_TABLE = "bench_mat";
+const MAT_TARGET_RATIO = 2;
+
+/** Runs the CLI to completion, sampling its peak RSS; returns wall seconds. */
+async function timedCli(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ seconds: number; peakRssMb: number; stdout: string }> {
+  const started = performance.now();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: cliArgs(args, env),
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  children.add(child);
+  let rss = 0;
+  let done = false;
+  const sampler = (async () => {
+    while (!done) {
+      try {
+        const status = await Deno.readTextFile(`/proc/${child.pid}/status`);
+        rss = Math.max(rss, Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
+      } catch {
+        // gone
+      }
+      await sleep(50);
+    }
+  })();
+  const out = await child.output();
+  done = true;
+  await sampler;
+  children.delete(child);
+  const dec = new TextDecoder();
+  if (out.code !== 0) {
+    throw new Error(
+      `cdc-egress ${args[0]} exited ${out.code}: ${dec.decode(out.stderr).slice(-2000)}`,
+    );
+  }
+  return {
+    seconds: (performance.now() - started) / 1000,
+    peakRssMb: rss,
+    stdout: dec.decode(out.stdout),
+  };
+}
+
+/**
+ * materialize: a `--mat-rows` full_reload plus `--mat-changes` streamed
+ * changes, into a fresh DuckDB file and a fresh PostgreSQL database, next to
+ * DuckDB's own read_csv of the same files and `psql \copy` of the full_reload.
+ */
+async function benchMaterialize(): Promise<Record<string, unknown>> {
+  const psql = await findTool("psql");
+  const rows = positiveInt("--mat-rows", args["mat-rows"]!);
+  const changes = positiveInt("--mat-changes", args["mat-changes"]!);
+  return await withCluster(async (cluster, db) => {
+    const dataDir = await Deno.makeTempDir({ prefix: "cdc-bench-mat-" });
+    const work = await Deno.makeTempDir({ prefix: "cdc-bench-mat-out-" });
+    try {
+      log(`materialize: ${MAT_TABLE} with ${rows} rows`);
+      await db.query(`CREATE TABLE ${MAT_TABLE} (id bigint PRIMARY KEY, n integer, t text,
+                        ts timestamptz, x numeric(12,2))`);
+      await db.query(
+        `INSERT INTO ${MAT_TABLE} SELECT g, g % 1000, md5(g::text),
+           '2026-01-01'::timestamptz + g * interval '1 second', (g % 100000) / 100.0
+         FROM generate_series(1, $1) g`,
+        [rows],
+      );
+      const env = {
+        ...benchCliEnv(cluster, dataDir, "cdc_egress"),
+        CDC_TABLES: `public.${MAT_TABLE}`,
+      };
+      await exec(Deno.execPath(), cliArgs(["init"], env), env);
+      const stream = new StreamProcess(env);
+      await stream.waitFor(async () => {
+        const r = await db.query(
+          "SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE file_type = 'full_reload'",
+        );
+        return { done: r.rows[0].n >= 1, state: "exporting" };
+      });
+      // The changes: 70% updates, 20% inserts, 10% deletes, in transactions of 100k.
+      log(`materialize: ${changes} changes`);
+      const step = 100_000;
+      for (let done = 0; done < changes; done += step) {
+        const n = Math.min(step, changes - done);
+        const u = Math.floor(n * 0.7);
+        const i = Math.floor(n * 0.2);
+        const d = n - u - i;
+        await db.query("BEGIN");
+        await db.query(
+          `UPDATE ${MAT_TABLE} SET n = n + 1, t = md5(t) WHERE id > $1 AND id <= $1 + $2`,
+          [done, u],
+        );
+        await db.query(
+          `INSERT INTO ${MAT_TABLE} SELECT $1 + g, g, md5(g::text), now(), g / 7.0
+           FROM generate_series(1, $2) g`,
+          [rows + done, i],
+        );
+        await db.query(`DELETE FROM ${MAT_TABLE} WHERE id > $1 AND id <= $1 + $2`, [
+          rows - done - d,
+          d,
+        ]);
+        await db.query("COMMIT");
+      }
+      const end = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
+      await stream.waitFor(async () => {
+        const r = await db.query(
+          `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots
+           WHERE slot_name = 'cdc_egress'`,
+          [end],
+        );
+        return { done: Boolean(r.rows[0]?.ok), state: "streaming the changes" };
+      });
+      await stream.stop();
+      const files = await db.query(
+        `SELECT path, file_type FROM cdc_registry.file_log WHERE file_type <> 'ddl'
+         ORDER BY start_lsn, file_type = 'streaming'`,
+      );
+      const full = join(dataDir, files.rows.find((f) => f.file_type === "full_reload").path);
+      const streaming = files.rows.filter((f) => f.file_type === "streaming").map((f) =>
+        join(dataDir, f.path)
+      );
+      const streamedRows = await db.query(
+        "SELECT sum(row_count)::bigint AS n FROM cdc_registry.file_log WHERE file_type = 'streaming'",
+      );
+
+      // Baseline 1: DuckDB's own read_csv of the same files (the recipe's options).
+      log("materialize baseline: DuckDB read_csv of the full_reload and the streaming files");
+      const { DuckDBInstance } = await import("@duckdb/node-api");
+      const lit = (p: string) => `'${p.replaceAll("'", "''")}'`;
+      const opts = "header = true, quote = '\"', escape = '\"', allow_quoted_nulls = false";
+      const duckStart = performance.now();
+      const inst = await DuckDBInstance.create(join(work, "baseline.duckdb"));
+      const conn = await inst.connect();
+      await conn.run(`CREATE TABLE full_reload AS SELECT * FROM read_csv(${lit(full)}, ${opts})`);
+      await conn.run(
+        `CREATE TABLE changes AS SELECT * FROM read_csv([${
+          streaming.map(lit).join(", ")
+        }], ${opts})`,
+      );
+      conn.closeSync();
+      inst.closeSync();
+      const duckSeconds = (performance.now() - duckStart) / 1000;
+
+      // Baseline 2: psql \copy of the full_reload into a table of the same columns.
+      log("materialize baseline: psql \\copy of the full_reload");
+      await db.query("CREATE DATABASE bench_copy");
+      await db.query("CREATE DATABASE bench_target");
+      const copyUrl = cluster.url("bench_copy");
+      await exec(psql, [
+        "-X",
+        "-q",
+        copyUrl,
+        "-c",
+        `CREATE TABLE ${MAT_TABLE} (id bigint PRIMARY KEY,
+        n integer, t text, ts timestamptz, x numeric(12,2))`,
+      ]);
+      const copyStart = performance.now();
+      await exec("bash", [
+        "-c",
+        `"$PSQL" -X -q "$URL" -c "\\copy ${MAT_TABLE} FROM PROGRAM 'gzip -dc $FILE' (FORMAT csv, HEADER)"`,
+      ], { PSQL: psql, URL: copyUrl, FILE: full });
+      const copySeconds = (performance.now() - copyStart) / 1000;
+
+      // Ours.
+      log("materialize ours: --to duckdb:");
+      const duckOurs = await timedCli(
+        ["materialize", "--to", `duckdb:${join(work, "ours.duckdb")}`],
+        env,
+      );
+      log("materialize ours: --to postgres://");
+      const pgOurs = await timedCli(["materialize", "--to", cluster.url("bench_target")], env);
+      const check = await db.query(`SELECT count(*)::int AS n FROM ${MAT_TABLE}`);
+      const target = new pg.Client({ connectionString: cluster.url("bench_target") });
+      await target.connect();
+      const got = await target.query(`SELECT count(*)::int AS n FROM public.${MAT_TABLE}`);
+      await target.end();
+      const result = {
+        fullReloadRows: rows,
+        streamedChanges: Number(streamedRows.rows[0].n),
+        streamingFiles: streaming.length,
+        duckdbReadCsvSeconds: duckSeconds,
+        oursDuckdbSeconds: duckOurs.seconds,
+        duckdbRatio: duckOurs.seconds / duckSeconds,
+        oursDuckdbPeakRssMb: duckOurs.peakRssMb,
+        psqlCopySeconds: copySeconds,
+        oursPostgresSeconds: pgOurs.seconds,
+        postgresRatio: pgOurs.seconds / copySeconds,
+        oursPostgresPeakRssMb: pgOurs.peakRssMb,
+        sourceRows: check.rows[0].n,
+        targetRows: got.rows[0].n,
+      };
+      console.log(
+        `\nmaterialize: ${rows}-row full_reload + ${result.streamedChanges} changes in ${streaming.length} file(s)`,
+      );
+      printRow("DuckDB read_csv of the files s", duckSeconds.toFixed(2));
+      printRow("ours --to duckdb: s", duckOurs.seconds.toFixed(2));
+      printRow(
+        "  ratio",
+        result.duckdbRatio.toFixed(2),
+        `<= ${MAT_TARGET_RATIO}`,
+        result.duckdbRatio <= MAT_TARGET_RATIO,
+      );
+      printRow(
+        "  peak RSS MB",
+        duckOurs.peakRssMb.toFixed(0),
+        `<= ${TARGET_RSS_MB}`,
+        duckOurs.peakRssMb <= TARGET_RSS_MB,
+      );
+      printRow("psql \\copy of the full_reload s", copySeconds.toFixed(2));
+      printRow("ours --to postgres:// s", pgOurs.seconds.toFixed(2));
+      printRow(
+        "  ratio",
+        result.postgresRatio.toFixed(2),
+        `<= ${MAT_TARGET_RATIO}`,
+        result.postgresRatio <= MAT_TARGET_RATIO,
+      );
+      printRow(
+        "  peak RSS MB",
+        pgOurs.peakRssMb.toFixed(0),
+        `<= ${TARGET_RSS_MB}`,
+        pgOurs.peakRssMb <= TARGET_RSS_MB,
+      );
+      printRow(
+        "rows: source / postgres target",
+        `${result.sourceRows} / ${result.targetRows}`,
+        "",
+        result.sourceRows === result.targetRows,
+      );
+      return result;
+    } finally {
+      if (!args.keep) {
+        await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+        await Deno.remove(work, { recursive: true }).catch(() => {});
+      }
+    }
+  });
+}
+
 const BENCHMARKS: Record<string, () => Promise<Record<string, unknown>>> = {
   backlog: benchBacklog,
   export: benchExport,
   bigtxn: benchBigTxn,
+  materialize: benchMaterialize,
 };
 
 async function main(): Promise<void> {

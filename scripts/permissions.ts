@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { type Config, DEFAULTS, loadConfigSync, SETTINGS } from "../src/config.ts";
 import { tlsFilePaths } from "../src/source/tls_settings.ts";
+import { parseTargetSpec, targetPaths, type TargetSpec } from "../src/materialize/target_spec.ts";
 
 /** Environment variables cdc-egress and the pg driver read. */
 export const ENV_VARS: readonly string[] = [
@@ -35,10 +36,25 @@ function hostOf(url: string | undefined, env: (k: string) => string | undefined)
   }
 }
 
-/** Flags for a resolved configuration. */
+/**
+ * Where Deno keeps the DuckDB native addon (`@duckdb/node-bindings-*`):
+ * `materialize` into duckdb:, csv: or parquet: loads it with `process.dlopen`,
+ * which needs --allow-ffi (and read) for that directory only.
+ */
+export function duckdbAddonDir(env: (k: string) => string | undefined): string {
+  const home = env("HOME") ?? "/root";
+  const denoDir = env("DENO_DIR") ?? `${env("XDG_CACHE_HOME") ?? `${home}/.cache`}/deno`;
+  return `${denoDir}/npm/registry.npmjs.org/@duckdb`;
+}
+
+/** Flags for a resolved configuration (and a `materialize --to` target, if any). */
 export function permissionFlags(
   config: Config,
-  options: { configPath?: string; env?: (k: string) => string | undefined } = {},
+  options: {
+    configPath?: string;
+    env?: (k: string) => string | undefined;
+    target?: TargetSpec;
+  } = {},
 ): string[] {
   const env = options.env ?? ((k: string) => Deno.env.get(k));
   const net = new Set([hostOf(config.sourceUrl, env)]);
@@ -50,6 +66,18 @@ export function permissionFlags(
   net.add(metricsPort === "0" ? metricsHost : config.metricsAddr);
   const dataDir = resolve(config.dataDir);
   const read = [dataDir];
+  const write = [dataDir];
+  const extra: string[] = [];
+  const target = options.target;
+  if (target?.kind === "postgres") net.add(hostOf(target.url, env));
+  else if (target) {
+    const paths = targetPaths(target);
+    read.push(...paths.read.map((p) => resolve(p)));
+    write.push(...paths.write.map((p) => resolve(p)));
+    const addon = duckdbAddonDir(env);
+    read.push(addon);
+    extra.push(`--allow-ffi=${addon}`);
+  }
   if (options.configPath) read.push(resolve(options.configPath));
   const home = env("HOME");
   read.push(env("PGPASSFILE") ?? (home ? `${home}/.pgpass` : "/nonexistent/.pgpass"));
@@ -61,8 +89,9 @@ export function permissionFlags(
   return [
     `--allow-net=${[...net].join(",")}`,
     `--allow-read=${read.join(",")}`,
-    `--allow-write=${dataDir}`,
+    `--allow-write=${write.join(",")}`,
     `--allow-env=${ENV_VARS.join(",")}`,
+    ...extra,
     "--no-prompt",
   ];
 }
@@ -75,7 +104,10 @@ export function permissionFlagsFor(
   args: string[],
   env: Record<string, string | undefined>,
 ): string[] {
-  const options: Record<string, { type: "string" | "boolean" }> = { config: { type: "string" } };
+  const options: Record<string, { type: "string" | "boolean" }> = {
+    config: { type: "string" },
+    to: { type: "string" },
+  };
   for (const s of SETTINGS) options[s.flag] = { type: "string" };
   let values: Record<string, string | boolean | undefined> = {};
   try {
@@ -96,5 +128,13 @@ export function permissionFlagsFor(
       dataDir: (values["data-dir"] as string | undefined) ?? env.CDC_DATA_DIR ?? DEFAULTS.dataDir,
     };
   }
-  return permissionFlags(config, { configPath, env: lookup });
+  let target: TargetSpec | undefined;
+  if (args[0] === "materialize" && typeof values.to === "string") {
+    try {
+      target = parseTargetSpec(values.to);
+    } catch {
+      // the CLI reports a bad --to itself
+    }
+  }
+  return permissionFlags(config, { configPath, env: lookup, target });
 }

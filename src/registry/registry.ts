@@ -681,37 +681,57 @@ export class Registry {
   }
 
   /**
-   * The files of one relation in replay order: a full_reload (the newest,
-   * or with `first` the first of its current history: after the newest one
-   * forced by DDL that changed rows or by a name that came to mean it), then
-   * the DDL and streaming files that reach past it.
+   * The files of one relation in replay order: a full_reload (the newest at
+   * or before `asOf`, or with `first` the first of its current history:
+   * after the newest one forced by DDL that changed rows or by a name that
+   * came to mean it), then the DDL and streaming files that reach past it
+   * (and, with `asOf`, start at or before it).
    */
-  async replayFiles(
-    oid: number,
-    from: "newest" | "first" = "newest",
-  ): Promise<{ path: string; fileType: "full_reload" | "streaming" | "ddl"; startLsn: Lsn }[]> {
+  async replayFiles(oid: number, from: "newest" | "first" = "newest", asOf?: Lsn): Promise<
+    {
+      id: string;
+      path: string;
+      fileType: "full_reload" | "streaming" | "ddl";
+      startLsn: Lsn;
+      endLsn: Lsn;
+      startSeq: number | null;
+      endSeq: number | null;
+      maxId: string;
+    }[]
+  > {
     const res = await this.#read(
       `WITH reloads AS (
-         SELECT start_lsn, reload_reason FROM cdc_registry.file_log
-         WHERE slot_name = $1 AND relation_oid = $2 AND file_type = 'full_reload'),
+         SELECT id, start_lsn, reload_reason FROM cdc_registry.file_log
+         WHERE slot_name = $1 AND relation_oid = $2 AND file_type = 'full_reload'
+           AND ($4::pg_lsn IS NULL OR start_lsn <= $4::pg_lsn)),
        base AS (
          SELECT CASE WHEN $3 = 'first'
            THEN COALESCE((SELECT max(start_lsn) FROM reloads WHERE reload_reason IN ('ddl', 'rename')),
                          (SELECT min(start_lsn) FROM reloads))
-           ELSE (SELECT max(start_lsn) FROM reloads) END AS lsn)
-       SELECT f.path, f.file_type, f.start_lsn::text AS start_lsn
-       FROM cdc_registry.file_log f, base
+           ELSE (SELECT max(start_lsn) FROM reloads) END AS lsn),
+       base_id AS (SELECT max(r.id) AS id FROM reloads r, base WHERE r.start_lsn = base.lsn)
+       SELECT f.id::text AS id, f.path, f.file_type, f.start_lsn::text AS start_lsn,
+              f.end_lsn::text AS end_lsn, f.start_seq, f.end_seq,
+              max(f.id) OVER ()::text AS max_id
+       FROM cdc_registry.file_log f, base, base_id
        WHERE f.slot_name = $1 AND f.relation_oid = $2
-         AND ((f.file_type = 'full_reload' AND f.start_lsn = base.lsn)
-           OR (f.file_type = 'streaming' AND (base.lsn IS NULL OR f.end_lsn >= base.lsn))
-           OR (f.file_type = 'ddl' AND base.lsn IS NOT NULL AND f.start_lsn >= base.lsn))
-       ORDER BY f.start_lsn, COALESCE(f.start_seq, -1)`,
-      [this.slot, oid, from],
+         AND ((f.file_type = 'full_reload' AND f.id = base_id.id)
+           OR (f.file_type = 'streaming' AND (base.lsn IS NULL OR f.end_lsn >= base.lsn)
+               AND ($4::pg_lsn IS NULL OR f.start_lsn <= $4::pg_lsn))
+           OR (f.file_type = 'ddl' AND base.lsn IS NOT NULL AND f.start_lsn >= base.lsn
+               AND ($4::pg_lsn IS NULL OR f.start_lsn <= $4::pg_lsn)))
+       ORDER BY f.start_lsn, COALESCE(f.start_seq, -1), f.id`,
+      [this.slot, oid, from, asOf === undefined ? null : formatLsn(asOf)],
     );
     return res.rows.map((r) => ({
+      id: r.id,
       path: r.path,
       fileType: r.file_type,
       startLsn: parseLsn(r.start_lsn),
+      endLsn: parseLsn(r.end_lsn),
+      startSeq: r.start_seq,
+      endSeq: r.end_seq,
+      maxId: r.max_id,
     }));
   }
 

@@ -14,7 +14,8 @@ export interface TableRef {
   oid: number;
 }
 
-interface Pattern {
+/** A parsed table pattern (glob per part; schema null: any schema). */
+export interface Pattern {
   schema: RegExp | null;
   table: RegExp;
 }
@@ -79,7 +80,8 @@ export function parseTablePattern(text: string): Pattern {
   return { schema: schema === null ? null : globToRegExp(schema), table: globToRegExp(table) };
 }
 
-function matches(p: Pattern, t: TableRef): boolean {
+/** Whether a table matches a pattern. */
+export function matchesPattern(p: Pattern, t: { schema: string; table: string }): boolean {
   return (p.schema === null || p.schema.test(t.schema)) && p.table.test(t.table);
 }
 
@@ -104,7 +106,8 @@ export async function selectTables(
     oid: Number(r.oid),
   }));
   return all.filter((t) =>
-    (inc.length === 0 || inc.some((p) => matches(p, t))) && !exc.some((p) => matches(p, t))
+    (inc.length === 0 || inc.some((p) => matchesPattern(p, t))) &&
+    !exc.some((p) => matchesPattern(p, t))
   );
 }
 

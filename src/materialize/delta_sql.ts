@@ -1,0 +1,149 @@
+/**
+ * The SQL that applies a folded {@linkcode Delta} to a target table, shared
+ * by the PostgreSQL and DuckDB targets, and the staging rows it reads.
+ *
+ * The delta goes into a staging table of text columns first:
+ * `_kind` (`K` key to delete, `X` multiset row to remove `_cnt` times,
+ * `U` row that replaces the row of its key (update, or insert if none),
+ * `R` row to insert, `B` row to insert that keeps some values of the row the
+ * target holds under key `_b0..`, per `_from`), `_cnt`, `_n`, `_from`,
+ * `_b0..`, then `c0..` the table's values as PostgreSQL text. Then a few
+ * set statements apply it, reading kept values before deleting anything.
+ */
+
+import type { CsvField } from "../replay/csv_reader.ts";
+import type { Delta } from "../replay/change_folder.ts";
+import type { TableShape } from "../replay/folder_schema.ts";
+import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
+
+/** Dialect details of a target. */
+export interface DeltaDialect {
+  /** Quotes an identifier. */
+  ident(name: string): string;
+  /** SQL casting the staged text `x` to column `i`'s target type. */
+  cast(x: string, i: number): string;
+  /** Join condition: target row `t` equals staged row `s` on every column (multiset). */
+  rowMatch(t: string, s: string): string;
+  /** SQL removing up to `_cnt` target rows per staged `X` row. */
+  removeRows(table: string, stage: string): string;
+  /** Empties the table. */
+  truncate(table: string): string;
+}
+
+/** Names of the staging table's columns for a shape. */
+export function stageColumns(shape: TableShape): string[] {
+  const keys = shape.keyed ? shape.columns.filter((c) => c.isKey).length : 0;
+  return [
+    "_kind",
+    "_cnt",
+    "_n",
+    "_from",
+    ...Array.from({ length: keys }, (_v, i) => `_b${i}`),
+    ...shape.columns.map((_c, i) => `c${i}`),
+  ];
+}
+
+/** Encodes a delta's staging rows as CSV (no header), calling `sink` with 1 MiB chunks. */
+export async function encodeStage(
+  delta: Delta,
+  shape: TableShape,
+  sink: (chunk: Uint8Array) => Promise<void> | void,
+): Promise<void> {
+  const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+  const nKeys = shape.keyed ? keyCols.length : 0;
+  const n = shape.columns.length;
+  const csv = new CsvRowEncoder({ initialCapacity: 1 << 20 });
+  let seq = 0;
+  const put = async (
+    kind: string,
+    cnt: number | null,
+    from: string | null,
+    baseKey: CsvField[] | null,
+    values: (i: number) => CsvField,
+  ) => {
+    csv.fieldText(kind);
+    csv.fieldText(cnt === null ? null : String(cnt));
+    csv.fieldText(String(seq++));
+    csv.fieldText(from);
+    for (let k = 0; k < nKeys; k++) csv.fieldText(baseKey ? baseKey[k] : null);
+    for (let i = 0; i < n; i++) csv.fieldText(values(i));
+    csv.endRow();
+    if (csv.byteLength >= 1 << 20) await sink(csv.takeChunk());
+  };
+  for (const key of delta.deleteKeys) {
+    await put("K", null, null, null, (i) => {
+      const at = keyCols.indexOf(i);
+      return at >= 0 ? key[at] : null;
+    });
+  }
+  for (const r of delta.removals) await put("X", r.count, null, null, (i) => r.row[i]);
+  for (const r of delta.rows) {
+    if (r.base) {
+      const from = r.base.fromBase.map((b) => (b ? "1" : "0")).join("");
+      await put("B", null, from, r.base.key, (i) => r.values[i]);
+    } else await put(r.replace ? "U" : "R", null, null, null, (i) => r.values[i]);
+  }
+  if (csv.byteLength > 0) await sink(csv.takeChunk());
+}
+
+/** Statements that apply the staged delta in `stage` to `table`. */
+export function deltaStatements(
+  delta: Delta,
+  shape: TableShape,
+  table: string,
+  stage: string,
+  keptRows: string,
+  d: DeltaDialect,
+): string[] {
+  const cols = shape.columns.map((c) => d.ident(c.name));
+  const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+  const out: string[] = [];
+  const hasBase = delta.rows.some((r) => r.base);
+  if (hasBase) {
+    const values = shape.columns.map((_c, i) =>
+      `CASE WHEN substr(s._from, ${i + 1}, 1) = '1' THEN b.${cols[i]} ELSE ${
+        d.cast(`s.c${i}`, i)
+      } END AS ${cols[i]}`
+    );
+    const on = keyCols.map((c, k) => `b.${cols[c]} = ${d.cast(`s._b${k}`, c)}`).join(" AND ");
+    out.push(
+      `CREATE TEMP TABLE ${keptRows} AS SELECT ${values.join(", ")}
+       FROM ${stage} s LEFT JOIN ${table} b ON ${on} WHERE s._kind = 'B'`,
+    );
+  }
+  if (delta.truncate) out.push(d.truncate(table));
+  if (delta.deleteKeys.length > 0) {
+    const on = keyCols.map((c) => `t.${cols[c]} = ${d.cast(`s.c${c}`, c)}`).join(" AND ");
+    out.push(`DELETE FROM ${table} t USING ${stage} s WHERE s._kind = 'K' AND ${on}`);
+  }
+  if (delta.removals.length > 0) out.push(d.removeRows(table, stage));
+  if (delta.rows.some((r) => r.replace)) {
+    // Upserts: update the rows the target has, insert the others.
+    const on = keyCols.map((c) => `t.${cols[c]} = ${d.cast(`s.c${c}`, c)}`).join(" AND ");
+    const set = shape.columns.flatMap((c, i) =>
+      c.isKey ? [] : [`${cols[i]} = ${d.cast(`s.c${i}`, i)}`]
+    );
+    if (set.length > 0) {
+      out.push(
+        `UPDATE ${table} t SET ${set.join(", ")} FROM ${stage} s WHERE s._kind = 'U' AND ${on}`,
+      );
+    }
+    out.push(
+      `INSERT INTO ${table} (${cols.join(", ")}) SELECT ${
+        shape.columns.map((_c, i) => d.cast(`s.c${i}`, i)).join(", ")
+      } FROM ${stage} s WHERE s._kind = 'U' AND NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${on})`,
+    );
+  }
+  if (delta.rows.some((r) => !r.base && !r.replace)) {
+    out.push(
+      `INSERT INTO ${table} (${cols.join(", ")}) SELECT ${
+        shape.columns.map((_c, i) => d.cast(`c${i}`, i)).join(", ")
+      } FROM ${stage} WHERE _kind = 'R'`,
+    );
+  }
+  if (hasBase) {
+    out.push(`INSERT INTO ${table} (${cols.join(", ")}) SELECT * FROM ${keptRows}`);
+    out.push(`DROP TABLE ${keptRows}`);
+  }
+  return out;
+}

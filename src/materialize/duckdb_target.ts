@@ -1,0 +1,542 @@
+/**
+ * The DuckDB targets of `materialize`: `duckdb:PATH` (typed columns, see
+ * duckdb_types.ts), and the state behind `csv:DIR` (every column VARCHAR,
+ * PostgreSQL's exact text) and `parquet:DIR`. DuckDB is a native addon,
+ * imported here only, when one of these targets is used.
+ *
+ * A full_reload is read by DuckDB's own CSV reader (PostgreSQL's dialect:
+ * `"` quote and escape, unquoted empty = NULL, `""` = empty string); a
+ * folded delta is written to a staging CSV file beside the database and
+ * applied with set statements. Progress lives in `cdc_egress.progress` in
+ * the same database, committed with the rows.
+ */
+
+import { rename, rm } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { createGzip } from "node:zlib";
+import { once } from "node:events";
+import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import type { Delta } from "../replay/change_folder.ts";
+import { columnMapping, type TableShape } from "../replay/folder_schema.ts";
+import type { PlanFile } from "../replay/replay_plan.ts";
+import type { ReplayPosition } from "../replay/replay_sink.ts";
+import { CdcError } from "../errors.ts";
+import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
+import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
+import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
+import {
+  buildPrefix,
+  LongLines,
+  type MaterializeTarget,
+  PROGRESS_DDL,
+  PROGRESS_TABLE,
+  type SourceTable,
+  type TableProgress,
+  type TableSink,
+  WidenColumn,
+} from "./materialize_target.ts";
+
+// Structural types of the parts of @duckdb/node-api we use (it is imported lazily).
+interface DuckConnection {
+  run(sql: string): Promise<unknown>;
+  runAndReadAll(sql: string): Promise<{ getRowsJS(): unknown[][]; getRows(): unknown[][] }>;
+  stream(
+    sql: string,
+  ): Promise<{ fetchChunk(): Promise<{ rowCount: number; getRows(): unknown[][] } | null> }>;
+  closeSync(): void;
+}
+
+function ident(name: string): string {
+  return '"' + name.replaceAll('"', '""') + '"';
+}
+
+function literal(text: string): string {
+  return "'" + text.replaceAll("'", "''") + "'";
+}
+
+/**
+ * DuckDB's CSV options for PostgreSQL's COPY dialect, every column VARCHAR.
+ * DuckDB's reader needs a whole row in one buffer, and its buffers make most
+ * of its memory: rows up to 4 MiB by default, up to 16 MiB for a table
+ * that needed it ({@linkcode LONG_LINE}).
+ */
+function csvOptions(names: string[], header: boolean, longLines = false): string {
+  const line = longLines ? 16 << 20 : 4 << 20;
+  const columns = names.map((n) => `${literal(n)}: 'VARCHAR'`).join(", ");
+  return `header = ${header}, delim = ',', quote = '"', escape = '"', new_line = '\\n',
+    allow_quoted_nulls = false, auto_detect = false, max_line_size = ${line}, buffer_size = ${
+    2 * line
+  },
+    columns = {${columns}}`;
+}
+
+const WIDEN = /cdc-egress: widen column (\d+)/;
+/** DuckDB's error for a row longer than max_line_size. */
+const LONG_LINE = /Maximum line size/i;
+
+/** What the DuckDB database behind a target is for. */
+export type DuckdbRole = "duckdb" | "csv" | "parquet";
+
+/** `materialize --to duckdb:PATH` (and the state of csv: and parquet:). */
+export class DuckdbTarget implements MaterializeTarget {
+  readonly #instance: { closeSync(): void };
+  readonly #conn: DuckConnection;
+  readonly #slot: string;
+  readonly #role: DuckdbRole;
+  readonly #stagePath: string;
+  readonly #outDir: string | null;
+  /** Columns to keep VARCHAR per table (values that did not fit their type). */
+  readonly widened = new Map<string, Set<string>>();
+  /** Tables whose files have rows longer than the default line limit. */
+  readonly longLines = new Set<string>();
+
+  private constructor(
+    instance: { closeSync(): void },
+    conn: DuckConnection,
+    slot: string,
+    role: DuckdbRole,
+    stagePath: string,
+    outDir: string | null,
+  ) {
+    this.#instance = instance;
+    this.#conn = conn;
+    this.#slot = slot;
+    this.#role = role;
+    this.#stagePath = stagePath;
+    this.#outDir = outDir;
+  }
+
+  /**
+   * Opens (or creates) the database at `dbPath`. `outDir` is where csv: and
+   * parquet: write their files.
+   */
+  static async open(
+    dbPath: string,
+    slot: string,
+    role: DuckdbRole,
+    outDir: string | null = null,
+  ): Promise<DuckdbTarget> {
+    const { DuckDBInstance } = await import("@duckdb/node-api");
+    let conn: DuckConnection;
+    let instance: { closeSync(): void };
+    try {
+      const created = await DuckDBInstance.create(dbPath);
+      instance = created;
+      conn = await created.connect() as unknown as DuckConnection;
+    } catch (error) {
+      throw new CdcError(
+        "config",
+        `Cannot open DuckDB database "${dbPath}": ${
+          String((error as Error).message).split("\n")[0]
+        }`,
+        { cause: error },
+      );
+    }
+    await conn.run("SET TimeZone = 'UTC'");
+    await conn.run("SET memory_limit = '128MB'");
+    await conn.run("SET allocator_flush_threshold = '8MB'");
+    await conn.run("SET preserve_insertion_order = false");
+    await conn.run("CREATE SCHEMA IF NOT EXISTS cdc_egress");
+    await conn.run(PROGRESS_DDL);
+    return new DuckdbTarget(instance, conn, slot, role, `${dbPath}.cdc-stage.csv`, outDir);
+  }
+
+  get connection(): DuckConnection {
+    return this.#conn;
+  }
+
+  async progress(t: SourceTable): Promise<TableProgress | null> {
+    const r = await this.#conn.runAndReadAll(
+      `SELECT full_reload_path, applied_lsn, applied_seq, shape, extra FROM ${PROGRESS_TABLE}
+       WHERE schema_name = ${literal(t.schema)} AND table_name = ${literal(t.table)}`,
+    );
+    const row = r.getRowsJS()[0] as [string, string, number, string, string] | undefined;
+    if (!row) return null;
+    return {
+      fullReloadPath: row[0],
+      position: { lsn: parseLsn(row[1]), seq: Number(row[2]) },
+      shape: JSON.parse(row[3]),
+      extra: JSON.parse(row[4]),
+    };
+  }
+
+  async exists(t: SourceTable): Promise<boolean> {
+    const r = await this.#conn.runAndReadAll(
+      `SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()
+       AND schema_name = ${literal(t.schema)} AND table_name = ${literal(t.table)}`,
+    );
+    return Number(r.getRowsJS()[0][0]) > 0;
+  }
+
+  /** Column type for a table's column, honouring widened columns. */
+  columnType(t: SourceTable, name: string, pgType: string): DuckdbColumnType {
+    if (this.widened.get(`${t.schema}.${t.table}`)?.has(name)) return DUCKDB_VARCHAR;
+    return duckdbColumnType(pgType, this.#role === "csv");
+  }
+
+  sink(t: SourceTable, rebuild: boolean, prior: TableProgress | null): Promise<TableSink> {
+    return Promise.resolve(
+      new DuckdbTableSink(this, this.#conn, this.#slot, t, rebuild, prior, this.#stagePath),
+    );
+  }
+
+  /** csv: and parquet: write the table's file (atomically) when it changed since the last one. */
+  async publish(t: SourceTable, tableDir: string): Promise<void> {
+    if (!this.#outDir) return;
+    const p = await this.progress(t);
+    if (!p) return;
+    const mark = `${formatLsn(p.position.lsn as Lsn)}:${p.position.seq}:${p.fullReloadPath}`;
+    const ext = this.#role === "csv" ? "csv.gz" : "parquet";
+    const final = `${this.#outDir}/${tableDir}.${ext}`;
+    if (p.extra.published === mark && await exists(final)) return;
+    const tmp = `${this.#outDir}/.tmp-${tableDir}.${ext}`;
+    const q = `${ident(t.schema)}.${ident(t.table)}`;
+    if (this.#role === "parquet") {
+      await this.#conn.run(`COPY (SELECT * FROM ${q}) TO ${literal(tmp)} (FORMAT parquet)`);
+    } else {
+      await this.#exportCsv(q, p.shape, tmp);
+    }
+    await rename(tmp, final);
+    p.extra.published = mark;
+    await this.#conn.run(
+      `UPDATE ${PROGRESS_TABLE} SET extra = ${literal(JSON.stringify(p.extra))}
+       WHERE schema_name = ${literal(t.schema)} AND table_name = ${literal(t.table)}`,
+    );
+  }
+
+  /** Writes the table in COPY's CSV dialect with header (values are PostgreSQL's text). */
+  async #exportCsv(table: string, shape: TableShape, path: string): Promise<void> {
+    const gzip = createGzip({ level: 6 });
+    const out = createWriteStream(path, { mode: 0o600 });
+    const done = new Promise<void>((resolve, reject) => {
+      out.on("finish", resolve);
+      out.on("error", reject);
+      gzip.on("error", reject);
+    });
+    gzip.pipe(out);
+    const write = async (bytes: Uint8Array) => {
+      if (!gzip.write(bytes)) await once(gzip, "drain");
+    };
+    await write(encodeCsvHeader(shape.columns.map((c) => c.name)));
+    const csv = new CsvRowEncoder();
+    const result = await this.#conn.stream(`SELECT * FROM ${table}`);
+    for (
+      let chunk = await result.fetchChunk();
+      chunk && chunk.rowCount > 0;
+      chunk = await result.fetchChunk()
+    ) {
+      for (const row of chunk.getRows()) {
+        for (const v of row) csv.fieldText(v === null ? null : String(v));
+        csv.endRow();
+      }
+      if (csv.byteLength >= 1 << 16) await write(csv.takeChunk());
+    }
+    if (csv.byteLength > 0) await write(csv.takeChunk());
+    gzip.end();
+    await done;
+  }
+
+  async close(): Promise<void> {
+    await rm(this.#stagePath, { force: true }).catch(() => {});
+    this.#conn.closeSync();
+    this.#instance.closeSync();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+class DuckdbTableSink implements TableSink {
+  readonly #target: DuckdbTarget;
+  readonly #conn: DuckConnection;
+  readonly #slot: string;
+  readonly #t: SourceTable;
+  readonly #rebuild: boolean;
+  readonly #stagePath: string;
+  #inTx = false;
+  #name: string;
+  #types: DuckdbColumnType[] = [];
+  #typeNames: string[];
+  #fullReloadPath: string;
+  #position: ReplayPosition | null = null;
+  #shape: TableShape | null;
+  #extra: Record<string, unknown>;
+
+  constructor(
+    target: DuckdbTarget,
+    conn: DuckConnection,
+    slot: string,
+    t: SourceTable,
+    rebuild: boolean,
+    prior: TableProgress | null,
+    stagePath: string,
+  ) {
+    this.#target = target;
+    this.#conn = conn;
+    this.#slot = slot;
+    this.#t = t;
+    this.#rebuild = rebuild;
+    this.#stagePath = stagePath;
+    this.#name = t.table;
+    this.#typeNames = (prior?.extra.types as string[] | undefined) ?? [];
+    this.#fullReloadPath = prior?.fullReloadPath ?? "";
+    this.#shape = prior?.shape ?? null;
+    this.#extra = { ...(prior?.extra ?? {}) };
+    delete this.#extra.published;
+    // A column kept VARCHAR on an earlier run stays VARCHAR.
+    if (this.#shape) {
+      this.#types = this.#shape.columns.map((c, i) =>
+        this.#typeNames[i] === "VARCHAR" ? DUCKDB_VARCHAR : this.#colType(c.name, c.type)
+      );
+    }
+  }
+
+  get #longLines(): boolean {
+    return this.#target.longLines.has(`${this.#t.schema}.${this.#t.table}`);
+  }
+
+  #colType(name: string, pgType: string): DuckdbColumnType {
+    return this.#target.columnType(this.#t, name, pgType);
+  }
+
+  get #qualified(): string {
+    return `${ident(this.#t.schema)}.${ident(this.#name)}`;
+  }
+
+  async #run(sql: string): Promise<unknown[][]> {
+    try {
+      return (await this.#conn.runAndReadAll(sql)).getRowsJS();
+    } catch (error) {
+      const message = String((error as Error).message);
+      const m = WIDEN.exec(message);
+      if (m && this.#shape) throw new WidenColumn(this.#shape.columns[Number(m[1])].name);
+      if (LONG_LINE.test(message) && !this.#longLines) throw new LongLines();
+      throw error;
+    }
+  }
+
+  async #begin(): Promise<void> {
+    if (this.#inTx) return;
+    await this.#conn.run("BEGIN TRANSACTION");
+    this.#inTx = true;
+    // A column widened on an earlier attempt: make the existing table match.
+    if (!this.#rebuild && this.#shape) {
+      for (let i = 0; i < this.#types.length; i++) {
+        if (this.#types[i].type !== this.#typeNames[i]) {
+          await this.#run(
+            `ALTER TABLE ${this.#qualified} ALTER ${ident(this.#shape.columns[i].name)} TYPE ${
+              this.#types[i].type
+            }`,
+          );
+        }
+      }
+      this.#typeNames = this.#types.map((t) => t.type);
+    }
+  }
+
+  /** Cast from the staged text, failing with a widen marker where the value would not fit. */
+  #cast(x: string, i: number): string {
+    const t = this.#types[i];
+    if (!t.check) return t.cast(x);
+    return `CASE WHEN ${x} IS NULL OR ${t.check(x)} THEN ${t.cast(x)}
+            ELSE error('cdc-egress: widen column ${i}') END`;
+  }
+
+  #dialect(shape: TableShape): DeltaDialect {
+    const cols = shape.columns.map((c) => ident(c.name));
+    return {
+      ident,
+      cast: (x, i) => this.#cast(x, i),
+      rowMatch: () => "",
+      removeRows: (table, stage) =>
+        `DELETE FROM ${table} WHERE rowid IN (
+           SELECT rid FROM (
+             SELECT t.rowid AS rid, CAST(s._cnt AS INTEGER) AS cnt,
+                    row_number() OVER (PARTITION BY s._n ORDER BY t.rowid) AS rn
+             FROM ${table} t JOIN ${stage} s ON s._kind = 'X' AND ${
+          cols.map((c, i) => `t.${c} IS NOT DISTINCT FROM ${this.#cast(`s.c${i}`, i)}`).join(
+            " AND ",
+          )
+        }) WHERE rn <= cnt)`,
+      truncate: (table) => `DELETE FROM ${table}`,
+    };
+  }
+
+  async reset(shape: TableShape): Promise<void> {
+    await this.#begin();
+    await this.#run(`CREATE SCHEMA IF NOT EXISTS ${ident(this.#t.schema)}`);
+    // Build tables of this table left by a crash.
+    const left = await this.#run(
+      `SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()
+       AND schema_name = ${literal(this.#t.schema)}
+       AND starts_with(table_name, ${literal(buildPrefix(this.#t.table))})`,
+    );
+    for (const [name] of left) {
+      await this.#run(`DROP TABLE ${ident(this.#t.schema)}.${ident(String(name))}`);
+    }
+    this.#name = `${buildPrefix(this.#t.table)}${crypto.randomUUID().slice(0, 8)}`;
+    this.#shape = shape;
+    this.#types = shape.columns.map((c) => this.#colType(c.name, c.type));
+    this.#typeNames = this.#types.map((t) => t.type);
+    const cols = shape.columns.map((c, i) => `${ident(c.name)} ${this.#types[i].type}`);
+    await this.#run(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
+  }
+
+  async loadFullReload(path: string, shape: TableShape): Promise<number> {
+    const names = shape.columns.map((_c, i) => `c${i}`);
+    const rows = await this.#run(
+      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+       SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
+       FROM read_csv(${literal(path)}, compression = 'gzip', ${
+        csvOptions(names, true, this.#longLines)
+      })`,
+    );
+    return Number(rows[0]?.[0] ?? 0);
+  }
+
+  async reshape(from: TableShape, to: TableShape): Promise<void> {
+    await this.#begin();
+    const map = columnMapping(from, to);
+    const q = this.#qualified;
+    const kept = new Set(map.filter((i) => i >= 0));
+    for (let i = 0; i < from.columns.length; i++) {
+      if (!kept.has(i)) {
+        await this.#run(`ALTER TABLE ${q} DROP COLUMN ${ident(from.columns[i].name)}`);
+      }
+    }
+    const renamed = map.flatMap((f, j) =>
+      f >= 0 && from.columns[f].name !== to.columns[j].name ? [[f, j]] : []
+    );
+    for (const [f, j] of renamed) {
+      await this.#run(
+        `ALTER TABLE ${q} RENAME COLUMN ${ident(from.columns[f].name)} TO ${
+          ident(`_cdc_rename_${j}`)
+        }`,
+      );
+    }
+    for (const [, j] of renamed) {
+      await this.#run(
+        `ALTER TABLE ${q} RENAME COLUMN ${ident(`_cdc_rename_${j}`)} TO ${
+          ident(to.columns[j].name)
+        }`,
+      );
+    }
+    const types = to.columns.map((c, j) =>
+      map[j] >= 0 && this.#typeNames[map[j]] === "VARCHAR" && from.columns[map[j]].type === c.type
+        ? DUCKDB_VARCHAR
+        : this.#colType(c.name, c.type)
+    );
+    for (let j = 0; j < to.columns.length; j++) {
+      const name = ident(to.columns[j].name);
+      if (map[j] < 0) {
+        await this.#run(`ALTER TABLE ${q} ADD COLUMN ${name} ${types[j].type}`);
+      } else if (this.#typeNames[map[j]] !== types[j].type) {
+        await this.#run(
+          `ALTER TABLE ${q} ALTER ${name} TYPE ${types[j].type} USING ${
+            types[j].cast(`CAST(${name} AS VARCHAR)`)
+          }`,
+        );
+      }
+    }
+    this.#types = types;
+    this.#typeNames = types.map((t) => t.type);
+    this.#shape = to;
+  }
+
+  async apply(delta: Delta, shape: TableShape): Promise<void> {
+    await this.#begin();
+    const file = await Deno.open(this.#stagePath, {
+      write: true,
+      create: true,
+      truncate: true,
+      mode: 0o600,
+    });
+    try {
+      await encodeStage(delta, shape, async (c) => {
+        let off = 0;
+        while (off < c.length) off += await file.write(c.subarray(off));
+      });
+    } finally {
+      file.close();
+    }
+    const names = stageColumns(shape);
+    await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
+    await this.#run(
+      `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
+        csvOptions(names, false, this.#longLines)
+      })`,
+    );
+    for (
+      const sql of deltaStatements(
+        delta,
+        shape,
+        this.#qualified,
+        "temp._cdc_stage",
+        "_cdc_kept",
+        this.#dialect(shape),
+      )
+    ) await this.#run(sql);
+    await this.#run("DROP TABLE temp._cdc_stage");
+  }
+
+  async #saveProgress(): Promise<void> {
+    const values = [
+      this.#t.schema,
+      this.#t.table,
+      this.#slot,
+      this.#fullReloadPath,
+      formatLsn(this.#position!.lsn as Lsn),
+    ].map(literal);
+    const extra = { ...this.#extra, types: this.#typeNames };
+    await this.#run(
+      `INSERT OR REPLACE INTO ${PROGRESS_TABLE} VALUES (${values.join(", ")}, ${
+        this.#position!.seq
+      }, ${literal(JSON.stringify(this.#shape))}, ${literal(JSON.stringify(extra))}, ${
+        literal(new Date().toISOString())
+      })`,
+    );
+  }
+
+  async fileDone(file: PlanFile, position: ReplayPosition, shape: TableShape): Promise<void> {
+    if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
+    this.#position = position;
+    this.#shape = shape;
+    if (!this.#inTx) return;
+    // A rebuild commits file by file into its build table (bounded transactions);
+    // its progress is written only when the table is swapped in.
+    if (!this.#rebuild) await this.#saveProgress();
+    await this.#conn.run("COMMIT");
+    this.#inTx = false;
+  }
+
+  async finish(): Promise<void> {
+    if (!this.#rebuild) {
+      if (this.#inTx) await this.abort();
+      return;
+    }
+    await this.#begin();
+    await this.#run(`DROP TABLE IF EXISTS ${ident(this.#t.schema)}.${ident(this.#t.table)}`);
+    await this.#run(`ALTER TABLE ${this.#qualified} RENAME TO ${ident(this.#t.table)}`);
+    this.#name = this.#t.table;
+    await this.#saveProgress();
+    await this.#conn.run("COMMIT");
+    this.#inTx = false;
+  }
+
+  async abort(): Promise<void> {
+    if (this.#inTx) {
+      this.#inTx = false;
+      await this.#conn.run("ROLLBACK").catch(() => {});
+    }
+    // A build table left by an interrupted rebuild goes; a crash leaves it to the next rebuild.
+    if (this.#rebuild && this.#name !== this.#t.table) {
+      await this.#run(`DROP TABLE IF EXISTS ${this.#qualified}`).catch(() => {});
+    }
+  }
+}

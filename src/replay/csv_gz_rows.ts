@@ -1,0 +1,35 @@
+/**
+ * Streams the rows of a gzip CSV file (PostgreSQL's COPY dialect) in
+ * batches, with memory bounded by the batch size and the longest value.
+ */
+
+import { createReadStream } from "node:fs";
+import { createGunzip } from "node:zlib";
+import { CsvChunkParser, type CsvField } from "./csv_reader.ts";
+
+/**
+ * Yields the rows of `path` (header first) in batches of about `batchRows`.
+ * Concatenated gzip members read as one file.
+ */
+export async function* csvGzRows(
+  path: string,
+  batchRows = 10_000,
+): AsyncGenerator<CsvField[][]> {
+  const parser = new CsvChunkParser();
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let batch: CsvField[][] = [];
+  const source = createReadStream(path, { highWaterMark: 1 << 20 }).pipe(
+    createGunzip({ chunkSize: 1 << 18 }),
+  );
+  for await (const chunk of source as AsyncIterable<Uint8Array>) {
+    const rows = parser.push(decoder.decode(chunk, { stream: true }));
+    for (const r of rows) batch.push(r);
+    if (batch.length >= batchRows) {
+      yield batch;
+      batch = [];
+    }
+  }
+  for (const r of parser.push(decoder.decode())) batch.push(r);
+  for (const r of parser.end()) batch.push(r);
+  if (batch.length > 0) yield batch;
+}

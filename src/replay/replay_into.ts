@@ -1,0 +1,137 @@
+/**
+ * Drives a {@linkcode ReplaySink} through a table's files with the replay
+ * rule: the full_reload (its LSN C), then the streaming rows with
+ * `_cdc_lsn` >= C in (`_cdc_lsn`, `_cdc_seq`) order, folded into set-based
+ * deltas of bounded size, following column changes between folders.
+ */
+
+import { join } from "node:path";
+import { type Lsn, parseLsn } from "../lsn.ts";
+import { ChangeFolder, type Delta } from "./change_folder.ts";
+import { csvGzRows } from "./csv_gz_rows.ts";
+import { readFolderSchema, sameShape, type TableShape } from "./folder_schema.ts";
+import type { ReplayPlan } from "./replay_plan.ts";
+import type { ReplayPosition, ReplaySink } from "./replay_sink.ts";
+
+/** Options for {@linkcode replayInto}. */
+export interface ReplayOptions {
+  /**
+   * Continue a table the sink already holds: skip changes at or before this
+   * position. Without it the sink is reset and the full_reload loaded.
+   */
+  from?: { position: ReplayPosition; shape: TableShape };
+  /** Stop after this LSN (rows with a higher `_cdc_lsn` are left out). */
+  asOf?: Lsn;
+  /** Changes folded into one delta at most (bounds memory). */
+  runSize?: number;
+  /** Characters of values folded into one delta at most (bounds memory). */
+  runChars?: number;
+}
+
+/** What {@linkcode replayInto} did. */
+export interface ReplayResult {
+  shape: TableShape | null;
+  position: ReplayPosition | null;
+  files: number;
+  rows: number;
+}
+
+function after(lsn: bigint, seq: number, p: ReplayPosition): boolean {
+  return lsn > p.lsn || (lsn === p.lsn && seq > p.seq);
+}
+
+/** Replays `plan` from `dataDir` into `sink`. */
+export async function replayInto(
+  sink: ReplaySink,
+  dataDir: string,
+  plan: ReplayPlan,
+  options: ReplayOptions = {},
+): Promise<ReplayResult> {
+  const runSize = options.runSize ?? 20_000;
+  const runChars = options.runChars ?? 16 << 20;
+  let shape: TableShape;
+  let position: ReplayPosition;
+  let files = 0;
+  let rows = 0;
+  // Changes before the base's LSN C are in the full_reload already.
+  const base: bigint = plan.fullReload?.startLsn ?? 0n;
+  if (options.from) {
+    shape = options.from.shape;
+    position = options.from.position;
+  } else {
+    const first = plan.fullReload ?? plan.streaming[0];
+    if (!first) return { shape: null, position: null, files: 0, rows: 0 };
+    shape = await readFolderSchema(dataDir, first.path);
+    await sink.reset(shape);
+    if (plan.fullReload) {
+      rows += await sink.loadFullReload(join(dataDir, plan.fullReload.path), shape);
+      position = { lsn: plan.fullReload.startLsn, seq: -1 };
+      files++;
+      await sink.fileDone(plan.fullReload, position, shape);
+    } else position = { lsn: 0n, seq: -1 };
+  }
+  for (const file of plan.streaming) {
+    if (!after(file.endLsn, file.endSeq, position)) continue;
+    if (options.asOf !== undefined && file.startLsn > options.asOf) break;
+    if (file.fileType === "ddl") {
+      // Columns added or dropped by DDL exist from here on, even before a
+      // changed row shows them. (A dropped table's folder has no schema.yml.)
+      const ddlShape = await readFolderSchema(dataDir, file.path).catch(() => null);
+      if (ddlShape && !sameShape(shape, ddlShape)) {
+        await sink.reshape(shape, ddlShape);
+        shape = ddlShape;
+      }
+      position = { lsn: file.startLsn, seq: file.startSeq };
+      files++;
+      await sink.fileDone(file, position, shape);
+      continue;
+    }
+    const fileShape = await readFolderSchema(dataDir, file.path);
+    if (!sameShape(shape, fileShape)) {
+      await sink.reshape(shape, fileShape);
+      shape = fileShape;
+    }
+    const folder = new ChangeFolder(shape);
+    // The sink applies one delta while the next one is read and folded.
+    let applying: Promise<void> | null = null;
+    const apply = async (delta: Delta) => {
+      await applying;
+      applying = sink.apply(delta, shape);
+      // Keep a failure from going unhandled until it is awaited.
+      applying.catch(() => {});
+    };
+    // Rows of one transaction share their _cdc_lsn text: parse it once.
+    let lsnText = "";
+    let lsn = 0n;
+    let chars = 0;
+    let header = true;
+    for await (const batch of csvGzRows(join(dataDir, file.path))) {
+      for (const row of batch) {
+        if (header) {
+          header = false;
+          continue;
+        }
+        if (row[1] !== lsnText) {
+          lsnText = row[1] as string;
+          lsn = parseLsn(lsnText);
+        }
+        const seq = Number(row[2]);
+        if (lsn < base || !after(lsn, seq, position)) continue;
+        if (options.asOf !== undefined && lsn > options.asOf) continue;
+        folder.add(row);
+        position = { lsn, seq };
+        rows++;
+        for (const v of row) chars += v === null ? 1 : v.length + 1;
+        if (folder.size >= runSize || chars >= runChars) {
+          await apply(folder.take());
+          chars = 0;
+        }
+      }
+    }
+    if (folder.size > 0) await apply(folder.take());
+    await applying;
+    files++;
+    await sink.fileDone(file, position, shape);
+  }
+  return { shape, position, files, rows };
+}
