@@ -5,13 +5,13 @@
  */
 
 import { join } from "node:path";
-import type { Lsn } from "../lsn.ts";
 import type { RelationInfo } from "../pipeline/relation_catalog.ts";
-import type { TablePosition } from "../registry/registry.ts";
+import type { FileRecord, TablePosition } from "../registry/registry.ts";
 import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
 import { GzipFileWriter, type SealedFile } from "../write/gzip_file_writer.ts";
-import { ensureDir } from "../write/atomic_file.ts";
-import type { TableSchema } from "../write/schema_yml.ts";
+import { ensureDir, writeFileAtomic } from "../write/atomic_file.ts";
+import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
+import { formatLsn, type Lsn } from "../lsn.ts";
 
 /** Encoded CSV is handed to gzip in chunks of at least this size. */
 const CHUNK_BYTES = 256 * 1024;
@@ -109,6 +109,41 @@ export class TableBatch {
   async seal(): Promise<SealedFile> {
     if (this.encoder.byteLength > 0) await this.#drain();
     return await this.#writer.seal();
+  }
+
+  /** Writes the folder's schema.yml, valid from the batch's first change. */
+  async writeSchema(
+    schema: Omit<TableSchema, "validFromLsn">,
+    previousName: string | null,
+  ): Promise<void> {
+    const yml = renderSchemaYml({
+      ...schema,
+      validFromLsn: formatLsn(this.first!.lsn),
+      previousName,
+    });
+    await writeFileAtomic(join(this.absDir, "schema.yml"), new TextEncoder().encode(yml));
+  }
+
+  /** The `file_log` row of the sealed file. */
+  fileRecord(sealed: SealedFile): FileRecord {
+    const rel = this.relation;
+    return {
+      schema: rel.schema,
+      table: rel.table,
+      tableDir: rel.tableDir,
+      relationOid: rel.key,
+      batchTs: this.batchTs,
+      path: `${this.relDir}/${STREAMING_FILE}`,
+      fileType: "streaming",
+      startLsn: this.first!.lsn,
+      endLsn: this.last!.lsn,
+      startSeq: this.first!.seq,
+      endSeq: this.last!.seq,
+      rowCount: this.rows,
+      byteSize: sealed.byteSize,
+      sha256: sealed.sha256,
+      hasDdl: false,
+    };
   }
 
   /** Moves the sealed file to its final name (after the registry commit). */

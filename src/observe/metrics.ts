@@ -145,6 +145,24 @@ export class StreamMetrics {
     registers: [this.registry],
   });
 
+  /** Records a registered streaming batch. */
+  batchRegistered(
+    table: string,
+    reason: string,
+    seconds: number,
+    rows: number,
+    uncompressed: number,
+    byteSize: number,
+  ): void {
+    this.batchDuration.observe(seconds);
+    this.batchSize.observe(uncompressed);
+    this.batchRows.observe(rows);
+    this.batchesProcessed.inc({ reason });
+    this.rowsWritten.inc(rows);
+    this.tablePending.set({ table }, 0);
+    this.fileRegistered(table, "streaming", byteSize, uncompressed);
+  }
+
   /** Records a registered file. */
   fileRegistered(
     table: string,

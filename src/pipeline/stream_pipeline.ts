@@ -35,40 +35,23 @@ import { formatLsn, type Lsn, maxLsn, minLsn } from "../lsn.ts";
 import type {
   FileRecord,
   Registry,
-  ReloadInsert,
   TablePosition,
   TableState,
   TableStateUpdate,
 } from "../registry/registry.ts";
 import type { ReplicationStream } from "../source/replication_stream.ts";
-import { writeFileAtomic } from "../write/atomic_file.ts";
-import { renderSchemaYml } from "../write/schema_yml.ts";
-import { HeldFiles, publishHeld } from "./held_files.ts";
-import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
+import { batchTimestamp } from "../write/table_dir.ts";
+import { ddlEventFromRow } from "./ddl_events.ts";
+import { DdlHandler, type DdlHost } from "./ddl_handler.ts";
+import { ExportHandover, type HandoverHost, type TableName } from "./export_handover.ts";
 import { type RelationInfo, relationInfo, type SchemaLookup } from "./relation_catalog.ts";
-import type { ReloadCoordinator, ReloadHost, SealedExport } from "./reload_coordinator.ts";
+import type { ReloadCoordinator, ReloadHost } from "./reload_coordinator.ts";
 import {
-  changesExistingRows,
-  createsTable,
-  type DdlEvent,
-  ddlEventFromRow,
-  eventTable,
-  schemaFromEvent,
-} from "./ddl_events.ts";
-import { DDL_FILE, writeDdlFolder } from "./ddl_folder.ts";
-import {
-  comparePosition,
-  ddlNeedsExport,
-  exportAbandoned,
-  exportPlaceable,
-  exportRegistered,
-  nameExportFolder,
   newLife,
   noteRegistered,
   openGate,
   reachesBoundary,
   rowAction,
-  setBoundary,
   type TableLife,
 } from "./table_lifecycle.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
@@ -97,13 +80,6 @@ interface Txn {
   lsnText: string;
   tsText: string;
   xidText: string;
-}
-
-/** A table's current name and folder. */
-interface TableName {
-  schema: string;
-  table: string;
-  tableDir: string;
 }
 
 const STATUS_INTERVAL_MS = 10_000;
@@ -147,12 +123,8 @@ export class StreamPipeline {
   /** The newest folder name per table dir, so names only grow. */
   #lastBatchTs = new Map<string, string>();
   #batches = new Map<number, TableBatch>();
-  /** Files held back per relation until its export is registered. */
-  #held: HeldFiles;
-  /** Sealed exports waiting until the stream reaches their boundary. */
-  #ready = new Map<number, SealedExport>();
-  /** Relations whose export boundary the stream has not reached yet. */
-  #awaitingBoundary = new Set<number>();
+  /** Exports under way: what they hold, their boundaries, their registration. */
+  #handover: ExportHandover;
   #txn: Txn | null = null;
   #streamXid: number | null = null;
   /** End LSN of the newest fully processed transaction. */
@@ -164,8 +136,8 @@ export class StreamPipeline {
   #lastStatusAt = 0;
   #lastIdleSaveAt = 0;
   #stopping = false;
-  /** Column name → attnum per relation, from the newest captured DDL. */
-  #attnums = new Map<number, Map<string, number>>();
+  /** Captured DDL: its folders, and the exports it calls for. */
+  #ddl: DdlHandler;
   #reloads: ReloadCoordinator | null = null;
 
   constructor(
@@ -184,7 +156,13 @@ export class StreamPipeline {
     // carry an xid; put the replay decoder into that state once.
     if (options.protocol >= 2) this.#replayDecoder.decode(Uint8Array.of(0x53, 0, 0, 0, 0, 1));
     this.#spool = new TransactionSpool(join(options.dataDir, ".spool"));
-    this.#held = new HeldFiles(options.dataDir);
+    this.#handover = new ExportHandover(
+      this.#handoverHost(),
+      registry,
+      options.dataDir,
+      options.metrics,
+    );
+    this.#ddl = new DdlHandler(this.#ddlHost());
     this.#lastCommitEnd = options.startLsn;
     this.#lastWalEnd = options.startLsn;
     this.#durable = options.startLsn;
@@ -207,12 +185,10 @@ export class StreamPipeline {
   attachReloads(make: (host: ReloadHost) => ReloadCoordinator): void {
     this.#reloads = make({
       holdFor: (oid, hold, reason) => openGate(this.#life(oid), hold, reason),
-      beginExports: (tables) => this.#beginExports(tables),
-      boundaryKnown: (oids, boundary) => this.#boundaryKnown(oids, boundary),
-      exportSealed: (oid, sealed) => {
-        this.#ready.set(oid, sealed);
-      },
-      exportFailed: (oid, final) => this.#exportFailed(oid, final),
+      beginExports: (tables) => this.#handover.begin(tables),
+      boundaryKnown: (oids, boundary) => this.#handover.boundaryKnown(oids, boundary),
+      exportSealed: (oid, sealed) => this.#handover.sealed(oid, sealed),
+      exportFailed: (oid, final) => this.#handover.failed(oid, final),
     });
   }
 
@@ -268,9 +244,66 @@ export class StreamPipeline {
       await batch.abort().catch(() => {});
       this.#batches.delete(oid);
     }
-    await this.#held.dropAll();
-    for (const sealed of this.#ready.values()) await sealed.abort().catch(() => {});
-    this.#ready.clear();
+    await this.#handover.dropAll();
+  }
+
+  /** What the export hand-over may ask of this loop. */
+  #handoverHost(): HandoverHost {
+    return {
+      life: (oid) => this.#life(oid),
+      name: (oid) => this.#names.get(oid),
+      setName: (oid, name) => this.#setName(oid, name),
+      nextBatchTs: (dir) => this.#nextBatchTs(dir),
+      lastBatchTs: (dir) => this.#lastBatchTs.get(dir),
+      openBatch: (oid) => this.#batches.get(oid),
+      close: (oids) => this.#close(oids, "reload"),
+      dropBatch: async (oid) => {
+        await this.#batches.get(oid)?.abort();
+        this.#batches.delete(oid);
+      },
+      processed: () =>
+        this.#txn
+          ? { lsn: this.#txn.commitLsn, seq: this.#txn.seq - 1 }
+          : { lsn: this.#lastCommitEnd, seq: -1 },
+      frontier: () => this.#frontier(),
+      checkpoint: () => this.#checkpoint(),
+      registered: (checkpoint, files) => {
+        for (const f of files) {
+          this.stats.filesWritten++;
+          this.stats.bytesWritten += f.byteSize;
+        }
+        this.#durable = maxLsn(this.#durable, checkpoint);
+        this.#sendStatus(true);
+      },
+    };
+  }
+
+  /** What the DDL handler may ask of this loop. */
+  #ddlHost(): DdlHost {
+    const opts = this.#opts;
+    return {
+      dataDir: opts.dataDir,
+      registry: this.#registry,
+      handover: this.#handover,
+      reloadAfterDdl: opts.reloadAfterDdl,
+      logger: opts.logger,
+      metrics: opts.metrics,
+      findLife: (oid) => this.#lives.get(oid),
+      name: (oid) => this.#names.get(oid),
+      setName: (oid, name) => this.#setName(oid, name),
+      nameOwners: (schema, table) => this.#nameOwners.get(`${schema}\0${table}`),
+      nextBatchTs: (dir) => this.#nextBatchTs(dir),
+      openBatch: (oid) => this.#batches.get(oid),
+      close: (oids) => this.#close(oids, "ddl"),
+      checkpoint: () => this.#checkpoint(),
+      lastCommitEnd: () => this.#lastCommitEnd,
+      registered: (checkpoint) => {
+        this.#durable = maxLsn(this.#durable, checkpoint);
+      },
+      describeOid: (oid, lsn) => this.#schemas.describeOid(oid, lsn),
+      abandonExport: (oid) => this.#reloads?.abandon(oid),
+      onCreateTable: opts.onCreateTable,
+    };
   }
 
   #life(oid: number): TableLife {
@@ -460,13 +493,13 @@ export class StreamPipeline {
       }
       if (!rel.captured) {
         if (msg.type === "insert" && rel.table === "ddl_history") {
-          await this.#onDdl(ddlEventFromRow(rel, msg.newTuple), { lsn: txn.commitLsn, seq });
+          await this.#ddl.handle(ddlEventFromRow(rel, msg.newTuple), { lsn: txn.commitLsn, seq });
         }
         continue;
       }
       const pos: TablePosition = { lsn: txn.commitLsn, seq };
       const life = this.#life(rel.key);
-      if (reachesBoundary(life, pos)) await this.#reachBoundary(life);
+      if (reachesBoundary(life, pos)) await this.#handover.reachBoundary(life);
       const action = rowAction(life, pos);
       if (action === "skip") {
         this.stats.rowsSkipped++;
@@ -488,7 +521,7 @@ export class StreamPipeline {
     const batchTs = this.#nextBatchTs(rel.tableDir);
     // Describe the column set now, when it takes effect: the attnums known
     // from captured DDL are the ones of this point in the stream.
-    const schema = await this.#schemas.describe(rel, this.#attnums.get(rel.key));
+    const schema = await this.#schemas.describe(rel, this.#ddl.attnums(rel.key));
     // Its rows belong to the current transaction and later ones: every
     // transaction up to the last commit is in files or in another open
     // batch, which holds the checkpoint back on its own. (Taking the whole
@@ -528,10 +561,8 @@ export class StreamPipeline {
       await batch.abort();
       return;
     }
-    const sealed = await batch.seal();
-    await this.#writeBatchSchema(batch);
-    this.#held.add(oid, {
-      file: this.#fileRecord(batch, sealed),
+    this.#handover.held.add(oid, {
+      file: await this.#seal(batch),
       first: batch.first!,
       last: batch.last!,
       safeBefore: batch.safeBefore,
@@ -541,39 +572,12 @@ export class StreamPipeline {
     });
   }
 
-  async #writeBatchSchema(batch: TableBatch): Promise<void> {
+  /** Seals a batch's file and writes its schema.yml; returns its `file_log` row. */
+  async #seal(batch: TableBatch): Promise<FileRecord> {
+    const sealed = await batch.seal();
     const schema = batch.schema ?? await this.#schemas.describe(batch.relation);
-    const prev = this.#previousName(batch.relation.key, batch.relation);
-    await writeFileAtomic(
-      join(batch.absDir, "schema.yml"),
-      new TextEncoder().encode(
-        renderSchemaYml({
-          ...schema,
-          validFromLsn: formatLsn(batch.first!.lsn),
-          previousName: prev,
-        }),
-      ),
-    );
-  }
-
-  #fileRecord(batch: TableBatch, sealed: { byteSize: number; sha256: string }): FileRecord {
-    return {
-      schema: batch.relation.schema,
-      table: batch.relation.table,
-      tableDir: batch.relation.tableDir,
-      relationOid: batch.relation.key,
-      batchTs: batch.batchTs,
-      path: `${batch.relDir}/${STREAMING_FILE}`,
-      fileType: "streaming",
-      startLsn: batch.first!.lsn,
-      endLsn: batch.last!.lsn,
-      startSeq: batch.first!.seq,
-      endSeq: batch.last!.seq,
-      rowCount: batch.rows,
-      byteSize: sealed.byteSize,
-      sha256: sealed.sha256,
-      hasDdl: false,
-    };
+    await batch.writeSchema(schema, this.#previousName(batch.relation.key, batch.relation));
+    return batch.fileRecord(sealed);
   }
 
   /** The relation's earlier name when it was renamed while we streamed it. */
@@ -588,12 +592,12 @@ export class StreamPipeline {
     let cp = this.#lastCommitEnd;
     if (
       this.#txn === null && this.#streamXid === null && this.#spool.openCount === 0 &&
-      this.#batches.size === 0 && this.#held.empty
+      this.#batches.size === 0 && this.#handover.held.empty
     ) {
       cp = maxLsn(cp, this.#lastWalEnd);
     }
     for (const batch of this.#batches.values()) cp = minLsn(cp, batch.safeBefore);
-    return maxLsn(this.#held.capCheckpoint(cp), this.#durable);
+    return maxLsn(this.#handover.held.capCheckpoint(cp), this.#durable);
   }
 
   /** Every commit before this LSN has been processed. */
@@ -637,336 +641,6 @@ export class StreamPipeline {
   }
 
   /**
-   * An export's snapshot is being made for these tables: their open batches
-   * are closed (their changes come before any boundary the snapshot can
-   * have), and what comes next is held until the boundary is known.
-   */
-  async #beginExports(tables: { oid: number; schema: string; table: string }[]): Promise<void> {
-    const oids = tables.map((t) => t.oid);
-    for (const t of tables) {
-      // A table with no change seen yet is known by the name it was requested under.
-      if (!this.#names.has(t.oid)) {
-        this.#setName(t.oid, { ...t, tableDir: tableDirName(t.schema, t.table) });
-      }
-    }
-    await this.#close(oids.filter((oid) => this.#batches.has(oid)), "reload");
-    const txn = this.#txn;
-    const processed: TablePosition = txn
-      ? { lsn: txn.commitLsn, seq: txn.seq - 1 }
-      : { lsn: this.#lastCommitEnd, seq: -1 };
-    for (const oid of oids) {
-      const life = this.#life(oid);
-      openGate(life, processed, life.phase === "unexported" ? "initial" : "requested");
-      const name = this.#names.get(oid);
-      if (name) this.#opts.metrics?.setTableMode(`${name.schema}.${name.table}`, "reloading");
-    }
-  }
-
-  /**
-   * The snapshot exists and its boundary is C. If the stream has already
-   * passed C, the export folder is named now, and what was held since the
-   * request is sorted around it: changes before C stay before it (or are
-   * dropped, for a first export), the others move into folders after it.
-   */
-  async #boundaryKnown(oids: number[], boundary: Lsn): Promise<void> {
-    for (const oid of oids) {
-      const life = this.#life(oid);
-      setBoundary(life, boundary);
-      if (this.#frontier() < boundary) {
-        // Nothing at or after C has been seen yet.
-        if (life.phase === "unexported") await this.#dropHeldOf(oid);
-        this.#awaitingBoundary.add(oid);
-        continue;
-      }
-      await this.#close([oid], "reload");
-      const name = this.#names.get(oid);
-      if (!name) throw new CdcError("protocol", `No name known for relation ${oid}`);
-      nameExportFolder(life, this.#nextBatchTs(name.tableDir));
-      await this.#held.sortAround(
-        oid,
-        boundary,
-        life.phase === "unexported",
-        name.tableDir,
-        () => this.#nextBatchTs(name.tableDir),
-      );
-    }
-  }
-
-  /** Drops what is held for a relation (changes before its history starts). */
-  async #dropHeldOf(oid: number): Promise<void> {
-    const open = this.#batches.get(oid);
-    if (open?.held) {
-      await open.abort();
-      this.#batches.delete(oid);
-    }
-    await this.#held.drop(oid);
-  }
-
-  /** Names the export folders of tables whose boundary the stream has passed. */
-  async #reachBoundaries(): Promise<void> {
-    if (this.#awaitingBoundary.size === 0) return;
-    const frontier = this.#frontier();
-    for (const oid of [...this.#awaitingBoundary]) {
-      const life = this.#lives.get(oid);
-      const g = life?.gate;
-      if (!life || !g || g.boundary === null || g.batchTs !== null) {
-        this.#awaitingBoundary.delete(oid);
-        continue;
-      }
-      if (frontier >= g.boundary) await this.#reachBoundary(life);
-    }
-  }
-
-  /**
-   * The stream reached the export's boundary C: the table's open batch (its
-   * changes before C) is closed, and the export folder is named now, so it
-   * sorts after every folder of earlier changes and before later ones.
-   */
-  async #reachBoundary(life: TableLife): Promise<void> {
-    await this.#close([life.oid], "reload");
-    const name = this.#names.get(life.oid);
-    if (!name) throw new CdcError("protocol", `No name known for relation ${life.oid}`);
-    nameExportFolder(life, this.#nextBatchTs(name.tableDir));
-    this.#awaitingBoundary.delete(life.oid);
-  }
-
-  /** Registers sealed exports whose boundary the stream has reached, with what they held. */
-  async #placeReadyExports(): Promise<void> {
-    for (const [oid, sealed] of [...this.#ready]) {
-      const life = this.#lives.get(oid);
-      if (!life || !exportPlaceable(life) || life.gate!.boundary !== sealed.boundary) continue;
-      this.#ready.delete(oid);
-      await this.#registerExport(life, sealed);
-    }
-  }
-
-  async #registerExport(life: TableLife, sealed: SealedExport): Promise<void> {
-    const oid = life.oid;
-    const name = this.#names.get(oid)!;
-    const batchTs = life.gate!.batchTs!;
-    const reason = life.gate!.reason;
-    const path = await sealed.place(name.tableDir, batchTs);
-    const held = this.#held.take(oid);
-    let last: TablePosition | null = null;
-    for (const h of held) {
-      if (h.last && (last === null || comparePosition(h.last, last) > 0)) last = h.last;
-    }
-    const files: FileRecord[] = [...held.map((h) => h.file), {
-      schema: name.schema,
-      table: name.table,
-      tableDir: name.tableDir,
-      relationOid: oid,
-      batchTs,
-      path,
-      fileType: "full_reload",
-      startLsn: sealed.boundary,
-      endLsn: sealed.boundary,
-      startSeq: null,
-      endSeq: null,
-      rowCount: sealed.rows,
-      byteSize: sealed.byteSize,
-      sha256: sealed.sha256,
-      hasDdl: false,
-      reloadReason: reason,
-    }];
-    const checkpoint = this.#checkpoint();
-    // Once this call is sent the registry decides: on any error the session
-    // fails and start-up recovery settles the files against the registry.
-    await this.#registry.finishReload(sealed.ops, files, {
-      oid,
-      ...name,
-      last,
-      lastBatchTs: this.#lastBatchTs.get(name.tableDir) ?? batchTs,
-      mode: life.phase === "dropped" ? "dropped" : "streaming",
-      reloadLsn: sealed.boundary,
-    }, checkpoint);
-    for (const h of held) await publishHeld(h);
-    await sealed.publish();
-    exportRegistered(life, sealed.boundary, last);
-    const open = this.#batches.get(oid);
-    if (open) open.held = false;
-    this.#durable = maxLsn(this.#durable, checkpoint);
-    const table = `${name.schema}.${name.table}`;
-    this.#opts.metrics?.setTableMode(table, life.phase);
-    for (const h of held) {
-      this.stats.filesWritten++;
-      this.stats.bytesWritten += h.file.byteSize;
-    }
-    sealed.onRegistered(path);
-    this.#sendStatus(true);
-  }
-
-  /** An export failed: `final` when its table is gone for good. */
-  async #exportFailed(oid: number, final: boolean): Promise<void> {
-    const life = this.#lives.get(oid);
-    await this.#ready.get(oid)?.abort().catch(() => {});
-    this.#ready.delete(oid);
-    this.#awaitingBoundary.delete(oid);
-    if (!life) return;
-    exportAbandoned(life);
-    if (!final) return;
-    // Nothing will come to wait for: register what was held, as it is.
-    const open = this.#batches.get(oid);
-    if (open) open.held = false;
-    const held = this.#held.take(oid);
-    life.gate = null;
-    if (held.length === 0) return;
-    const name = this.#names.get(oid)!;
-    const checkpoint = this.#checkpoint();
-    const last = held.at(-1)!.last;
-    await this.#registry.commitFlush(held.map((h) => h.file), [{
-      oid,
-      ...name,
-      last,
-      lastBatchTs: this.#lastBatchTs.get(name.tableDir)!,
-    }], checkpoint);
-    for (const h of held) await publishHeld(h);
-    noteRegistered(life, last);
-    this.#durable = maxLsn(this.#durable, checkpoint);
-  }
-
-  /**
-   * Handles a captured DDL command at its position: a `ddl.sql` folder for
-   * the table it changed (after closing the table's open batch, so that no
-   * file spans the change), a new export when the command changed existing
-   * rows without row events or made a name mean another relation, and the
-   * publication for new tables.
-   */
-  async #onDdl(event: DdlEvent, pos: TablePosition): Promise<void> {
-    const target = eventTable(event);
-    if (!target) return;
-    if (createsTable(event)) {
-      await this.#opts.onCreateTable?.(target.schema, target.table);
-      return;
-    }
-    const oid = event.objid;
-    if (oid === null) return;
-    const life = this.#lives.get(oid);
-    if (!life) return; // not a table we capture
-    const knownMaxAttnum = this.#maxAttnum(oid);
-    if (event.attnums) this.#attnums.set(oid, event.attnums);
-    if (reachesBoundary(life, pos)) await this.#reachBoundary(life);
-    const action = rowAction(life, pos);
-    if (action === "skip") return;
-    const before = this.#names.get(oid);
-    const tableDir = tableDirName(target.schema, target.table);
-    const renamed = before !== undefined &&
-      (before.schema !== target.schema || before.table !== target.table);
-    await this.#close([oid], "ddl");
-    this.#setName(oid, { schema: target.schema, table: target.table, tableDir });
-    const dropped = event.commandTag === "DROP TABLE";
-    const batchTs = this.#nextBatchTs(tableDir);
-    const dir = join(this.#opts.dataDir, tableDir, batchTs);
-    let schema = null;
-    if (!dropped) {
-      // The catalog may already show later DDL: prefer what the trigger captured.
-      schema = schemaFromEvent(event, target, pos.lsn) ??
-        await this.#schemas.describeOid(oid, pos.lsn);
-      if (schema && renamed) schema.previousName = `${before!.schema}.${before!.table}`;
-    }
-    const folder = await writeDdlFolder(dir, event.commandTag, event.command, pos.lsn, schema);
-    const file: FileRecord = {
-      schema: target.schema,
-      table: target.table,
-      tableDir,
-      relationOid: oid,
-      batchTs,
-      path: `${tableDir}/${batchTs}/${DDL_FILE}`,
-      fileType: "ddl",
-      startLsn: pos.lsn,
-      endLsn: pos.lsn,
-      startSeq: pos.seq,
-      endSeq: pos.seq,
-      rowCount: 1,
-      byteSize: folder.byteSize,
-      sha256: folder.sha256,
-      hasDdl: true,
-    };
-    const reloads: ReloadInsert[] = [];
-    const reason = this.#reloadReason(event, oid, target, renamed, knownMaxAttnum);
-    if (reason !== null && ddlNeedsExport(life, pos)) {
-      if (life.gate?.boundary != null) {
-        // The export under way predates the change: start again after it.
-        this.#reloads?.abandon(oid);
-        await this.#exportFailed(oid, false);
-      }
-      reloads.push({ oid, schema: target.schema, table: target.table, reason, hold: pos });
-    }
-    if (dropped) life.phase = "dropped";
-    const table = `${target.schema}.${target.table}`;
-    if (action === "hold") {
-      this.#held.add(oid, {
-        file,
-        first: pos,
-        last: pos,
-        safeBefore: this.#lastCommitEnd,
-        dir,
-        name: DDL_FILE,
-      });
-      if (reloads.length > 0) await this.#registry.commitFlush([], [], this.#checkpoint(), reloads);
-    } else {
-      const checkpoint = this.#checkpoint();
-      await this.#registry.commitFlush(
-        [file],
-        [{
-          oid,
-          schema: target.schema,
-          table: target.table,
-          tableDir,
-          last: pos,
-          lastBatchTs: batchTs,
-          mode: dropped ? "dropped" : undefined,
-        }],
-        checkpoint,
-        reloads,
-      );
-      await folder.publish();
-      noteRegistered(life, pos);
-      this.#durable = maxLsn(this.#durable, checkpoint);
-      this.#opts.metrics?.fileRegistered(table, "ddl", folder.byteSize, 0);
-    }
-    for (const r of reloads) openGate(life, r.hold, r.reason);
-    if (dropped) this.#opts.metrics?.setTableMode(table, "dropped");
-    this.#opts.logger.info(action === "hold" ? "ddl held for an export" : "ddl registered", {
-      table,
-      command: event.commandTag,
-      path: file.path,
-      ...(reason !== null ? { reload: reason } : {}),
-    });
-  }
-
-  /** Why a DDL needs a new export of its table, or null. */
-  #reloadReason(
-    event: DdlEvent,
-    oid: number,
-    target: { schema: string; table: string },
-    renamed: boolean,
-    knownMaxAttnum: number | undefined,
-  ): string | null {
-    if (this.#opts.reloadAfterDdl === "never" || event.commandTag === "DROP TABLE") return null;
-    if (changesExistingRows(event, knownMaxAttnum)) return "ddl";
-    if (renamed) {
-      // A rename onto a name that another relation had: its folders would
-      // follow the other relation's, so it starts over with an export.
-      const owners = this.#nameOwners.get(`${target.schema}\0${target.table}`);
-      for (const other of owners ?? []) if (other !== oid) return "rename";
-    }
-    return null;
-  }
-
-  /** The highest attnum known for a relation before the current DDL, if any. */
-  #maxAttnum(oid: number): number | undefined {
-    let max: number | undefined;
-    const fromDdl = this.#attnums.get(oid);
-    if (fromDdl) { for (const a of fromDdl.values()) max = Math.max(max ?? 0, a); }
-    const batch = this.#batches.get(oid);
-    for (const c of batch?.schema?.columns ?? []) {
-      if (c.attnum != null) max = Math.max(max ?? 0, c.attnum);
-    }
-    return max;
-  }
-
-  /**
    * Seals the batches of `keys`, registers them with the new checkpoint in
    * one transaction, publishes the files and acknowledges.
    */
@@ -982,10 +656,8 @@ export class StreamPipeline {
         await batch.abort();
         continue;
       }
-      const sealed = await batch.seal();
-      await this.#writeBatchSchema(batch);
       written.push(batch);
-      files.push(this.#fileRecord(batch, sealed));
+      files.push(await this.#seal(batch));
       states.push({
         oid: batch.relation.key,
         schema: batch.relation.schema,
@@ -999,19 +671,17 @@ export class StreamPipeline {
     await this.#registry.commitFlush(files, states, checkpoint);
     for (const batch of written) await batch.publish();
     for (const batch of written) noteRegistered(this.#life(batch.relation.key), batch.last!);
-    const m = this.#opts.metrics;
-    if (m && written.length > 0) {
-      const seconds = (performance.now() - started) / 1000;
-      for (const [i, b] of written.entries()) {
-        const table = `${b.relation.schema}.${b.relation.table}`;
-        m.batchDuration.observe(seconds);
-        m.batchSize.observe(b.bytes);
-        m.batchRows.observe(b.rows);
-        m.batchesProcessed.inc({ reason });
-        m.rowsWritten.inc(b.rows);
-        m.tablePending.set({ table }, 0);
-        m.fileRegistered(table, "streaming", files[i].byteSize, b.bytes);
-      }
+    const seconds = (performance.now() - started) / 1000;
+    for (const [i, b] of written.entries()) {
+      const table = `${b.relation.schema}.${b.relation.table}`;
+      this.#opts.metrics?.batchRegistered(
+        table,
+        reason,
+        seconds,
+        b.rows,
+        b.bytes,
+        files[i].byteSize,
+      );
     }
     for (const f of files) {
       this.stats.filesWritten++;
@@ -1034,8 +704,7 @@ export class StreamPipeline {
     const pending = this.#flushDue(false);
     if (pending !== undefined) await pending;
     await this.#reloads?.poll();
-    await this.#reachBoundaries();
-    if (this.#ready.size > 0) await this.#placeReadyExports();
+    await this.#handover.tick();
     await this.#advanceIdle(false);
     if (Date.now() - this.#lastStatusAt >= STATUS_INTERVAL_MS) this.#sendStatus(false);
   }
