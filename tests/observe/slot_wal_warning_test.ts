@@ -112,7 +112,11 @@ for (const version of testMajors()) {
         return status === null ? null : { status };
       }, 60_000);
       // It was streaming when PostgreSQL terminated it, reconnected once, and stopped.
-      assert.equal(p.stderr.match(/"msg":"stream session failed; reconnecting"/g)?.length, 1);
+      assert.equal(
+        p.stderr.match(/"msg":"stream session failed \([^)]*\); reconnecting"/g)?.length,
+        1,
+        p.stderr,
+      );
       assert.equal(code!.status, 3, p.stderr);
       const errors = p.stderr.split("\n").filter((l) => l.startsWith("error:"));
       assert.equal(errors.length, 1, p.stderr);
