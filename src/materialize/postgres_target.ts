@@ -293,7 +293,8 @@ class PostgresTableSink implements TableSink {
       chunks.push(c);
     });
     await pipeline(Readable.from(chunks), copy);
-    await this.#q(`ANALYZE ${stage}`);
+    // Keyed deltas go through the index (below); keyless ones hash-join on statistics.
+    if (!shape.keyed) await this.#q(`ANALYZE ${stage}`);
     // The staged keys are text cast to the key types, and the planner then
     // tends to hash the whole target: look each key up in the index instead.
     const indexed = shape.keyed && this.#index !== null;
