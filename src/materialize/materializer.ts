@@ -188,7 +188,7 @@ export async function materializeTable(
         rebuilt: rebuild,
         files: r.files,
         rows: r.rows,
-        position: r.position ? `${formatLsn(r.position.lsn as Lsn)}/${r.position.seq}` : null,
+        position: r.position ? `${formatLsn(r.position.lsn as Lsn)}, seq ${r.position.seq}` : null,
       };
     } catch (error) {
       await sink.abort();
