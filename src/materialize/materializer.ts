@@ -49,6 +49,7 @@ export async function openTarget(spec: TargetSpec, slot: string): Promise<Materi
       return await PostgresTarget.open(client, slot);
     } catch (error) {
       await client.end().catch(() => {});
+      if (error instanceof CdcError) throw error;
       throw new CdcError(
         "connection",
         `Cannot prepare the target database: ${(error as Error).message}`,
