@@ -1,8 +1,9 @@
 /**
  * `deno task demo`: the tour on an embedded PostgreSQL. Starts a throwaway
  * cluster, creates a small shop schema, runs `init` and `stream` with a short
- * batch interval under a scripted workload, stops the stream with SIGTERM and
- * lists the files it wrote. Everything lives under ./demo-data (removed at
+ * batch interval under a scripted workload, stops the stream with SIGTERM,
+ * materializes the tables into DuckDB (demo-data/warehouse.duckdb) and lists
+ * the files it wrote. Everything lives under ./demo-data (removed at
  * the start of the next run).
  */
 
@@ -122,6 +123,15 @@ step("stopping stream with SIGTERM");
 const code = await stream.stop("SIGTERM");
 streamLog();
 console.log(`stream exited with ${code}`);
+
+step("cdc-egress materialize --to duckdb:demo-data/warehouse.duckdb (from the files alone)");
+const warehouse = join(root, "warehouse.duckdb");
+const mat = await runCli(["materialize", "--to", `duckdb:${warehouse}`], env);
+console.log(mat.stdout.trimEnd());
+if (mat.code !== 0) throw new Error(`materialize failed: ${mat.stderr}`);
+console.log("(again: progress lives in the target, so nothing is applied twice)");
+const again = await runCli(["materialize", "--to", `duckdb:${warehouse}`], env);
+console.log(again.stdout.trimEnd());
 
 step("files written");
 async function* walk(dir: string): AsyncGenerator<string> {

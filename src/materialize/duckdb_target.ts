@@ -253,6 +253,9 @@ async function exists(path: string): Promise<boolean> {
 }
 
 class DuckdbTableSink implements TableSink {
+  /** DuckDB joins a delta by scanning the table: fewer, larger deltas. */
+  readonly runSize = 50_000;
+  readonly runChars = 32 << 20;
   readonly #target: DuckdbTarget;
   readonly #conn: DuckConnection;
   readonly #slot: string;

@@ -50,6 +50,7 @@ export async function openTarget(spec: TargetSpec, slot: string): Promise<Materi
       return await PostgresTarget.open(client, slot);
     } catch (error) {
       await client.end().catch(() => {});
+      if (error instanceof CdcError) throw error;
       throw new CdcError(
         "connection",
         `Cannot prepare the target database: ${(error as Error).message}`,
@@ -195,7 +196,7 @@ export async function materializeTable(
         rebuilt: rebuild,
         files: r.files,
         rows: r.rows,
-        position: r.position ? `${formatLsn(r.position.lsn as Lsn)}/${r.position.seq}` : null,
+        position: r.position ? `${formatLsn(r.position.lsn as Lsn)}, seq ${r.position.seq}` : null,
       };
     } catch (error) {
       await sink.abort();

@@ -13,6 +13,7 @@ import { createGunzip } from "node:zlib";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
+import { CdcError } from "../errors.ts";
 import { formatLsn, parseLsn } from "../lsn.ts";
 import type { Delta } from "../replay/change_folder.ts";
 import { columnMapping, type TableShape } from "../replay/folder_schema.ts";
@@ -50,6 +51,16 @@ export class PostgresTarget implements MaterializeTarget {
 
   /** Prepares the progress table on an open connection. */
   static async open(client: pg.Client, slot: string): Promise<PostgresTarget> {
+    // Two runs into one database would apply the same files twice.
+    const lock = await client.query(
+      "SELECT pg_try_advisory_lock(hashtext('cdc_egress.materialize')) AS ok",
+    );
+    if (!lock.rows[0].ok) {
+      throw new CdcError(
+        "slot_active",
+        "Cannot materialize into the target database: another materialize is writing to it",
+      );
+    }
     await client.query("CREATE SCHEMA IF NOT EXISTS cdc_egress");
     await client.query(PROGRESS_DDL);
     return new PostgresTarget(client, slot);
@@ -293,7 +304,8 @@ class PostgresTableSink implements TableSink {
       chunks.push(c);
     });
     await pipeline(Readable.from(chunks), copy);
-    await this.#q(`ANALYZE ${stage}`);
+    // Keyed deltas go through the index (below); keyless ones hash-join on statistics.
+    if (!shape.keyed) await this.#q(`ANALYZE ${stage}`);
     // The staged keys are text cast to the key types, and the planner then
     // tends to hash the whole target: look each key up in the index instead.
     const indexed = shape.keyed && this.#index !== null;

@@ -47,8 +47,8 @@ export async function replayInto(
   plan: ReplayPlan,
   options: ReplayOptions = {},
 ): Promise<ReplayResult> {
-  const runSize = options.runSize ?? 20_000;
-  const runChars = options.runChars ?? 16 << 20;
+  const runSize = options.runSize ?? sink.runSize ?? 20_000;
+  const runChars = options.runChars ?? sink.runChars ?? 16 << 20;
   let shape: TableShape;
   let position: ReplayPosition;
   let files = 0;

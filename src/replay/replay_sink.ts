@@ -16,6 +16,13 @@ export interface ReplayPosition {
 
 /** A table being rebuilt or brought up to date. */
 export interface ReplaySink {
+  /**
+   * Changes per delta that suit this sink (a target that scans the table
+   * per statement wants few, large deltas); the driver's default otherwise.
+   */
+  readonly runSize?: number;
+  /** Characters of values per delta that suit this sink. */
+  readonly runChars?: number;
   /** Starts the table over, empty, with these columns (before a full_reload). */
   reset(shape: TableShape): Promise<void>;
   /** Loads every row of a full_reload file (absolute path; header first). */

@@ -243,6 +243,8 @@ for (const version of testMajors()) {
         await assertPostgresTarget(pgTarget, source, "follow");
         return true;
       });
+      // A second run into the same database is refused while the first one writes.
+      refused(await materialize(w, "--to", pgTarget), 1, /another materialize is writing/);
       assert.equal(await p.stop("SIGTERM"), 0, p.stderr);
     });
 
