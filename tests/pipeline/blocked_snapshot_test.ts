@@ -31,19 +31,28 @@ async function pendingReloads(db: pg.Client): Promise<number> {
  * For `seconds`, writes a row to public.live every two seconds and checks
  * that a registered file holds it within the batch interval plus 5 s.
  */
-async function liveKeepsFlowing(db: pg.Client, seconds: number, from: number): Promise<void> {
+async function liveKeepsFlowing(
+  db: pg.Client,
+  registry: pg.Client,
+  seconds: number,
+  from: number,
+): Promise<void> {
   const until = Date.now() + seconds * 1000;
   let id = from;
   while (Date.now() < until) {
     const before = (await db.query("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0].l;
     await db.query("INSERT INTO public.live VALUES ($1, 'x')", [id++]);
     const written = Date.now();
-    await waitFor(`row ${id - 1} of public.live in a registered file`, async () =>
-      (await db.query(
-        `SELECT 1 FROM cdc_registry.file_log WHERE table_name = 'live'
+    await waitFor(
+      `row ${id - 1} of public.live in a registered file`,
+      async () =>
+        (await registry.query(
+          `SELECT 1 FROM cdc_registry.file_log WHERE table_name = 'live'
            AND file_type = 'streaming' AND end_lsn >= $1::pg_lsn`,
-        [before],
-      )).rowCount! > 0, INTERVAL_MS + 5000);
+          [before],
+        )).rowCount! > 0,
+      INTERVAL_MS + 5000,
+    );
     const took = Date.now() - written;
     assert.ok(took <= INTERVAL_MS + 5000, `row registered after ${took} ms`);
     await new Promise((r) => setTimeout(r, 2000));
@@ -85,15 +94,19 @@ for (const version of testMajors()) {
     const holderPid = (await holder.query("SELECT pg_backend_pid() AS p")).rows[0].p;
     assert.equal((await runCli(["reload", "public.reloaded"], w.env)).code, 0);
     await w.db.query("UPDATE public.reloaded SET v = 'during' WHERE id <= 10");
-    await liveKeepsFlowing(w.db, 60, 1);
-    assert.equal(await pendingReloads(w.db), 1, "the reload waits for the open transaction");
+    await liveKeepsFlowing(w.db, w.registry, 60, 1);
+    assert.equal(await pendingReloads(w.registry), 1, "the reload waits for the open transaction");
     const status = await runCli(["status", "--json"], w.env);
     assert.equal(status.code, 0, status.stderr);
     const waiting = JSON.parse(status.stdout).pending_reloads[0];
     assert.match(waiting.waiting_for, new RegExp(`pid ${holderPid}\\b`), JSON.stringify(waiting));
     assert.match(stream.stderr, /export waits for a snapshot/);
     await holder.query("COMMIT");
-    await waitFor("the reload to finish", async () => (await pendingReloads(w.db)) === 0, 60_000);
+    await waitFor(
+      "the reload to finish",
+      async () => (await pendingReloads(w.registry)) === 0,
+      60_000,
+    );
     assert.equal(await walsenderPid(w.db), pid, "the walsender was never replaced");
     assert.doesNotMatch(stream.stderr, /reconnecting/);
 
@@ -102,8 +115,12 @@ for (const version of testMajors()) {
     await holder.query("INSERT INTO public.blocker VALUES (2)");
     await holder.query("PREPARE TRANSACTION 'cdc_test_blocker'");
     assert.equal((await runCli(["reload", "public.reloaded"], w.env)).code, 0);
-    await liveKeepsFlowing(w.db, 25, 1000);
-    assert.equal(await pendingReloads(w.db), 1, "the reload waits for the prepared transaction");
+    await liveKeepsFlowing(w.db, w.registry, 25, 1000);
+    assert.equal(
+      await pendingReloads(w.registry),
+      1,
+      "the reload waits for the prepared transaction",
+    );
     const status2 = JSON.parse((await runCli(["status", "--json"], w.env)).stdout);
     assert.match(status2.pending_reloads[0].waiting_for, /prepared transaction 'cdc_test_blocker'/);
     const stopping = Date.now();
@@ -111,7 +128,11 @@ for (const version of testMajors()) {
     assert.ok(Date.now() - stopping < 10_000, `SIGTERM took ${Date.now() - stopping} ms`);
     await w.db.query("COMMIT PREPARED 'cdc_test_blocker'");
     stream = await startStream(w);
-    await waitFor("the reload to finish", async () => (await pendingReloads(w.db)) === 0, 60_000);
+    await waitFor(
+      "the reload to finish",
+      async () => (await pendingReloads(w.registry)) === 0,
+      60_000,
+    );
     await w.caughtUp();
     await stopCleanly(stream);
     await holder.end();

@@ -104,7 +104,11 @@ for (const version of testMajors()) {
       const r = await runCli(["reload", `public.${t}`], w.env);
       assert.equal(r.code, 0, r.stderr);
     }
-    await waitFor("the reloads to finish", async () => (await pendingReloads(w.db)) === 0, 180_000);
+    await waitFor(
+      "the reloads to finish",
+      async () => (await pendingReloads(w.registry)) === 0,
+      180_000,
+    );
     stop = true;
     await writing;
     await writer.end();
@@ -121,18 +125,18 @@ for (const version of testMajors()) {
     stream = await startStream(w);
     await waitFor(
       "the offline reload to finish",
-      async () => (await pendingReloads(w.db)) === 0,
+      async () => (await pendingReloads(w.registry)) === 0,
       180_000,
     );
     await w.caughtUp(180_000);
     await stopCleanly(stream);
 
     await checkDataDir(w);
-    await assertNoStraddle(w.db);
+    await assertNoStraddle(w.registry);
     await assertChangesOnce(w, TABLES.map((table) => ({ schema: "public", table })));
     await assertFolderOrder(w);
     for (const t of TABLES) {
-      const reloads = await w.db.query(
+      const reloads = await w.registry.query(
         `SELECT count(*)::int AS n FROM cdc_registry.file_log
          WHERE table_name = $1 AND file_type = 'full_reload'`,
         [t],

@@ -113,7 +113,7 @@ for (const version of testMajors()) {
     await writing;
     await writer.end();
     await waitFor("every reload to finish", async () =>
-      (await w.db.query(
+      (await w.registry.query(
         `SELECT count(*)::int AS n FROM cdc_registry.reload_operations
          WHERE state IN ('requested', 'exporting')`,
       )).rows[0].n === 0, 180_000);
@@ -121,9 +121,9 @@ for (const version of testMajors()) {
     await stopCleanly(stream);
 
     await checkDataDir(w);
-    await assertNoStraddle(w.db);
+    await assertNoStraddle(w.registry);
     await assertFolderOrder(w);
-    const reasons = await w.db.query(
+    const reasons = await w.registry.query(
       `SELECT table_name, reload_reason, count(*)::int AS n FROM cdc_registry.file_log
        WHERE file_type = 'full_reload' GROUP BY 1, 2`,
     );
@@ -135,12 +135,12 @@ for (const version of testMajors()) {
     );
     assert.ok(reason("sw_a", "rename") >= 1, `sw_a was reloaded after the swap`);
     assert.ok(reason("ctas", "initial") >= 1, `CREATE TABLE AS was exported`);
-    const recreated = await w.db.query(
+    const recreated = await w.registry.query(
       `SELECT count(DISTINCT relation_oid)::int AS n FROM cdc_registry.table_state
        WHERE table_name = 'recreated'`,
     );
     assert.equal(recreated.rows[0].n, 2, "the re-created table is a second relation");
-    const renamed = await w.db.query(
+    const renamed = await w.registry.query(
       `SELECT previous_table FROM cdc_registry.table_state WHERE table_name = 'ren_dst'`,
     );
     assert.equal(renamed.rows[0]?.previous_table, "ren_src");
