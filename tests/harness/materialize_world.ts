@@ -13,8 +13,8 @@ import pg from "pg";
 import { parseCsv } from "../../src/replay/csv_reader.ts";
 import { connect } from "../../src/source/connect.ts";
 import { copyOut } from "../../src/source/copy_out.ts";
-import { qualifiedName } from "../../src/source/table_selection.ts";
 import { tableDirName } from "../../src/write/table_dir.ts";
+import { liveRows } from "./replay_check.ts";
 type Rng = () => number;
 
 /** The tables, in the source's `public` schema. */
@@ -27,8 +27,6 @@ export const TABLES = [
   "ddl_t",
   "big_t",
 ] as const;
-
-const RAW_TYPES = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
 
 /** Creates the tables with a first set of rows. */
 export async function createTables(db: pg.Client): Promise<void> {
@@ -165,23 +163,12 @@ export async function changeRound(db: pg.Client, rng: Rng, round: number): Promi
 }
 
 /** A table's rows as PostgreSQL text, sorted by their JSON form. */
-export async function tableRows(
-  client: pg.Client,
-  schema: string,
-  table: string,
-): Promise<string[]> {
-  const res = await client.query({
-    text: `SELECT * FROM ${qualifiedName({ schema, table })}`,
-    rowMode: "array",
-    types: RAW_TYPES,
-  });
-  return res.rows.map((r) => JSON.stringify(r)).sort();
-}
+export { liveRows as tableRows };
 
 /** Every table's rows as PostgreSQL text (one snapshot when `client` is in one). */
 export async function allRows(client: pg.Client): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
-  for (const t of TABLES) out.set(t, await tableRows(client, "public", t));
+  for (const t of TABLES) out.set(t, await liveRows(client, "public", t));
   return out;
 }
 
