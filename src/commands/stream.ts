@@ -15,6 +15,7 @@ import { formatLsn, type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
 import { EXPORT_STAGING_DIR, recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
+import { type BatchResources, probeBatchResources } from "../batch/batch_resources.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
 import { Registry, REGISTRY_APPLICATION_NAME } from "../registry/registry.ts";
 import { connect, describeTarget, redact } from "../source/connect.ts";
@@ -128,6 +129,7 @@ interface StreamContext {
   logger: Logger;
   metrics: StreamMetrics;
   monitor: SlotMonitor;
+  resources: BatchResources;
   /** Called once the slot is ours and replication runs. */
   onStreaming: (pipeline: StreamPipeline) => void;
   /** Set when the session lost the registry (or could not reach it). */
@@ -147,6 +149,16 @@ interface StreamContext {
 export async function streamCommand(config: Config): Promise<void> {
   const logger = new Logger({ level: config.logLevel, format: config.logFormat });
   const dataDir = await prepareDataDir(config.dataDir);
+  const resources = await probeBatchResources(config, dataDir);
+  if (resources.lowered) {
+    logger.warn("fewer open batch files than --max-open-files", {
+      max_open_files: resources.maxOpenFiles,
+      asked: config.maxOpenFiles,
+      because: resources.lowered === "ulimit"
+        ? `only ${resources.available} file descriptors are free (ulimit -n)`
+        : "of --memory-budget",
+    });
+  }
   const metrics = new StreamMetrics();
   const monitor = new SlotMonitor({
     sourceUrl: config.sourceUrl,
@@ -181,6 +193,7 @@ export async function streamCommand(config: Config): Promise<void> {
         logger,
         metrics,
         monitor,
+        resources,
         registryLost: false,
         onStreaming: (pipeline) => {
           current = pipeline;
@@ -387,6 +400,8 @@ async function runSession(ctx: StreamContext): Promise<void> {
         maxBytes: config.batchMaxBytes,
         intervalMs: config.batchIntervalMs,
       },
+      maxOpenFiles: ctx.resources.maxOpenFiles,
+      memoryBudget: ctx.resources.bufferBytes,
       startLsn,
       tables: states,
       reloadAfterDdl: config.reloadAfterDdl,
