@@ -259,7 +259,7 @@ export class StreamPipeline {
 
   /** Held work belongs after an export that is not registered: it is sent again after a restart. */
   async #dropHeld(): Promise<void> {
-    for (const [oid, batch] of this.#batches) {
+    for (const batch of [...this.#batches.values()]) {
       if (!batch.held) continue;
       await this.#dropBatch(batch).catch(() => {});
     }
