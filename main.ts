@@ -146,11 +146,20 @@ const COMMANDS: Record<string, CommandSpec> = {
   },
   status: {
     summary: "slot lag, table modes, last batch per table, pending and failed reloads",
-    usage: "cdc-egress status [--json] [settings]",
-    flags: { json: { type: "boolean", help: "print one JSON document" } },
+    usage: "cdc-egress status [--json] [--all-tables] [settings]",
+    flags: {
+      json: { type: "boolean", help: "print one JSON document (every table)" },
+      "all-tables": {
+        type: "boolean",
+        help: "list every table, not only those needing attention (above 50 tables)",
+      },
+    },
     run: async (config, flags) => {
       const { statusCommand } = await import("./src/commands/status.ts");
-      return await statusCommand(config, { json: Boolean(flags.json) });
+      return await statusCommand(config, {
+        json: Boolean(flags.json),
+        allTables: Boolean(flags["all-tables"]),
+      });
     },
   },
 };

@@ -11,6 +11,7 @@ import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
 import type { PublishedTable, SourceIdentity } from "../source/source_catalog.ts";
 import { appliedMigrations, MIGRATIONS } from "./migrations.ts";
 import { HistoryGapLog } from "./history_gap.ts";
+import { STATUS_QUERIES, type StatusQueryName, statusQueryParams } from "./status_queries.ts";
 
 /** Position of the last registered row of a table: (commit LSN, seq). */
 export interface TablePosition {
@@ -604,13 +605,7 @@ export class Registry {
 
   /** Every slot this registry knows, with the source database that owns it (when recorded). */
   async slots(): Promise<{ slot: string; database: string | null }[]> {
-    const res = await this.#read(
-      `SELECT s.slot_name, o.database_name FROM (
-         SELECT slot_name FROM cdc_registry.checkpoint
-         UNION SELECT slot_name FROM cdc_registry.table_state
-         UNION SELECT slot_name FROM cdc_registry.slot_owner) s
-       LEFT JOIN cdc_registry.slot_owner o USING (slot_name) ORDER BY 1`,
-    );
+    const res = await this.#read(STATUS_QUERIES.slots);
     return res.rows.map((r) => ({ slot: r.slot_name, database: r.database_name ?? null }));
   }
 
@@ -737,49 +732,13 @@ export class Registry {
 
   /** The rows `status` shows for this slot: checkpoint, tables with file totals, reloads. */
   async statusRows(failedShown: number): Promise<StatusRows> {
-    const cols = `id, schema_name, table_name, state, requested_at, started_at,
-      finished_at, consistent_lsn::text AS consistent_lsn, error, waiting_for, reason`;
-    const checkpoint = await this.#read(
-      `SELECT checkpoint_lsn::text AS lsn, updated_at,
-              extract(epoch FROM now() - updated_at)::float8 AS age
-       FROM cdc_registry.checkpoint WHERE slot_name = $1`,
-      [this.slot],
-    );
-    const tables = await this.#read(
-      `WITH files AS (
-         SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
-                sum(byte_size) AS bytes
-         FROM cdc_registry.file_log WHERE slot_name = $1 GROUP BY 1, 2),
-       state AS (SELECT * FROM cdc_registry.table_state WHERE slot_name = $1)
-       SELECT schema_name, table_name, coalesce(s.mode, 'streaming') AS mode, s.last_batch_ts,
-              s.last_lsn::text AS last_lsn, s.last_seq, s.reload_lsn::text AS reload_lsn,
-              coalesce(f.files, 0) AS files, coalesce(f.rows, 0) AS rows,
-              coalesce(f.bytes, 0) AS bytes
-       FROM state s FULL JOIN files f USING (schema_name, table_name)
-       ORDER BY schema_name, table_name`,
-      [this.slot],
-    );
-    const lastReloads = await this.#read(
-      `SELECT DISTINCT ON (schema_name, table_name) ${cols}
-       FROM cdc_registry.reload_operations WHERE slot_name = $1
-       ORDER BY schema_name, table_name, id DESC`,
-      [this.slot],
-    );
-    const pending = await this.#read(
-      `SELECT ${cols} FROM cdc_registry.reload_operations
-       WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
-      [this.slot],
-    );
-    // Failures not followed by a successful reload of the same table.
-    const failed = await this.#read(
-      `SELECT ${cols} FROM cdc_registry.reload_operations o
-       WHERE slot_name = $1 AND state = 'failed'
-         AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
-                         WHERE d.slot_name = o.slot_name AND d.schema_name = o.schema_name
-                           AND d.table_name = o.table_name AND d.state = 'done' AND d.id > o.id)
-       ORDER BY id DESC LIMIT ${Math.max(0, Math.floor(failedShown))}`,
-      [this.slot],
-    );
+    const q = (name: StatusQueryName) =>
+      this.#read(STATUS_QUERIES[name], statusQueryParams(name, this.slot, failedShown));
+    const checkpoint = await q("checkpoint");
+    const tables = await q("tables");
+    const lastReloads = await q("lastReloads");
+    const pending = await q("pendingReloads");
+    const failed = await q("failedReloads");
     return {
       checkpoint: checkpoint.rows[0] ?? null,
       tables: tables.rows,
