@@ -628,30 +628,88 @@ export class Registry {
     return new Set(res.rows.map((r) => r.path as string));
   }
 
-  /** Every file row of this slot, in id order (for verify). */
-  async fileRows(): Promise<RegisteredFile[]> {
+  /**
+   * The file rows of this slot in id order (for verify): every one, or with
+   * `range` those with `after < id <= upTo` (an index range scan).
+   */
+  async fileRows(range?: { after: number; upTo: number }): Promise<RegisteredFile[]> {
     const res = await this.#read(
-      `SELECT id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts, path,
-              file_type, start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq,
-              end_seq, row_count, byte_size, sha256
-       FROM cdc_registry.file_log WHERE slot_name = $1 ORDER BY id`,
+      `SELECT ${FILE_COLUMNS} FROM cdc_registry.file_log
+       WHERE slot_name = $1 AND ($2::int8 IS NULL OR (id > $2::int8 AND id <= $3::int8))
+       ORDER BY id`,
+      [this.slot, range?.after ?? null, range?.upTo ?? null],
+    );
+    return res.rows.map(registeredFile);
+  }
+
+  /** The newest file id of this slot, 0 when it has none. */
+  async newestFileId(): Promise<number> {
+    const res = await this.#read(
+      "SELECT coalesce(max(id), 0)::int8 AS id FROM cdc_registry.file_log WHERE slot_name = $1",
       [this.slot],
     );
-    return res.rows.map((r) => ({
-      id: Number(r.id),
-      oid: r.oid === null ? null : Number(r.oid),
-      schema: r.schema_name,
-      table: r.table_name,
-      tableDir: r.table_dir,
-      batchTs: r.batch_ts,
-      path: r.path,
-      fileType: r.file_type,
-      start: { lsn: parseLsn(r.start_lsn), seq: Number(r.start_seq ?? 0) },
-      end: { lsn: parseLsn(r.end_lsn), seq: Number(r.end_seq ?? 0) },
-      rowCount: Number(r.row_count),
-      byteSize: Number(r.byte_size),
-      sha256: r.sha256,
-    }));
+    return Number(res.rows[0].id);
+  }
+
+  /** When file `id` of this slot was registered, or null when the slot has no such file. */
+  async fileRegisteredAt(id: number): Promise<Date | null> {
+    const res = await this.#read(
+      "SELECT created_at FROM cdc_registry.file_log WHERE slot_name = $1 AND id = $2::int8",
+      [this.slot, id],
+    );
+    return res.rows[0]?.created_at ?? null;
+  }
+
+  /**
+   * The first file of this slot registered after `time` (null when none),
+   * and whether `time` is still in the future for the registry's clock.
+   */
+  async firstFileAfter(time: Date): Promise<{ id: number | null; future: boolean }> {
+    const res = await this.#read(
+      `SELECT (SELECT id FROM cdc_registry.file_log WHERE slot_name = $1 AND created_at > $2
+               ORDER BY created_at, id LIMIT 1) AS id, $2::timestamptz > now() AS future`,
+      [this.slot, time],
+    );
+    const r = res.rows[0];
+    return { id: r.id === null ? null : Number(r.id), future: Boolean(r.future) };
+  }
+
+  /**
+   * For each relation (and each name, for files without one) in `files`, the
+   * files before id `mark` that its newer files continue: the newest file,
+   * the newest streaming file and the newest full_reload at or before the
+   * mark. One index probe each.
+   */
+  async filesBefore(mark: number, files: RegisteredFile[]): Promise<RegisteredFile[]> {
+    const oids = [...new Set(files.filter((f) => f.oid !== null).map((f) => f.oid!))];
+    const names = [
+      ...new Map(
+        files.filter((f) => f.oid === null).map((f) => [tableKey(f.schema, f.table), f]),
+      ).values(),
+    ];
+    const probe = (where: string) =>
+      ["NULL", "'streaming'", "'full_reload'"].map((type) =>
+        `(SELECT ${FILE_COLUMNS} FROM cdc_registry.file_log f
+          WHERE f.slot_name = $1 AND ${where} AND f.id <= $2::int8
+            AND (${type}::text IS NULL OR f.file_type = ${type})
+          ORDER BY f.start_lsn DESC, f.id DESC LIMIT 1)`
+      ).join(" UNION ");
+    const res = await this.#read(
+      `SELECT DISTINCT ON (id) * FROM (
+         SELECT b.* FROM unnest($3::oid[]) AS r(oid),
+           LATERAL (${probe("f.relation_oid = r.oid")}) b
+         UNION ALL
+         SELECT b.* FROM unnest($4::text[], $5::text[]) AS n(schema_name, table_name),
+           LATERAL (${
+        probe(
+          "f.schema_name = n.schema_name AND f.table_name = n.table_name AND " +
+            "f.relation_oid IS NULL",
+        )
+      }) b) x
+       ORDER BY id`,
+      [this.slot, mark, oids, names.map((n) => n.schema), names.map((n) => n.table)],
+    );
+    return res.rows.map(registeredFile);
   }
 
   /** Whether a relation has a registered full_reload or streaming file. */
@@ -799,6 +857,28 @@ export class Registry {
       error: r.error ?? null,
     }));
   }
+}
+
+const FILE_COLUMNS = `id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts,
+  path, file_type, start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
+  row_count, byte_size, sha256`;
+
+function registeredFile(r: Record<string, unknown>): RegisteredFile {
+  return {
+    id: Number(r.id),
+    oid: r.oid === null ? null : Number(r.oid),
+    schema: r.schema_name as string,
+    table: r.table_name as string,
+    tableDir: r.table_dir as string,
+    batchTs: r.batch_ts as string,
+    path: r.path as string,
+    fileType: r.file_type as RegisteredFile["fileType"],
+    start: { lsn: parseLsn(r.start_lsn as string), seq: Number(r.start_seq ?? 0) },
+    end: { lsn: parseLsn(r.end_lsn as string), seq: Number(r.end_seq ?? 0) },
+    rowCount: Number(r.row_count),
+    byteSize: Number(r.byte_size),
+    sha256: r.sha256 as string,
+  };
 }
 
 /** A file_log row as verify reads it. */

@@ -10,7 +10,7 @@ import type pg from "pg";
 import type { Config } from "../config.ts";
 import { formatLsn } from "../lsn.ts";
 import { gapNote, HistoryGapLog } from "../registry/history_gap.ts";
-import { Registry } from "../registry/registry.ts";
+import { type RegisteredFile, Registry } from "../registry/registry.ts";
 import { connect } from "../source/connect.ts";
 import { assertSlotUsable } from "../source/slot_health.ts";
 import { SourceCatalog } from "../source/source_catalog.ts";
@@ -23,6 +23,7 @@ import { deepCompare } from "./deep_compare.ts";
 import { checkFile } from "./file_check.ts";
 import { findOrphans, QUARANTINE_DIR } from "./orphans.ts";
 import { checkRanges } from "./range_check.ts";
+import type { SinceMark } from "./since_mark.ts";
 import type { Problem, TableReport, VerifyReport } from "./verify_report.ts";
 
 /** What to check (the command's options without output). */
@@ -33,6 +34,8 @@ export interface VerifyScope {
   /** `--table` patterns (`orders`, `public.*`); empty means every table. */
   tables: string[];
   quarantine: boolean;
+  /** Check only the files registered after this mark (no orphan walk, no --deep). */
+  since?: SinceMark;
 }
 
 const CONCURRENCY = 4;
@@ -109,15 +112,29 @@ export async function runVerify(
     quarantined: [],
     notes: [],
     history_gaps: [],
+    since: null,
+    next_since: 0,
   };
   const problem = (p: Problem) => report.problems.push(p);
 
+  // This run checks the files up to the newest one now; the next --since run
+  // starts after it. Files registered meanwhile are left to that run.
+  const upTo = await registry.newestFileId();
+  report.next_since = upTo;
+  const since = options.since ? await resolveSince(registry, options.since, upTo) : null;
+  if (since) {
+    report.since = { after_id: since.after, time: since.time?.toISOString() ?? null };
+  }
+
   // Tables: those with registered state or files for this slot.
   const states = await registry.tableStates();
-  let files: FileRow[] = (await registry.fileRows()).map((r) => ({
+  const withName = (r: RegisteredFile): FileRow => ({
     ...r,
     tableName: tableName(r.schema, r.table),
-  }));
+  });
+  let files: FileRow[] = (await registry.fileRows({ after: since?.after ?? 0, upTo })).map(
+    withName,
+  );
   const tables = new Map<string, TableReport>();
   const addTable = (schema: string, table: string) => {
     const name = tableName(schema, table);
@@ -227,8 +244,11 @@ export async function runVerify(
 
   // 2. Per relation: streaming ranges ordered, not overlapping, not straddling a
   // reload LSN; folders in LSN order.
+  // With --since, each relation's newer files are checked together with the
+  // files before the mark that they continue (not re-read, only positions).
+  const before = since ? (await registry.filesBefore(since.after, files)).map(withName) : [];
   const byRelation = new Map<string, FileRow[]>();
-  for (const f of files) {
+  for (const f of [...before, ...files]) {
     const key = f.oid === null ? `name:${f.tableName}` : `oid:${f.oid}`;
     const list = byRelation.get(key) ?? [];
     list.push(f);
@@ -239,14 +259,15 @@ export async function runVerify(
     checkRanges(newest.tableName, list, tables.get(newest.tableName)!, problem);
   }
 
-  // 3. Orphans.
-  const orphans = await findOrphans(
+  // 3. Orphans (a walk of the whole data dir: not with --since).
+  const orphans = since ? [] : await findOrphans(
     dataDir,
     registry,
     tableDirs,
     report.stream_running,
     report.notes,
   );
+  if (since) report.notes.push("orphan files are not looked for with --since");
   for (const rel of orphans) {
     problem({
       kind: "orphan",
@@ -272,6 +293,9 @@ export async function runVerify(
 
   for (const g of await new HistoryGapLog(registryClient, config.slot).list()) {
     if (!tables.has(tableName(g.schema, g.table))) continue;
+    // With --since: gaps recorded after the mark, and those still open.
+    const open = g.resumesAtLsn === null && !g.dropped;
+    if (since?.time && g.createdAt <= since.time && !open) continue;
     report.history_gaps.push(gapNote(g));
   }
 
@@ -288,7 +312,9 @@ export async function runVerify(
     );
   }
 
-  report.tables = [...tables.values()].sort((a, b) => a.name < b.name ? -1 : 1);
+  // With --since the report names the tables that have files after the mark.
+  report.tables = [...tables.values()].filter((t) => !since || t.files > 0)
+    .sort((a, b) => a.name < b.name ? -1 : 1);
   report.problems.sort((a, b) =>
     (a.path ?? a.table ?? "").localeCompare(b.path ?? b.table ?? "") ||
     a.kind.localeCompare(b.kind)
@@ -305,4 +331,33 @@ async function streamRunning(
 ): Promise<boolean> {
   if ((await catalog.slot(slot))?.activePid) return true;
   return (await registry.streamLockHolder()) !== null;
+}
+
+/**
+ * Where a --since mark puts the check: files with `after < id`, and the time
+ * of the mark (for history gaps). A file id must be one of the slot's (or 0,
+ * the start); a time must not be in the future.
+ */
+async function resolveSince(
+  registry: Registry,
+  mark: SinceMark,
+  newest: number,
+): Promise<{ after: number; time: Date | null }> {
+  if (mark.kind === "id") {
+    if (mark.id === 0) return { after: 0, time: null };
+    const at = await registry.fileRegisteredAt(mark.id);
+    if (at === null) {
+      throw new CannotRun(
+        `Cannot verify --since ${mark.id}: slot "${registry.slot}" has no file with that id (its newest file is ${newest})`,
+      );
+    }
+    return { after: mark.id, time: at };
+  }
+  const first = await registry.firstFileAfter(mark.time);
+  if (first.future) {
+    throw new CannotRun(
+      `Cannot verify --since ${mark.text}: that time is in the future (registry clock)`,
+    );
+  }
+  return { after: first.id === null ? newest : first.id - 1, time: mark.time };
 }

@@ -79,6 +79,10 @@ export interface VerifyReport {
   deep_snapshot_lsn?: string;
   /** Gaps in the change history left by a recreated slot (notes, not problems). */
   history_gaps: string[];
+  /** With --since: the files checked are those with id above `after_id` (registered after `time`). */
+  since: { after_id: number; time: string | null } | null;
+  /** The newest file id when the run started: pass it as `--since` next time. */
+  next_since: number;
 }
 
 const KIND_TEXT: Record<ProblemKind, string> = {
@@ -138,11 +142,14 @@ export function renderVerifyReport(r: VerifyReport): string[] {
   const summary =
     `${r.tables.length} table(s), ${r.files_checked} file(s), ${r.rows_checked} row(s), ${
       humanBytes(r.bytes_checked)
-    } checked${r.deep ? ", deep" : ""}`;
+    } checked${r.deep ? ", deep" : ""}${
+      r.since ? `, files after id ${r.since.after_id} only` : ""
+    }`;
   lines.push(
     r.ok
       ? `verify: OK, slot "${r.slot}": ${summary}`
       : `verify: ${r.problems.length} problem(s), slot "${r.slot}": ${summary}`,
   );
+  lines.push(`next: --since ${r.next_since}`);
   return lines;
 }
