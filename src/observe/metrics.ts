@@ -123,6 +123,12 @@ export class StreamMetrics {
     labelNames: ["type"],
     registers: [this.registry],
   });
+  readonly streamFailing = new client.Gauge({
+    name: "cdc_stream_failing",
+    help:
+      "1 while stream sessions fail the same way several times in a row without progress (/readyz fails)",
+    registers: [this.registry],
+  });
   readonly recoveries = new client.Counter({
     name: "cdc_recovery_attempts_total",
     help: "Reconnects after a lost connection or failed session",
