@@ -72,6 +72,8 @@ export class ExportHandover {
   #ready = new Map<number, SealedExport>();
   /** Relations whose export boundary the stream has not reached yet. */
   #awaitingBoundary = new Set<number>();
+  /** The nearest boundary of #awaitingBoundary (null: look at them all at the next tick). */
+  #nextBoundary: Lsn | null = null;
 
   constructor(host: HandoverHost, registry: Registry, dataDir: string, metrics?: StreamMetrics) {
     this.#host = host;
@@ -129,6 +131,9 @@ export class ExportHandover {
           await this.held.drop(oid);
         }
         this.#awaitingBoundary.add(oid);
+        if (this.#nextBoundary === null || boundary < this.#nextBoundary) {
+          this.#nextBoundary = boundary;
+        }
         continue;
       }
       await host.close([oid]);
@@ -162,8 +167,15 @@ export class ExportHandover {
 
   /** Between frames: names folders the stream has reached, registers exports that can be. */
   async tick(): Promise<void> {
-    if (this.#awaitingBoundary.size > 0) {
-      const frontier = this.#host.frontier();
+    // Ticks can follow every frame, and thousands of tables may await a
+    // boundary (a first export): visit them only once the stream reaches
+    // the nearest boundary.
+    const frontier = this.#host.frontier();
+    if (
+      this.#awaitingBoundary.size > 0 &&
+      (this.#nextBoundary === null || frontier >= this.#nextBoundary)
+    ) {
+      let next: Lsn | null = null;
       for (const oid of [...this.#awaitingBoundary]) {
         const life = this.#host.life(oid);
         const g = life.gate;
@@ -171,8 +183,11 @@ export class ExportHandover {
           this.#awaitingBoundary.delete(oid);
         } else if (frontier >= g.boundary) {
           await this.reachBoundary(life);
+        } else if (next === null || g.boundary < next) {
+          next = g.boundary;
         }
       }
+      this.#nextBoundary = next;
     }
     for (const [oid, sealed] of [...this.#ready]) {
       const life = this.#host.life(oid);

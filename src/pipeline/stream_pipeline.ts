@@ -153,6 +153,10 @@ export class StreamPipeline {
   #durable: Lsn;
   #lastStatusAt = 0;
   #lastIdleSaveAt = 0;
+  #lastIdleCheckAt = 0;
+  #pendingShownAt = 0;
+  /** The row count last shown per open batch (cdc_table_pending_changes). */
+  #pendingShown = new WeakMap<TableBatch, number>();
   #stopping = false;
   /** Captured DDL: its folders, and the exports it calls for. */
   #ddl: DdlHandler;
@@ -592,6 +596,8 @@ export class StreamPipeline {
     const batch = new TableBatch(rel, batchTs, this.#opts.dataDir, this.#lastCommitEnd);
     batch.schema = schema;
     batch.held = held;
+    // At the end of the map: it is in opening order (see #flushDue).
+    this.#batches.delete(rel.key);
     this.#batches.set(rel.key, batch);
     return batch;
   }
@@ -686,11 +692,12 @@ export class StreamPipeline {
     let due: number[] | null = null;
     let reason: FlushReason | null = null;
     for (const [key, batch] of this.#batches) {
-      // Cheap test first: this runs at every commit.
-      if (
-        !shuttingDown && now - batch.openedAt < intervalMs && batch.rows < maxRows &&
-        batch.bytes < maxBytes
-      ) continue;
+      // This runs at every commit. Batches sit in the map in the order they
+      // were opened (#batchFor), and the row and byte limits are checked as
+      // rows arrive: from the first batch too young to be due on, none is.
+      // (A batch released by an export over its limits waits for its next
+      // row or its interval.)
+      if (!shuttingDown && now - batch.openedAt < intervalMs) break;
       if (batch.held) continue;
       const r = flushDecision(
         { rows: batch.rows, bytes: batch.bytes, ageMs: now - batch.openedAt, shuttingDown },
@@ -800,13 +807,37 @@ export class StreamPipeline {
 
   /** With nothing open, moves the checkpoint to the newest known position. */
   async #advanceIdle(force: boolean): Promise<void> {
+    // #checkpoint() visits every open batch: not at every tick (a tick can
+    // follow every frame), only when a save could follow, at most once a second.
+    const now = Date.now();
+    if (!force) {
+      if (now - this.#lastIdleSaveAt < IDLE_CHECKPOINT_INTERVAL_MS) return;
+      if (now - this.#lastIdleCheckAt < 1000) return;
+      this.#lastIdleCheckAt = now;
+    }
     const cp = this.#checkpoint();
     if (cp <= this.#durable) return;
-    if (!force && Date.now() - this.#lastIdleSaveAt < IDLE_CHECKPOINT_INTERVAL_MS) return;
     this.#lastIdleSaveAt = Date.now();
     await this.#registry.saveCheckpoint(cp);
     this.#durable = cp;
     this.#sendStatus(false);
+  }
+
+  /**
+   * Sets cdc_table_pending_changes of the open batches whose row count
+   * changed since it was last set, at most once a second: statuses go out
+   * after every flush, and a gauge set per open batch each time would cost
+   * O(tables) per flush.
+   */
+  #showPending(m: StreamMetrics): void {
+    const now = Date.now();
+    if (now - this.#pendingShownAt < 1000) return;
+    this.#pendingShownAt = now;
+    for (const b of this.#batches.values()) {
+      if (this.#pendingShown.get(b) === b.rows) continue;
+      this.#pendingShown.set(b, b.rows);
+      m.tablePending.set({ table: `${b.relation.schema}.${b.relation.table}` }, b.rows);
+    }
   }
 
   #sendStatus(_force: boolean): void {
@@ -818,9 +849,7 @@ export class StreamPipeline {
         { kind: "received" },
         Number(maxLsn(this.#lastCommitEnd, this.#lastWalEnd)),
       );
-      for (const b of this.#batches.values()) {
-        m.tablePending.set({ table: `${b.relation.schema}.${b.relation.table}` }, b.rows);
-      }
+      this.#showPending(m);
     }
     this.#lastStatusAt = Date.now();
   }
