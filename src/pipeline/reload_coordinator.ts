@@ -24,6 +24,7 @@ import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
 import { tableDirName } from "../write/table_dir.ts";
 import {
+  describeRelation,
   type ExportPart,
   exportTable,
   exportTablePart,
@@ -32,6 +33,7 @@ import {
   type StagedExport,
 } from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
+import type { DurableBatch } from "../write/durable_batch.ts";
 
 /** A sealed export, handed to the stream loop to register. */
 export interface SealedExport {
@@ -40,10 +42,13 @@ export interface SealedExport {
   rows: number;
   byteSize: number;
   sha256: string;
-  /** Moves the file into its folder under its temp name; returns its relative path. */
-  place(tableDir: string, batchTs: string): Promise<string>;
-  /** Gives the registered file its final name. */
-  publish(): Promise<void>;
+  /**
+   * Moves the file into its folder under its temp name; returns its
+   * relative path. With `batch`, directory fsyncs are left to it.
+   */
+  place(tableDir: string, batchTs: string, batch?: DurableBatch): Promise<string>;
+  /** Gives the registered file its final name (directory fsync left to `batch`). */
+  publish(batch?: DurableBatch): Promise<void>;
   /** Removes the file. */
   abort(): Promise<void>;
   /** Called once the export is registered. */
@@ -112,6 +117,14 @@ interface Task {
   job: Job;
   part?: ExportPart;
 }
+
+/**
+ * Tables one worker exports per transaction. Every COPY keeps an
+ * AccessShareLock on its table (and the planner one on each index) until
+ * the transaction ends; PostgreSQL's lock table holds
+ * max_locks_per_transaction (default 64) × max_connections locks in all.
+ */
+const TABLES_PER_TRANSACTION = 100;
 
 /** At most this many parts per table. */
 const MAX_PARTS = 16;
@@ -375,7 +388,18 @@ export class ReloadCoordinator {
       job.split ? job.split.parts.map((part) => ({ job, part })) : [{ job }]
     );
     const workers = Math.min(this.#opts.workers, queue.length);
-    let imported = 0;
+    // The queue is consumed from its head: O(1) per task, whatever its length.
+    let head = 0;
+    // The snapshot is released once no worker can start a transaction on it
+    // any more: every task is taken and no import is under way. (Held
+    // longer, its temporary slot would keep WAL for the rest of the export.)
+    let importing = workers;
+    let released = false;
+    const release = async () => {
+      if (released || head < queue.length || importing > 0) return;
+      released = true;
+      await snapshot.release();
+    };
     const worker = async () => {
       let client: pg.Client | null = null;
       try {
@@ -383,13 +407,35 @@ export class ReloadCoordinator {
         this.#clients.add(client);
         await useSnapshot(client, snapshot.name);
       } finally {
-        // Once every worker has imported it, the snapshot is no longer needed.
-        if (++imported === workers) await snapshot.release();
+        importing--;
+        await release();
       }
       try {
-        let task: Task | undefined;
-        while (!this.#stopping && (task = queue.shift())) {
-          await this.#runJob(client, task.job, snapshot, task.part);
+        // A worker exports many tables in one transaction, but not too many:
+        // each COPY keeps its locks until the transaction ends, and the
+        // server's lock table is shared and bounded. A new transaction on the
+        // same snapshot sees exactly the same rows.
+        let inTransaction = 0;
+        let failed = false;
+        while (!this.#stopping && head < queue.length) {
+          if (failed || inTransaction >= TABLES_PER_TRANSACTION) {
+            // After a failure the transaction is aborted: go on in a new one
+            // on the same snapshot (the failed table is retried later).
+            importing++;
+            try {
+              await client.query(failed ? "ROLLBACK" : "COMMIT");
+              if (head >= queue.length) break;
+              await useSnapshot(client, snapshot.name);
+            } finally {
+              importing--;
+            }
+            inTransaction = 0;
+            failed = false;
+          }
+          const task = queue[head++];
+          await release();
+          inTransaction++;
+          failed = !await this.#runJob(client, task.job, snapshot, task.part);
         }
       } finally {
         this.#clients.delete(client);
@@ -397,7 +443,16 @@ export class ReloadCoordinator {
         await client.end().catch(() => {});
       }
     };
-    const results = await Promise.allSettled(Array.from({ length: workers }, worker));
+    let results: PromiseSettledResult<void>[];
+    try {
+      results = await Promise.allSettled(Array.from({ length: workers }, worker));
+    } finally {
+      if (!released) {
+        released = true;
+        await snapshot.release();
+      }
+    }
+    queue.splice(0, head);
     // Jobs no worker could take (a worker failed to connect) are retried later.
     for (const task of queue) await this.#failed(task.job, "no export worker could take it", false);
     for (const r of results) {
@@ -407,25 +462,29 @@ export class ReloadCoordinator {
     }
   }
 
+  /**
+   * Exports one table (or part) in the worker's snapshot transaction;
+   * false when a statement failed, which ends that transaction.
+   */
   async #runJob(
     client: pg.Client,
     job: Job,
     snapshot: ExportedSnapshot,
     part?: ExportPart,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const started = performance.now();
     let exp: StagedExport | null = null;
     try {
-      if (job.split?.failed || job.stale) return;
-      const exists = await client.query("SELECT 1 FROM pg_class WHERE oid = $1", [job.oid]);
-      if (exists.rowCount === 0) {
+      if (job.split?.failed || job.stale) return true;
+      const described = await describeRelation(client, job.oid, snapshot.lsn);
+      if (described === null) {
         // Gone before the snapshot: nothing to export, ever.
         if (job.split) {
-          if (job.split.failed) return;
+          if (job.split.failed) return true;
           job.split.failed = true;
         }
         await this.#failed(job, "table does not exist", true);
-        return;
+        return true;
       }
       let counted = 0;
       const onBytes = (bytes: number) => {
@@ -438,15 +497,23 @@ export class ReloadCoordinator {
         split.sealed.push(await exportTablePart(client, job.oid, part, job.stageDir, onBytes));
         split.bytes += counted;
         // The worker that finishes the last part joins them.
-        if (split.sealed.length < split.parts.length) return;
+        if (split.sealed.length < split.parts.length) return true;
         counted = split.bytes;
         exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
       } else {
-        exp = await exportTable(client, job.oid, snapshot.lsn, dataDir, job.stageDir, onBytes);
+        exp = await exportTable(
+          client,
+          job.oid,
+          snapshot.lsn,
+          dataDir,
+          job.stageDir,
+          onBytes,
+          described,
+        );
       }
       if (job.stale) {
         await exp.abort();
-        return;
+        return true;
       }
       const done = exp;
       const csvBytes = counted;
@@ -457,8 +524,8 @@ export class ReloadCoordinator {
         rows: done.rows,
         byteSize: done.byteSize,
         sha256: done.sha256,
-        place: (tableDir, batchTs) => done.place(tableDir, batchTs),
-        publish: () => done.publish(),
+        place: (tableDir, batchTs, batch) => done.place(tableDir, batchTs, null, batch),
+        publish: (batch) => done.publish(batch),
         abort: () => done.abort(),
         onRegistered: (path) => {
           this.#running.delete(job.oid);
@@ -479,18 +546,18 @@ export class ReloadCoordinator {
           });
         },
       });
+      return true;
     } catch (error) {
       await exp?.abort().catch(() => {});
       if (job.split) {
         // Report a split table's failure once; its other parts stop at their next check.
-        if (job.split.failed) return;
+        if (job.split.failed) return false;
         job.split.failed = true;
       }
-      if (this.#stopping) return;
+      if (this.#stopping) return false;
+      // A later poll starts the table again with a fresh snapshot.
       await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
-      // The snapshot is gone with this worker's transaction; a later poll
-      // starts the table again with a fresh one.
-      throw error;
+      return false;
     }
   }
 

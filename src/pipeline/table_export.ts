@@ -21,6 +21,8 @@ import {
   writeFileAtomic,
 } from "../write/atomic_file.ts";
 import { createHash } from "node:crypto";
+import { DIR_MODE } from "../write/atomic_file.ts";
+import type { DurableBatch } from "../write/durable_batch.ts";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 
@@ -48,10 +50,20 @@ export interface StagedExport {
   /**
    * Moves the file, still under its temp name, into `<dataDir>/<tableDir>/<batchTs>/`
    * with the folder's schema.yml; returns its path relative to the data dir.
+   * With `batch`, the directory fsyncs are left to it (one per directory
+   * for many exports): flush it before the registry commit.
    */
-  place(tableDir: string, batchTs: string, previousName?: string | null): Promise<string>;
-  /** Renames the placed file to its final name; call after the registry commit. */
-  publish(): Promise<void>;
+  place(
+    tableDir: string,
+    batchTs: string,
+    previousName?: string | null,
+    batch?: DurableBatch,
+  ): Promise<string>;
+  /**
+   * Renames the placed file to its final name; call after the registry
+   * commit. With `batch`, its directory fsync is left to it.
+   */
+  publish(batch?: DurableBatch): Promise<void>;
   /** Removes the file wherever it is and the staging folder. */
   abort(): Promise<void>;
 }
@@ -72,25 +84,35 @@ function stagedExport(
     rows,
     byteSize: sealed.byteSize,
     sha256: sealed.sha256,
-    async place(tableDir, batchTs, previousName) {
+    async place(tableDir, batchTs, previousName, batch) {
       const dir = join(dataDir, tableDir, batchTs);
-      await ensureDir(dir);
       const temp = join(dir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
-      await Deno.rename(at, temp);
-      at = temp;
-      finalPath = join(dir, FULL_RELOAD_FILE);
-      await syncDir(dir);
-      await syncDir(stageDir);
-      await writeFileAtomic(
-        join(dir, "schema.yml"),
-        new TextEncoder().encode(renderSchemaYml({ ...schema, previousName })),
-      );
+      const yml = new TextEncoder().encode(renderSchemaYml({ ...schema, previousName }));
+      // The staging folder needs no fsync: it is emptied at start, and what
+      // counts is the file's new entry in its folder.
+      if (batch) {
+        await batch.mkdir(dir, dataDir);
+        await batch.rename(at, temp);
+        at = temp;
+        finalPath = join(dir, FULL_RELOAD_FILE);
+        await batch.writeFile(join(dir, "schema.yml"), yml);
+      } else {
+        await ensureDir(dir);
+        await Deno.rename(at, temp);
+        at = temp;
+        finalPath = join(dir, FULL_RELOAD_FILE);
+        await syncDir(dir);
+        await writeFileAtomic(join(dir, "schema.yml"), yml);
+      }
       return `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`;
     },
-    async publish() {
+    async publish(batch) {
       if (finalPath === null) throw new RangeError("Cannot publish an export before placing it");
-      await Deno.rename(at, finalPath);
-      await syncDir(dirname(finalPath));
+      if (batch) await batch.rename(at, finalPath);
+      else {
+        await Deno.rename(at, finalPath);
+        await syncDir(dirname(finalPath));
+      }
       await Deno.remove(stageDir, { recursive: true }).catch(() => {});
     },
     async abort() {
@@ -110,46 +132,78 @@ export async function describeTable(
   oid: number,
   validFromLsn: Lsn,
 ): Promise<TableSchema> {
+  const described = await describeRelation(client, oid, validFromLsn);
+  if (described === null) throw new Error(`table with oid ${oid} no longer exists`);
+  return described.schema;
+}
+
+/**
+ * {@linkcode describeTable} plus the relation's kind, in one round trip;
+ * null when no relation has that OID in the transaction's snapshot.
+ */
+export async function describeRelation(
+  client: pg.Client,
+  oid: number,
+  validFromLsn: Lsn,
+): Promise<{ schema: TableSchema; relkind: string } | null> {
+  // One query for the relation and its columns: an export of thousands of
+  // small tables pays per round trip.
   const rel = await client.query(
-    `SELECT n.nspname AS schema, c.relname AS table, c.relreplident AS ident
+    `SELECT n.nspname AS schema, c.relname AS table, c.relreplident AS ident, c.relkind,
+            COALESCE((
+              SELECT json_agg(json_build_object(
+                       'name', a.attname, 'attnum', a.attnum,
+                       'type', format_type(a.atttypid, a.atttypmod),
+                       'type_oid', a.atttypid::int8, 'typmod', a.atttypmod,
+                       'not_null', a.attnotnull, 'default', pg_get_expr(d.adbin, d.adrelid),
+                       'is_pk', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
+                                          AND i.indisprimary AND a.attnum = ANY(i.indkey)),
+                       'is_identity', EXISTS (SELECT 1 FROM pg_index i
+                                              WHERE i.indrelid = a.attrelid
+                                                AND ((c.relreplident = 'd' AND i.indisprimary)
+                                                  OR (c.relreplident = 'i' AND i.indisreplident))
+                                                AND a.attnum = ANY(i.indkey)))
+                       ORDER BY a.attnum)
+              FROM pg_attribute a
+              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.attgenerated = ''), '[]'::json) AS cols
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1`,
     [oid],
   );
-  if (rel.rowCount === 0) throw new Error(`table with oid ${oid} no longer exists`);
-  const { schema, table, ident } = rel.rows[0];
-  const cols = await client.query(
-    `SELECT a.attname AS name, a.attnum, format_type(a.atttypid, a.atttypmod) AS type,
-            a.atttypid::int8 AS type_oid, a.atttypmod AS typmod, a.attnotnull AS not_null,
-            pg_get_expr(d.adbin, d.adrelid) AS default,
-            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary
-                      AND a.attnum = ANY(i.indkey)) AS is_pk,
-            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
-                      AND ((c.relreplident = 'd' AND i.indisprimary)
-                        OR (c.relreplident = 'i' AND i.indisreplident))
-                      AND a.attnum = ANY(i.indkey)) AS is_identity
-     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-     ORDER BY a.attnum`,
-    [oid],
-  );
+  if (rel.rowCount === 0) return null;
+  const { schema, table, ident, relkind } = rel.rows[0];
+  const cols: {
+    name: string;
+    attnum: number;
+    type: string;
+    type_oid: number;
+    typmod: number;
+    not_null: boolean;
+    default: string | null;
+    is_pk: boolean;
+    is_identity: boolean;
+  }[] = typeof rel.rows[0].cols === "string" ? JSON.parse(rel.rows[0].cols) : rel.rows[0].cols;
   return {
-    schema,
-    table,
-    relationOid: oid,
-    validFromLsn: formatLsn(validFromLsn),
-    replicaIdentity: IDENTITY[ident] ?? "default",
-    primaryKey: cols.rows.filter((c) => c.is_pk).map((c) => c.name),
-    columns: cols.rows.map((c) => ({
-      name: c.name,
-      type: c.type,
-      typeOid: Number(c.type_oid),
-      typeModifier: Number(c.typmod),
-      nullable: !c.not_null,
-      isKey: ident === "f" || c.is_identity,
-      attnum: Number(c.attnum),
-      default: c.default,
-    })),
+    relkind,
+    schema: {
+      schema,
+      table,
+      relationOid: oid,
+      validFromLsn: formatLsn(validFromLsn),
+      replicaIdentity: IDENTITY[ident] ?? "default",
+      primaryKey: cols.filter((c) => c.is_pk).map((c) => c.name),
+      columns: cols.map((c) => ({
+        name: c.name,
+        type: c.type,
+        typeOid: Number(c.type_oid),
+        typeModifier: Number(c.typmod),
+        nullable: !c.not_null,
+        isKey: ident === "f" || c.is_identity,
+        attnum: Number(c.attnum),
+        default: c.default,
+      })),
+    },
   };
 }
 
@@ -204,20 +258,45 @@ export async function exportTable(
   dataDir: string,
   stageDir: string,
   onBytes: (csvBytes: number) => void = () => {},
+  described?: { schema: TableSchema; relkind: string },
 ): Promise<StagedExport> {
-  const schema = await describeTable(client, oid, snapshotLsn);
-  const kind = await client.query("SELECT relkind FROM pg_class WHERE oid = $1", [oid]);
-  const only = kind.rows[0].relkind === "p" ? "" : "ONLY ";
-  await ensureDir(stageDir);
+  const rel = described ?? await describeRelation(client, oid, snapshotLsn);
+  if (rel === null) throw new Error(`table with oid ${oid} no longer exists`);
+  const { schema } = rel;
+  const only = rel.relkind === "p" ? "" : "ONLY ";
+  // No fsync of the staging folder: it is emptied at start.
+  await Deno.mkdir(stageDir, { recursive: true, mode: DIR_MODE });
   const tempPath = join(stageDir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
   const writer = await GzipFileWriter.create(join(stageDir, FULL_RELOAD_FILE), { tempPath });
   try {
     const rows = await copyInto(client, schema, only, "", true, writer, onBytes);
+    await assertNameMeans(client, schema, oid);
     const sealed = await writer.seal();
     return stagedExport(dataDir, stageDir, tempPath, schema, rows, sealed);
   } catch (error) {
     await writer.abort().catch(() => {});
     throw error;
+  }
+}
+
+/**
+ * Throws unless the table's name (as the snapshot knows it) still means
+ * relation `oid`. COPY finds its table by name in the current catalog, so a
+ * table renamed after the snapshot, and another one renamed onto its name,
+ * would export the wrong rows. COPY's lock on what it read keeps that name
+ * in place until the transaction ends, so one check after it suffices.
+ */
+async function assertNameMeans(client: pg.Client, schema: TableSchema, oid: number) {
+  const res = await client.query("SELECT to_regclass($1)::oid::int8 AS oid", [
+    qualifiedName(schema),
+  ]);
+  const now = res.rows[0]?.oid;
+  if (now === null || Number(now) !== oid) {
+    throw new Error(
+      `table ${
+        qualifiedName(schema)
+      } was renamed or dropped during the export; it is exported again`,
+    );
   }
 }
 
@@ -244,6 +323,7 @@ export async function exportTablePart(
     const where = ` WHERE ctid >= '(${part.from},0)'::tid` +
       (part.to === null ? "" : ` AND ctid < '(${part.to},0)'::tid`);
     const rows = await copyInto(client, schema, "ONLY ", where, part.index === 0, writer, onBytes);
+    await assertNameMeans(client, schema, oid);
     await writer.seal();
     return { index: part.index, tempPath, rows };
   } catch (error) {
