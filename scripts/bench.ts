@@ -125,6 +125,7 @@ const { values: args } = parseArgs({
     "wide-interval": { type: "string", default: "30s" },
     "wide-nofile": { type: "string", default: "1024" },
     "status-rows": { type: "string", default: "1000000" },
+    "wide-export-only": { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -136,6 +137,7 @@ if (args.help) {
                        [--export-rows N] [--export-workers N] [--bigtxn-rows N]
                        [--mat-rows N] [--mat-changes N] [--tables N]
                        [--wide-interval DUR] [--wide-nofile N] [--status-rows N]
+                       [--wide-export-only]
                        [--cpu-prof DIR] [--timeout S] [--keep]
 
   --only LIST     benchmarks to run, comma-separated (default backlog,export,bigtxn)
@@ -154,7 +156,8 @@ if (args.help) {
   --wide-interval DUR  CDC_BATCH_INTERVAL of the wide benchmark's stream (default 30s)
   --wide-nofile N ulimit -n of the wide benchmark's stream process (default 1024)
   --status-rows N synthetic file_log rows for the wide benchmark's status timing (default 1000000)
-  --cpu-prof DIR  run the backlog's stream process with --cpu-prof into DIR
+  --wide-export-only  stop the wide benchmark after init and the initial export
+  --cpu-prof DIR  run the backlog's (or wide's) stream process with --cpu-prof into DIR
   --timeout S     give up on the stream run after S seconds (default 600)
   --keep          keep the cluster and data dir (paths are printed)`,
   );
@@ -1611,7 +1614,12 @@ async function benchWide(): Promise<Record<string, unknown>> {
 
       log(`wide: stream under ulimit -n ${nofile}: initial export`);
       const streamStart = performance.now();
-      const stream = new StreamProcess(env, [], nofile);
+      const prof = args["cpu-prof"];
+      const stream = new StreamProcess(
+        env,
+        prof ? ["--cpu-prof", `--cpu-prof-dir=${prof}`] : [],
+        nofile,
+      );
       let sampler = new ProcSampler(stream.child.pid);
       const count = async (type: string) =>
         Number(
@@ -1653,6 +1661,20 @@ async function benchWide(): Promise<Record<string, unknown>> {
         exportPhase,
       });
 
+      if (args["wide-export-only"]) {
+        await stream.stopWithin(60_000);
+        console.log();
+        printRow("init s", initSeconds.toFixed(2));
+        printRow(
+          "initial export tables/s",
+          exportRate.toFixed(0),
+          `>= ${WIDE_TARGET_RATE}`,
+          exportRate >= WIDE_TARGET_RATE,
+        );
+        printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
+        printRow("export peak fds", String(exportPhase.peakFds));
+        return result;
+      }
       // One change in each table, in one transaction: all N batches open in one interval.
       await sleep(1000);
       const peakReset = await resetPeakRss(stream.child.pid);

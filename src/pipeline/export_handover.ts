@@ -34,7 +34,7 @@ import {
 /** At most this many exports are registered in one registry transaction. */
 const MAX_EXPORTS_PER_COMMIT = 2000;
 /** Exports placed or published at once (each a few file operations and fsyncs). */
-const PLACE_CONCURRENCY = 16;
+const PLACE_CONCURRENCY = 64;
 
 /** A table's current name and folder. */
 export interface TableName {

@@ -24,16 +24,17 @@ import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
 import { tableDirName } from "../write/table_dir.ts";
 import {
+  copyTable,
   describeRelation,
   type ExportPart,
-  exportTable,
   exportTablePart,
   joinParts,
   type SealedPart,
   type StagedExport,
 } from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
-import type { DurableBatch } from "../write/durable_batch.ts";
+import { type DurableBatch, eachBounded } from "../write/durable_batch.ts";
+import { DIR_MODE } from "../write/atomic_file.ts";
 
 /** A sealed export, handed to the stream loop to register. */
 export interface SealedExport {
@@ -126,6 +127,12 @@ interface Task {
  */
 const TABLES_PER_TRANSACTION = 100;
 
+/** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
+const SEALS_PER_WORKER = 8;
+
+/** Staging folders made at once. */
+const MKDIR_CONCURRENCY = 64;
+
 /** At most this many parts per table. */
 const MAX_PARTS = 16;
 
@@ -166,6 +173,8 @@ export class ReloadCoordinator {
   /** Snapshots made, or failed, waiting for the loop to take them up. */
   #made: { making: Making; snapshot?: ExportedSnapshot; error?: unknown }[] = [];
   #tasks = new Set<Promise<void>>();
+  /** Staging folders shared by whole-table exports, removed once no export runs. */
+  #stageDirs = new Set<string>();
   #clients = new Set<pg.Client>();
   #lastPoll = 0;
   #stopping = false;
@@ -216,6 +225,13 @@ export class ReloadCoordinator {
     }
     if (this.#making.size > 0) await this.#reportWaits(now);
     else this.#opts.metrics?.exportSnapshotWait.set(0);
+    if (this.#stageDirs.size > 0 && this.#running.size === 0 && this.#tasks.size === 0) {
+      // No export is under way: the shared staging folders hold nothing needed.
+      for (const dir of this.#stageDirs) {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+      this.#stageDirs.clear();
+    }
     if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
     this.#lastPoll = now;
     await this.#registry.requestMissingExports(
@@ -272,8 +288,11 @@ export class ReloadCoordinator {
     jobs.sort((a, b) => b.size - a.size);
     await this.#planSplits(jobs);
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
+    // Whole-table exports share one staging folder; a split table has its own for its parts.
+    const shared = join(this.#opts.stagingDir, String(this.#seq));
+    this.#stageDirs.add(shared);
     for (const j of jobs) {
-      j.stageDir = join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`);
+      j.stageDir = j.split ? join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`) : shared;
       this.#running.set(j.oid, j);
     }
     try {
@@ -326,6 +345,11 @@ export class ReloadCoordinator {
       tables: jobs.length,
       lsn: formatLsn(snapshot.lsn),
       workers: Math.min(this.#opts.workers, jobs.length),
+    });
+    // The staging folders (no fsync: staging is emptied at start).
+    const dirs = [...new Set(jobs.map((j) => j.stageDir))];
+    await eachBounded(dirs, MKDIR_CONCURRENCY, async (dir) => {
+      await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
     });
     const task = this.#runJobs(jobs, snapshot).finally(() => this.#tasks.delete(task));
     this.#tasks.add(task);
@@ -402,6 +426,7 @@ export class ReloadCoordinator {
     };
     const worker = async () => {
       let client: pg.Client | null = null;
+      const sealings = new Set<Promise<void>>();
       try {
         client = await connect(this.#opts.sourceUrl, { applicationName: "cdc-egress/export" });
         this.#clients.add(client);
@@ -435,9 +460,12 @@ export class ReloadCoordinator {
           const task = queue[head++];
           await release();
           inTransaction++;
-          failed = !await this.#runJob(client, task.job, snapshot, task.part);
+          failed = !await this.#runJob(client, task.job, snapshot, sealings, task.part);
+          // Bounded: each file being sealed holds a descriptor and a deflate state.
+          while (sealings.size >= SEALS_PER_WORKER) await Promise.race(sealings);
         }
       } finally {
+        await Promise.all(sealings);
         this.#clients.delete(client);
         await client.query("COMMIT").catch(() => {});
         await client.end().catch(() => {});
@@ -470,6 +498,7 @@ export class ReloadCoordinator {
     client: pg.Client,
     job: Job,
     snapshot: ExportedSnapshot,
+    sealings: Set<Promise<void>>,
     part?: ExportPart,
   ): Promise<boolean> {
     const started = performance.now();
@@ -501,7 +530,7 @@ export class ReloadCoordinator {
         counted = split.bytes;
         exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
       } else {
-        exp = await exportTable(
+        const copied = await copyTable(
           client,
           job.oid,
           snapshot.lsn,
@@ -510,42 +539,22 @@ export class ReloadCoordinator {
           onBytes,
           described,
         );
-      }
-      if (job.stale) {
-        await exp.abort();
+        // The worker goes on with its next table while this file is
+        // finished and fsynced: the fsyncs of several files overlap.
+        const csvBytes = counted;
+        const sealing: Promise<void> = copied.seal().then(
+          (done) => this.#handOver(job, done, snapshot, csvBytes, started),
+          async (error) => {
+            if (this.#stopping) return;
+            await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
+          },
+        ).catch((error) => {
+          this.#opts.logger.error("export failed", { error: String(error?.message) });
+        }).finally(() => sealings.delete(sealing));
+        sealings.add(sealing);
         return true;
       }
-      const done = exp;
-      const csvBytes = counted;
-      this.#failures.delete(job.oid);
-      this.#host.exportSealed(job.oid, {
-        ops: job.ops,
-        boundary: snapshot.lsn,
-        rows: done.rows,
-        byteSize: done.byteSize,
-        sha256: done.sha256,
-        place: (tableDir, batchTs, batch) => done.place(tableDir, batchTs, null, batch),
-        publish: (batch) => done.publish(batch),
-        abort: () => done.abort(),
-        onRegistered: (path) => {
-          this.#running.delete(job.oid);
-          const table = `${job.schema}.${job.table}`;
-          this.#opts.metrics?.fileRegistered(table, "full_reload", done.byteSize, csvBytes);
-          this.#progress.done++;
-          this.#progress.doneSize += job.size;
-          this.#progress.rows += done.rows;
-          this.#logProgress(Date.now());
-          this.#opts.logger.info("export registered", {
-            table,
-            path,
-            rows: done.rows,
-            bytes: done.byteSize,
-            lsn: formatLsn(snapshot.lsn),
-            parts: job.split?.parts.length ?? 1,
-            ms: Math.round(performance.now() - started),
-          });
-        },
-      });
+      await this.#handOver(job, exp, snapshot, counted, started);
       return true;
     } catch (error) {
       await exp?.abort().catch(() => {});
@@ -561,10 +570,54 @@ export class ReloadCoordinator {
     }
   }
 
+  /** Hands a sealed export to the stream loop, which registers it at its boundary. */
+  async #handOver(
+    job: Job,
+    done: StagedExport,
+    snapshot: ExportedSnapshot,
+    csvBytes: number,
+    started: number,
+  ): Promise<void> {
+    if (job.stale) {
+      await done.abort();
+      return;
+    }
+    this.#failures.delete(job.oid);
+    this.#host.exportSealed(job.oid, {
+      ops: job.ops,
+      boundary: snapshot.lsn,
+      rows: done.rows,
+      byteSize: done.byteSize,
+      sha256: done.sha256,
+      place: (tableDir, batchTs, batch) => done.place(tableDir, batchTs, null, batch),
+      publish: (batch) => done.publish(batch),
+      abort: () => done.abort(),
+      onRegistered: (path) => {
+        this.#running.delete(job.oid);
+        const table = `${job.schema}.${job.table}`;
+        this.#opts.metrics?.fileRegistered(table, "full_reload", done.byteSize, csvBytes);
+        this.#progress.done++;
+        this.#progress.doneSize += job.size;
+        this.#progress.rows += done.rows;
+        this.#logProgress(Date.now());
+        this.#opts.logger.info("export registered", {
+          table,
+          path,
+          rows: done.rows,
+          bytes: done.byteSize,
+          lsn: formatLsn(snapshot.lsn),
+          parts: job.split?.parts.length ?? 1,
+          ms: Math.round(performance.now() - started),
+        });
+      },
+    });
+  }
+
   /** Records a failed job; it is retried with backoff unless `final`. */
   async #failed(job: Job, message: string, final: boolean, cause?: unknown): Promise<void> {
     if (this.#running.get(job.oid) === job) this.#running.delete(job.oid);
-    await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
+    // A split table's own folder; a whole-table export removed its temp file itself.
+    if (job.split) await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
     if (job.stale) return;
     const f = this.#failures.get(job.oid) ?? { count: 0, retryAt: 0 };
     f.count++;

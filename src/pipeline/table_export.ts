@@ -21,7 +21,6 @@ import {
   writeFileAtomic,
 } from "../write/atomic_file.ts";
 import { createHash } from "node:crypto";
-import { DIR_MODE } from "../write/atomic_file.ts";
 import type { DurableBatch } from "../write/durable_batch.ts";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
@@ -68,10 +67,13 @@ export interface StagedExport {
   abort(): Promise<void>;
 }
 
-/** Builds the {@linkcode StagedExport} of a sealed file at `stagedPath` in `stageDir`. */
+/**
+ * Builds the {@linkcode StagedExport} of a sealed file at `stagedPath`;
+ * `stageDir`, when given, is the export's own staging folder, removed with it.
+ */
 function stagedExport(
   dataDir: string,
-  stageDir: string,
+  stageDir: string | null,
   stagedPath: string,
   schema: TableSchema,
   rows: number,
@@ -113,11 +115,11 @@ function stagedExport(
         await Deno.rename(at, finalPath);
         await syncDir(dirname(finalPath));
       }
-      await Deno.remove(stageDir, { recursive: true }).catch(() => {});
+      if (stageDir !== null) await Deno.remove(stageDir, { recursive: true }).catch(() => {});
     },
     async abort() {
       await Deno.remove(at).catch(() => {});
-      await Deno.remove(stageDir, { recursive: true }).catch(() => {});
+      if (stageDir !== null) await Deno.remove(stageDir, { recursive: true }).catch(() => {});
     },
   };
 }
@@ -248,8 +250,9 @@ async function copyInto(
 
 /**
  * Exports table `oid` through `client`, which must be inside the snapshot
- * transaction, into the staging folder `stageDir`. `onBytes` is called with
- * the number of CSV bytes read so far.
+ * transaction, into the staging folder `stageDir` (shared with other
+ * exports; it must exist). `onBytes` is called with the number of CSV bytes
+ * read so far.
  */
 export async function exportTable(
   client: pg.Client,
@@ -260,23 +263,60 @@ export async function exportTable(
   onBytes: (csvBytes: number) => void = () => {},
   described?: { schema: TableSchema; relkind: string },
 ): Promise<StagedExport> {
+  const copied = await copyTable(client, oid, snapshotLsn, dataDir, stageDir, onBytes, described);
+  return await copied.seal();
+}
+
+/** A table's rows copied into a gzip temp file that is not sealed yet. */
+export interface CopiedTable {
+  rows: number;
+  /** Finishes and fsyncs the file; needs no database connection. */
+  seal(): Promise<StagedExport>;
+}
+
+/**
+ * {@linkcode exportTable} up to the seal: the database work is done when it
+ * returns, so the caller may go on to the next table on the same
+ * connection while the file is finished and fsynced.
+ */
+export async function copyTable(
+  client: pg.Client,
+  oid: number,
+  snapshotLsn: Lsn,
+  dataDir: string,
+  stageDir: string,
+  onBytes: (csvBytes: number) => void = () => {},
+  described?: { schema: TableSchema; relkind: string },
+): Promise<CopiedTable> {
   const rel = described ?? await describeRelation(client, oid, snapshotLsn);
   if (rel === null) throw new Error(`table with oid ${oid} no longer exists`);
   const { schema } = rel;
   const only = rel.relkind === "p" ? "" : "ONLY ";
-  // No fsync of the staging folder: it is emptied at start.
-  await Deno.mkdir(stageDir, { recursive: true, mode: DIR_MODE });
-  const tempPath = join(stageDir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
-  const writer = await GzipFileWriter.create(join(stageDir, FULL_RELOAD_FILE), { tempPath });
+  // Many exports share the staging folder (which must exist): a folder per
+  // table would cost a mkdir and an rmdir each. It is emptied at start.
+  const name = `${oid}.${FULL_RELOAD_FILE}`;
+  const tempPath = join(stageDir, `${TEMP_PREFIX}${name}`);
+  const writer = await GzipFileWriter.create(join(stageDir, name), { tempPath });
+  let rows: number;
   try {
-    const rows = await copyInto(client, schema, only, "", true, writer, onBytes);
+    rows = await copyInto(client, schema, only, "", true, writer, onBytes);
     await assertNameMeans(client, schema, oid);
-    const sealed = await writer.seal();
-    return stagedExport(dataDir, stageDir, tempPath, schema, rows, sealed);
   } catch (error) {
     await writer.abort().catch(() => {});
     throw error;
   }
+  return {
+    rows,
+    async seal() {
+      try {
+        const sealed = await writer.seal();
+        return stagedExport(dataDir, null, tempPath, schema, rows, sealed);
+      } catch (error) {
+        await writer.abort().catch(() => {});
+        throw error;
+      }
+    },
+  };
 }
 
 /**

@@ -12,11 +12,11 @@
  * @module
  */
 
-import { dirname } from "node:path";
+import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { DIR_MODE, FILE_MODE, syncDir, tempPathFor, writeAll } from "./atomic_file.ts";
 
 /** How many fsyncs are in flight at once. */
-const SYNC_CONCURRENCY = 16;
+const SYNC_CONCURRENCY = 32;
 
 /** Runs `fn` on every item, at most `limit` at a time; waits for all, then throws the first error. */
 export async function eachBounded<T>(
@@ -55,31 +55,27 @@ export class DurableBatch {
   }
 
   /**
-   * Creates `dir` (mode 0700) and, when missing, its parent, up to but not
-   * including `root`, which must exist; the new entries' directories are
-   * synced at {@linkcode flush}.
+   * Creates `dir` (mode 0700) and the missing folders between it and
+   * `root`, which must exist; the folders that got new entries are synced
+   * at {@linkcode flush}.
    */
   async mkdir(dir: string, root: string): Promise<void> {
-    const missing: string[] = [];
-    for (let d = dir; d !== root && d !== dirname(d); d = dirname(d)) {
-      try {
-        await Deno.mkdir(d, { mode: DIR_MODE });
-        missing.push(d);
-        break;
-      } catch (error) {
-        if (error instanceof Deno.errors.AlreadyExists) break;
-        if (!(error instanceof Deno.errors.NotFound)) throw error;
-        missing.push(d);
-      }
+    const rel = relative(root, dir);
+    if (rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
+      throw new RangeError(`Cannot create "${dir}": it is not inside "${root}"`);
     }
-    // The deepest existing ancestor is found; create the rest top down.
-    for (const d of missing.reverse()) {
+    // Top down: a folder that exists costs one failed call, a new one none.
+    let path = root;
+    for (const part of rel.split(sep)) {
+      const parent = path;
+      path = join(path, part);
       try {
-        await Deno.mkdir(d, { mode: DIR_MODE });
+        await Deno.mkdir(path, { mode: DIR_MODE });
       } catch (error) {
-        if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+        if (error instanceof Deno.errors.AlreadyExists) continue;
+        throw error;
       }
-      this.syncLater(dirname(d));
+      this.syncLater(parent);
     }
   }
 
