@@ -1554,6 +1554,32 @@ class ProcSampler {
   }
 }
 
+/**
+ * CPU seconds the cluster's server processes used so far: the postmaster
+ * and its reaped children (utime, stime, cutime, cstime) plus the live ones.
+ */
+async function serverCpuSeconds(cluster: Cluster): Promise<number> {
+  const pidFile = await Deno.readTextFile(join(cluster.dir, "data", "postmaster.pid"));
+  const pid = Number(pidFile.split("\n")[0]);
+  const fields = async (p: number) => {
+    try {
+      const stat = await Deno.readTextFile(`/proc/${p}/stat`);
+      return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    } catch {
+      return null;
+    }
+  };
+  const own = await fields(pid);
+  if (!own) return NaN;
+  let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const f = await fields(Number(e.name));
+    if (f && Number(f[1]) === pid) ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks / 100;
+}
+
 /** Resets a process's VmHWM (peak RSS) to its current RSS (`clear_refs` 5). */
 async function resetPeakRss(pid: number): Promise<boolean> {
   try {
@@ -1562,6 +1588,11 @@ async function resetPeakRss(pid: number): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+function printExportCpu(n: number, p: { streamCpuSeconds: number; serverCpuSeconds: number }) {
+  printRow("export CPU ms/table, stream", (p.streamCpuSeconds * 1000 / n).toFixed(2));
+  printRow("export CPU ms/table, server", (p.serverCpuSeconds * 1000 / n).toFixed(2));
 }
 
 /** Parses `90s`, `5m`, `1500ms` (the CLI's interval syntax, enough for the bench). */
@@ -1613,6 +1644,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
       Object.assign(result, { loadBefore, initSeconds, published });
 
       log(`wide: stream under ulimit -n ${nofile}: initial export`);
+      const serverCpuBefore = await serverCpuSeconds(cluster);
       const streamStart = performance.now();
       const prof = args["cpu-prof"];
       const stream = new StreamProcess(
@@ -1647,12 +1679,20 @@ async function benchWide(): Promise<Record<string, unknown>> {
       const exportSeconds = started ? (lastReg - started.ts) / 1000 : NaN;
       const exportRate = n / exportSeconds;
       await sampler.stop();
-      const exportPhase = { peakRssMb: sampler.peakRssMb, peakFds: sampler.peakFds };
+      const exportPhase = {
+        peakRssMb: sampler.peakRssMb,
+        peakFds: sampler.peakFds,
+        // CPU per table, ours and the server's: what the figure costs whatever the load.
+        streamCpuSeconds: await cpuSeconds(stream.child.pid),
+        serverCpuSeconds: await serverCpuSeconds(cluster) - serverCpuBefore,
+      };
       log(
         `wide: exported ${n} tables in ${exportSeconds.toFixed(2)} s (log lines), ` +
           `${exportRate.toFixed(0)} tables/s; stream start→all registered ${
             exportWall.toFixed(2)
-          } s`,
+          } s; CPU ms per table: stream ${
+            (exportPhase.streamCpuSeconds * 1000 / n).toFixed(2)
+          } (start-up included), server ${(exportPhase.serverCpuSeconds * 1000 / n).toFixed(2)}`,
       );
       Object.assign(result, {
         exportSeconds,
@@ -1673,6 +1713,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
         );
         printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
         printRow("export peak fds", String(exportPhase.peakFds));
+        printExportCpu(n, exportPhase);
         return result;
       }
       // One change in each table, in one transaction: all N batches open in one interval.
@@ -1775,6 +1816,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
       printRow("export s (log lines)", exportSeconds.toFixed(2));
       printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
       printRow("export peak fds", String(exportPhase.peakFds));
+      printExportCpu(n, exportPhase);
       printRow("batches registered", `${registered}/${n}`, String(n), registered === n);
       printRow(
         "tick → all registered s",
