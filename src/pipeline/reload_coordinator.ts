@@ -23,12 +23,17 @@ import type { SourceCatalog } from "../source/source_catalog.ts";
 import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
 import { tableDirName } from "../write/table_dir.ts";
+import { qualifiedName } from "../source/table_selection.ts";
 import {
+  type CopiedTable,
   copyTable,
+  type DescribedRelation,
   describeRelation,
+  describeRelations,
   type ExportPart,
   exportTablePart,
   joinParts,
+  namesMoved,
   type SealedPart,
   type StagedExport,
 } from "./table_export.ts";
@@ -127,6 +132,9 @@ interface Task {
  */
 const TABLES_PER_TRANSACTION = 100;
 
+/** Whole tables a worker exports with one catalog query and one name check. */
+const CHUNK_TABLES = 8;
+
 /** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
 const SEALS_PER_WORKER = 8;
 
@@ -177,6 +185,8 @@ export class ReloadCoordinator {
   #stageDirs = new Set<string>();
   #clients = new Set<pg.Client>();
   #lastPoll = 0;
+  /** How long the last search for work took, in ms. */
+  #pollCost = 0;
   #stopping = false;
   #seq = 0;
   #progress = newProgress();
@@ -232,8 +242,18 @@ export class ReloadCoordinator {
       }
       this.#stageDirs.clear();
     }
-    if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
+    // With thousands of tables a poll reads thousands of rows: space polls
+    // so that they take at most a tenth of the time.
+    const every = Math.max(POLL_INTERVAL_MS, 10 * this.#pollCost);
+    if (!force && now - this.#lastPoll < every) return;
     this.#lastPoll = now;
+    const jobs = await this.#findWork(now);
+    if (jobs.length > 0) await this.#start(jobs);
+  }
+
+  /** Requests missing exports; returns the pending ones to start (not running, not backing off). */
+  async #findWork(now: number): Promise<Job[]> {
+    const started = performance.now();
     await this.#registry.requestMissingExports(
       await this.#catalog.publishedTables(this.#opts.publication),
     );
@@ -260,7 +280,8 @@ export class ReloadCoordinator {
         });
       }
     }
-    if (jobs.size > 0) await this.#start([...jobs.values()]);
+    this.#pollCost = performance.now() - started;
+    return [...jobs.values()];
   }
 
   /**
@@ -417,10 +438,10 @@ export class ReloadCoordinator {
     // The snapshot is released once no worker can start a transaction on it
     // any more: every task is taken and no import is under way. (Held
     // longer, its temporary slot would keep WAL for the rest of the export.)
-    let importing = workers;
+    let busy = workers;
     let released = false;
     const release = async () => {
-      if (released || head < queue.length || importing > 0) return;
+      if (released || head < queue.length || busy > 0) return;
       released = true;
       await snapshot.release();
     };
@@ -432,7 +453,7 @@ export class ReloadCoordinator {
         this.#clients.add(client);
         await useSnapshot(client, snapshot.name);
       } finally {
-        importing--;
+        busy--;
         await release();
       }
       try {
@@ -446,21 +467,44 @@ export class ReloadCoordinator {
           if (failed || inTransaction >= TABLES_PER_TRANSACTION) {
             // After a failure the transaction is aborted: go on in a new one
             // on the same snapshot (the failed table is retried later).
-            importing++;
+            busy++;
             try {
               await client.query(failed ? "ROLLBACK" : "COMMIT");
               if (head >= queue.length) break;
               await useSnapshot(client, snapshot.name);
             } finally {
-              importing--;
+              busy--;
             }
             inTransaction = 0;
             failed = false;
           }
-          const task = queue[head++];
-          await release();
-          inTransaction++;
-          failed = !await this.#runJob(client, task.job, snapshot, sealings, task.part);
+          const next = queue[head];
+          if (next.part && next.job.split) {
+            head++;
+            await release();
+            inTransaction++;
+            const job = next.job as Job & { split: NonNullable<Job["split"]> };
+            failed = !await this.#runPart(client, job, snapshot, next.part);
+          } else {
+            // Whole tables go in small chunks: one catalog query and one
+            // name check per chunk instead of one each per table.
+            const room = Math.min(CHUNK_TABLES, TABLES_PER_TRANSACTION - inTransaction);
+            const chunk: Job[] = [];
+            while (head < queue.length && !queue[head].part && chunk.length < Math.max(1, room)) {
+              chunk.push(queue[head++].job);
+            }
+            inTransaction += chunk.length;
+            // Busy: a failure puts the chunk's other tables back in the queue.
+            busy++;
+            try {
+              const done = await this.#runChunk(client, chunk, snapshot, sealings);
+              failed = !done.ok;
+              for (const job of done.retry) queue.push({ job });
+            } finally {
+              busy--;
+            }
+            await release();
+          }
           // Bounded: each file being sealed holds a descriptor and a deflate state.
           while (sealings.size >= SEALS_PER_WORKER) await Promise.race(sealings);
         }
@@ -491,27 +535,129 @@ export class ReloadCoordinator {
   }
 
   /**
-   * Exports one table (or part) in the worker's snapshot transaction;
-   * false when a statement failed, which ends that transaction.
+   * Exports whole tables in the worker's snapshot transaction: one catalog
+   * query for all of them, a COPY each, one name check for all of them
+   * (each COPY's lock keeps its name in place until the transaction ends),
+   * then their files are sealed while the worker goes on. When a statement
+   * fails, which ends the transaction, that table is retried later with a
+   * fresh snapshot and the chunk's other tables are returned in `retry`,
+   * to be exported in the worker's next transaction on the same snapshot.
    */
-  async #runJob(
+  async #runChunk(
     client: pg.Client,
-    job: Job,
+    jobs: Job[],
     snapshot: ExportedSnapshot,
     sealings: Set<Promise<void>>,
-    part?: ExportPart,
+  ): Promise<{ ok: boolean; retry: Job[] }> {
+    const live = jobs.filter((j) => !j.stale);
+    if (live.length === 0) return { ok: true, retry: [] };
+    const started = performance.now();
+    const message = (error: unknown) => (error as Error).message.split("\n")[0];
+    let described: Map<number, DescribedRelation>;
+    try {
+      described = await describeRelations(client, live.map((j) => j.oid), snapshot.lsn);
+    } catch (error) {
+      for (const job of live) {
+        if (!this.#stopping) await this.#failed(job, message(error), false, error);
+      }
+      return { ok: false, retry: [] };
+    }
+    const copied: { job: Job; copy: CopiedTable; bytes: () => number }[] = [];
+    for (const [i, job] of live.entries()) {
+      const rel = described.get(job.oid);
+      if (rel === undefined) {
+        // Gone before the snapshot: nothing to export, ever.
+        await this.#failed(job, "table does not exist", true);
+        continue;
+      }
+      let counted = 0;
+      const onBytes = (bytes: number) => {
+        this.#progress.bytes += bytes - counted;
+        counted = bytes;
+      };
+      try {
+        const copy = await copyTable(
+          client,
+          job.oid,
+          snapshot.lsn,
+          this.#opts.dataDir,
+          job.stageDir,
+          onBytes,
+          rel,
+          { checkName: false },
+        );
+        copied.push({ job, copy, bytes: () => counted });
+      } catch (error) {
+        // Not name-checked, and the transaction is over: export them again.
+        for (const c of copied) await c.copy.abort();
+        if (this.#stopping) return { ok: false, retry: [] };
+        await this.#failed(job, message(error), false, error);
+        return { ok: false, retry: [...copied.map((c) => c.job), ...live.slice(i + 1)] };
+      }
+    }
+    let moved: Set<number>;
+    try {
+      moved = await namesMoved(
+        client,
+        copied.map((c) => ({ oid: c.job.oid, schema: c.copy.schema })),
+      );
+    } catch (error) {
+      for (const c of copied) {
+        await c.copy.abort();
+        if (!this.#stopping) await this.#failed(c.job, message(error), false, error);
+      }
+      return { ok: false, retry: [] };
+    }
+    for (const c of copied) {
+      if (moved.has(c.job.oid)) {
+        await c.copy.abort();
+        await this.#failed(
+          c.job,
+          `table ${
+            qualifiedName(c.copy.schema)
+          } was renamed or dropped during the export; it is exported again`,
+          false,
+        );
+        continue;
+      }
+      const { job } = c;
+      const csvBytes = c.bytes();
+      // The worker goes on while the file is finished and fsynced: the
+      // fsyncs of several files overlap.
+      const sealing: Promise<void> = c.copy.seal().then(
+        (done) => this.#handOver(job, done, snapshot, csvBytes, started),
+        async (error) => {
+          if (this.#stopping) return;
+          await this.#failed(job, message(error), false, error);
+        },
+      ).catch((error) => {
+        this.#opts.logger.error("export failed", { error: String(error?.message) });
+      }).finally(() => sealings.delete(sealing));
+      sealings.add(sealing);
+    }
+    return { ok: true, retry: [] };
+  }
+
+  /**
+   * Exports one part of a split table in the worker's snapshot transaction
+   * (the worker that finishes the last part joins them); false when a
+   * statement failed, which ends that transaction.
+   */
+  async #runPart(
+    client: pg.Client,
+    job: Job & { split: NonNullable<Job["split"]> },
+    snapshot: ExportedSnapshot,
+    part: ExportPart,
   ): Promise<boolean> {
     const started = performance.now();
+    const split = job.split;
     let exp: StagedExport | null = null;
     try {
-      if (job.split?.failed || job.stale) return true;
-      const described = await describeRelation(client, job.oid, snapshot.lsn);
-      if (described === null) {
+      if (split.failed || job.stale) return true;
+      if (await describeRelation(client, job.oid, snapshot.lsn) === null) {
         // Gone before the snapshot: nothing to export, ever.
-        if (job.split) {
-          if (job.split.failed) return true;
-          job.split.failed = true;
-        }
+        if (split.failed) return true;
+        split.failed = true;
         await this.#failed(job, "table does not exist", true);
         return true;
       }
@@ -520,49 +666,18 @@ export class ReloadCoordinator {
         this.#progress.bytes += bytes - counted;
         counted = bytes;
       };
-      const split = job.split;
       const dataDir = this.#opts.dataDir;
-      if (part && split) {
-        split.sealed.push(await exportTablePart(client, job.oid, part, job.stageDir, onBytes));
-        split.bytes += counted;
-        // The worker that finishes the last part joins them.
-        if (split.sealed.length < split.parts.length) return true;
-        counted = split.bytes;
-        exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
-      } else {
-        const copied = await copyTable(
-          client,
-          job.oid,
-          snapshot.lsn,
-          dataDir,
-          job.stageDir,
-          onBytes,
-          described,
-        );
-        // The worker goes on with its next table while this file is
-        // finished and fsynced: the fsyncs of several files overlap.
-        const csvBytes = counted;
-        const sealing: Promise<void> = copied.seal().then(
-          (done) => this.#handOver(job, done, snapshot, csvBytes, started),
-          async (error) => {
-            if (this.#stopping) return;
-            await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
-          },
-        ).catch((error) => {
-          this.#opts.logger.error("export failed", { error: String(error?.message) });
-        }).finally(() => sealings.delete(sealing));
-        sealings.add(sealing);
-        return true;
-      }
-      await this.#handOver(job, exp, snapshot, counted, started);
+      split.sealed.push(await exportTablePart(client, job.oid, part, job.stageDir, onBytes));
+      split.bytes += counted;
+      if (split.sealed.length < split.parts.length) return true;
+      exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
+      await this.#handOver(job, exp, snapshot, split.bytes, started);
       return true;
     } catch (error) {
       await exp?.abort().catch(() => {});
-      if (job.split) {
-        // Report a split table's failure once; its other parts stop at their next check.
-        if (job.split.failed) return false;
-        job.split.failed = true;
-      }
+      // Report a split table's failure once; its other parts stop at their next check.
+      if (split.failed) return false;
+      split.failed = true;
       if (this.#stopping) return false;
       // A later poll starts the table again with a fresh snapshot.
       await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
