@@ -17,7 +17,8 @@ import type { FileRecord, FinishedExport, Registry, TablePosition } from "../reg
 import { tableDirName } from "../write/table_dir.ts";
 import type { TableBatch } from "../batch/table_batch.ts";
 import { type HeldFile, HeldFiles, publishHeld } from "./held_files.ts";
-import { DurableBatch, eachBounded } from "../write/durable_batch.ts";
+import { DurableBatch } from "../write/durable_batch.ts";
+import { eachLimited } from "../write/each_limited.ts";
 import type { SealedExport } from "./reload_coordinator.ts";
 import {
   comparePosition,
@@ -227,7 +228,7 @@ export class ExportHandover {
       held: [] as HeldFile[],
       last: null as TablePosition | null,
     }));
-    await eachBounded(placed, PLACE_CONCURRENCY, async (p) => {
+    await eachLimited(placed, PLACE_CONCURRENCY, async (p) => {
       p.path = await p.sealed.place(p.name.tableDir, p.batchTs, durable);
     });
     await durable.flush();
@@ -272,7 +273,7 @@ export class ExportHandover {
     // Once this call is sent the registry decides: on any error the session
     // fails and start-up recovery settles the files against the registry.
     await this.#registry.finishReloads(finished, checkpoint);
-    await eachBounded(placed, PLACE_CONCURRENCY, async (p) => {
+    await eachLimited(placed, PLACE_CONCURRENCY, async (p) => {
       for (const h of p.held) await publishHeld(h, durable);
       await p.sealed.publish(durable);
     });

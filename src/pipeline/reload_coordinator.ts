@@ -38,7 +38,8 @@ import {
   type StagedExport,
 } from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
-import { type DurableBatch, eachBounded } from "../write/durable_batch.ts";
+import type { DurableBatch } from "../write/durable_batch.ts";
+import { eachLimited } from "../write/each_limited.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
 
 /** A sealed export, handed to the stream loop to register. */
@@ -369,7 +370,7 @@ export class ReloadCoordinator {
     });
     // The staging folders (no fsync: staging is emptied at start).
     const dirs = [...new Set(jobs.map((j) => j.stageDir))];
-    await eachBounded(dirs, MKDIR_CONCURRENCY, async (dir) => {
+    await eachLimited(dirs, MKDIR_CONCURRENCY, async (dir) => {
       await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
     });
     const task = this.#runJobs(jobs, snapshot).finally(() => this.#tasks.delete(task));

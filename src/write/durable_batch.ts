@@ -14,31 +14,10 @@
 
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { DIR_MODE, FILE_MODE, syncDir, tempPathFor, writeAll } from "./atomic_file.ts";
+import { eachLimited } from "./each_limited.ts";
 
 /** How many fsyncs are in flight at once. */
 const SYNC_CONCURRENCY = 32;
-
-/** Runs `fn` on every item, at most `limit` at a time; waits for all, then throws the first error. */
-export async function eachBounded<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T, index: number) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | null = null;
-  const lane = async () => {
-    while (failure === null && next < items.length) {
-      const i = next++;
-      try {
-        await fn(items[i], i);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-  if (failure !== null) throw (failure as { error: unknown }).error;
-}
 
 /** Directory fsyncs owed by a batch of file operations. */
 export class DurableBatch {
@@ -112,6 +91,6 @@ export class DurableBatch {
   async flush(): Promise<void> {
     const dirs = [...this.#dirs];
     this.#dirs.clear();
-    await eachBounded(dirs, SYNC_CONCURRENCY, (dir) => syncDir(dir));
+    await eachLimited(dirs, SYNC_CONCURRENCY, (dir) => syncDir(dir));
   }
 }
