@@ -136,6 +136,13 @@ const TABLES_PER_TRANSACTION = 100;
 /** Whole tables a worker exports with one catalog query and one name check. */
 const CHUNK_TABLES = 8;
 
+/**
+ * Tables at least this large (relation size) are exported alone: chunks are
+ * for the many small tables, and large ones keep going to the workers in
+ * parallel, largest first.
+ */
+const CHUNK_MAX_TABLE_BYTES = 16 * 1024 * 1024;
+
 /** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
 const SEALS_PER_WORKER = 8;
 
@@ -489,9 +496,15 @@ export class ReloadCoordinator {
           } else {
             // Whole tables go in small chunks: one catalog query and one
             // name check per chunk instead of one each per table.
-            const room = Math.min(CHUNK_TABLES, TABLES_PER_TRANSACTION - inTransaction);
-            const chunk: Job[] = [];
-            while (head < queue.length && !queue[head].part && chunk.length < Math.max(1, room)) {
+            // Chunks only while the queue is long: a few tables (or the last
+            // ones) are spread over the workers, one each.
+            const share = Math.floor((queue.length - head) / (workers * 4));
+            const room = Math.min(CHUNK_TABLES, share, TABLES_PER_TRANSACTION - inTransaction);
+            const chunk: Job[] = [queue[head++].job];
+            while (
+              head < queue.length && !queue[head].part && chunk.length < room &&
+              chunk[0].size < CHUNK_MAX_TABLE_BYTES && queue[head].job.size < CHUNK_MAX_TABLE_BYTES
+            ) {
               chunk.push(queue[head++].job);
             }
             inTransaction += chunk.length;
