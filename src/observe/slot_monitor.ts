@@ -37,6 +37,8 @@ export interface MonitorState {
   streaming: boolean;
   /** The registry answers (false during a registry outage). */
   registryUp: boolean;
+  /** Object storage answers (false while uploads are being retried). */
+  storageUp: boolean;
   lagBytes: number | null;
   lagSeconds: number | null;
   walStatus: string | null;
@@ -58,6 +60,7 @@ export class SlotMonitor {
     connected: false,
     streaming: false,
     registryUp: true,
+    storageUp: true,
     lagBytes: null,
     lagSeconds: null,
     walStatus: null,
@@ -80,7 +83,7 @@ export class SlotMonitor {
    */
   get ready(): boolean {
     const s = this.state;
-    return s.connected && s.streaming && s.registryUp &&
+    return s.connected && s.streaming && s.registryUp && s.storageUp &&
       (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs &&
       s.walWarning === null && s.walStatus !== "lost";
   }
@@ -90,6 +93,11 @@ export class SlotMonitor {
     if (this.state.registryUp && !up) this.#opts.metrics.registryOutages.inc();
     this.state.registryUp = up;
     this.#opts.metrics.registryUp.set(up ? 1 : 0);
+  }
+
+  /** Marks object storage reachable or not (uploads being retried). */
+  setStorageUp(up: boolean): void {
+    this.state.storageUp = up;
   }
 
   /** Marks the stream session up or down. */

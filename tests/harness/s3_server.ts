@@ -6,7 +6,8 @@
 
 import { fileURLToPath as fromFileUrl } from "node:url";
 import { join } from "node:path";
-import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { dirname } from "node:path";
+import { GetObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 
 const MAIN = fromFileUrl(new URL("./s3rver_main.ts", import.meta.url));
 const CONFIG = fromFileUrl(new URL("../../deno.json", import.meta.url));
@@ -106,6 +107,37 @@ export class S3Server {
       for await (const u of Deno.readDir(join(this.dir, bucket, e.name))) out.push(u.name);
     }
     return out.sort();
+  }
+
+  /**
+   * Makes `dir` hold exactly the objects of `bucket` under `prefix/` (keys
+   * relative to it): downloads new or changed ones, removes files that are
+   * not objects any more. Tests read the mirror like a local data dir.
+   */
+  async mirror(bucket: string, prefix: string, dir: string): Promise<void> {
+    const keys = await this.keys(bucket, `${prefix}/`);
+    const wanted = new Set(keys.map((k) => k.slice(prefix.length + 1)));
+    const client = this.client();
+    try {
+      for (const rel of wanted) {
+        const res = await client.send(
+          new GetObjectCommand({ Bucket: bucket, Key: `${prefix}/${rel}` }),
+        );
+        const bytes = await res.Body!.transformToByteArray();
+        await Deno.mkdir(dirname(join(dir, rel)), { recursive: true });
+        await Deno.writeFile(join(dir, rel), bytes);
+      }
+    } finally {
+      client.destroy();
+    }
+    const walk = async (sub: string): Promise<void> => {
+      for await (const e of Deno.readDir(join(dir, sub))) {
+        const rel = sub ? `${sub}/${e.name}` : e.name;
+        if (e.isDirectory) await walk(rel);
+        else if (!wanted.has(rel)) await Deno.remove(join(dir, rel));
+      }
+    };
+    await walk("");
   }
 
   /** Stops the server and removes its files. */
