@@ -8,6 +8,7 @@
  * - `status`: answers 500/503 (or another status) with an S3 error body;
  * - `stall`: holds the connection without answering for `ms`;
  * - `cut`: forwards, but closes after `bytes` bytes of the answer;
+ * - `hold`: forwards (the server acts on it) but holds the answer for `ms`;
  * - `down()`/`up()`: drops every connection until brought up again.
  */
 
@@ -16,7 +17,8 @@ export type FaultAction =
   | { kind: "drop" }
   | { kind: "status"; status: number }
   | { kind: "stall"; ms: number }
-  | { kind: "cut"; bytes: number };
+  | { kind: "cut"; bytes: number }
+  | { kind: "hold"; ms: number };
 
 /** A rule: which requests, what to do, how often. */
 export interface FaultRule {
@@ -179,6 +181,14 @@ export class FaultProxy {
       })();
       let left = action?.kind === "cut" ? action.bytes : Infinity;
       const b = new Uint8Array(64 * 1024);
+      if (action?.kind === "hold") {
+        // Read the whole answer (the server has acted), then deliver it late.
+        let answer: Uint8Array = new Uint8Array(0);
+        for (let n; (n = await up.read(b)) !== null;) answer = concat(answer, b.subarray(0, n));
+        await new Promise((r) => setTimeout(r, action.ms));
+        await writeAll(client, answer);
+        left = 0;
+      }
       for (let n; left > 0 && (n = await up.read(b)) !== null;) {
         const take = Math.min(n, left);
         await writeAll(client, b.subarray(0, take));

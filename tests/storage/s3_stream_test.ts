@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { type PgMajor, testMajors } from "../../scripts/embedded_postgres.ts";
 import { waitFor } from "../harness/cli.ts";
 import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { FaultProxy } from "../harness/fault_proxy.ts";
 
 /** Registered paths of the slot, and the bucket's keys under the data prefix. */
 async function bucketMatchesRegistry(w: StreamEnv): Promise<void> {
@@ -68,5 +69,143 @@ for (const major of testMajors()) {
       }
     }
     assert(left.length <= 1, `spool holds ${left.join(", ")}`);
+  });
+}
+
+/** Inserts `n` rows of about 100 bytes that gzip poorly (md5 text). */
+async function fill(w: StreamEnv, table: string, from: number, n: number): Promise<void> {
+  await w.db.query(
+    `INSERT INTO ${table} SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)
+     FROM generate_series(${from}, ${from + n - 1}) g`,
+  );
+}
+
+for (const major of testMajors()) {
+  Deno.test(`stream into s3:// retries 5xx, dropped, stalled and cut-short requests (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await w.db.query("CREATE TABLE big (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 1000);
+      // About 7 MB of gzip: two parts of 5 MiB.
+      await fill(w, "big", 1, 150_000);
+      await w.init();
+      // Data keys only: the start-up probe of the bucket is not retried for long.
+      const data = /^\/cdc\/data\/public\./;
+      proxy.inject({
+        method: "PUT",
+        path: data,
+        action: { kind: "status", status: 503 },
+        times: 3,
+      });
+      proxy.inject({ method: "PUT", path: data, action: { kind: "drop" }, times: 2 });
+      proxy.inject({
+        method: "PUT",
+        path: /partNumber=2/,
+        action: { kind: "status", status: 500 },
+      });
+      proxy.inject({ method: "POST", path: /uploadId=/, action: { kind: "cut", bytes: 30 } });
+      proxy.inject({ method: "PUT", path: data, action: { kind: "stall", ms: 5000 }, skip: 4 });
+      proxy.inject({
+        method: "PUT",
+        path: data,
+        action: { kind: "cut", bytes: 10 },
+        skip: 6,
+        times: 2,
+      });
+      const p = w.stream({
+        CDC_S3_ENDPOINT: proxy.endpoint,
+        CDC_S3_PART_SIZE: "5MiB",
+        CDC_S3_TIMEOUT: "2s",
+      });
+      await w.caughtUp().catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      for (let i = 0; i < 4; i++) {
+        await fill(w, "t", 10_000 + i * 100, 100);
+        await w.db.query(`UPDATE t SET v = 'u${i}' WHERE id % 5 = ${i}`);
+      }
+      await w.caughtUp();
+      assert.equal(await p.stop(), 0, p.stderr);
+      assert.deepEqual(proxy.fired, [3, 2, 1, 1, 1, 2], "every fault was injected");
+      assert.match(p.stderr, /object storage request failed; retrying/);
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+      await w.assertReplayEquals("public", "big");
+    } finally {
+      proxy.stop();
+    }
+  });
+
+  Deno.test(`stream into s3:// after kill -9 mid-upload deletes the unregistered object and aborts the multipart upload (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await w.db.query("CREATE TABLE big (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 100);
+      await fill(w, "big", 1, 150_000);
+      await w.init();
+      const env = {
+        CDC_S3_ENDPOINT: proxy.endpoint,
+        CDC_S3_PART_SIZE: "5MiB",
+        CDC_S3_TIMEOUT: "10m",
+      };
+      const count = async (sql: string) => (await w.registry.query(sql)).rows[0].n as number;
+      // 1. The big export's first part is stored, its answer held: kill -9.
+      proxy.inject({ method: "PUT", path: /partNumber=1&/, action: { kind: "hold", ms: 600_000 } });
+      let p = w.stream(env);
+      await waitFor("the part upload to hang", () => proxy.fired[0] === 1, 120_000)
+        .catch((e) => {
+          throw new Error(`${e.message}\n${p.stderr}`);
+        });
+      const intent = (await w.registry.query(
+        "SELECT path, upload_id FROM cdc_registry.upload_intent WHERE path LIKE '%full_reload.csv.gz'",
+      )).rows;
+      assert.equal(intent.length, 1);
+      assert(intent[0].upload_id, "the multipart upload id is recorded before its parts");
+      assert.deepEqual(await w.s3!.incompleteUploads("cdc"), [intent[0].upload_id]);
+      await p.stop("SIGKILL");
+      // 2. A streaming file's PUT is stored, its answer held: kill -9.
+      proxy.inject({
+        method: "PUT",
+        path: /streaming\.csv\.gz/,
+        action: { kind: "hold", ms: 600_000 },
+      });
+      p = w.stream(env);
+      await fill(w, "t", 500, 50);
+      await waitFor("the streaming upload to hang", () => proxy.fired[1] === 1, 120_000)
+        .catch((e) => {
+          throw new Error(`${e.message}\n${p.stderr}`);
+        });
+      const held = (await w.registry.query(
+        "SELECT path FROM cdc_registry.upload_intent WHERE path LIKE '%streaming.csv.gz'",
+      )).rows[0].path;
+      await waitFor(
+        "the held PUT to be stored",
+        async () => (await w.s3!.keys("cdc", `data/${held}`)).length === 1,
+      );
+      await p.stop("SIGKILL");
+      assert.equal(
+        await count(`SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE path = '${held}'`),
+        0,
+      );
+      proxy.stop();
+      // 3. Recovery: the unregistered objects go, the multipart upload is aborted.
+      p = w.stream({ CDC_S3_PART_SIZE: "5MiB" });
+      await w.caughtUp().catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      assert.match(p.stderr, /settled unregistered uploads/);
+      await fill(w, "t", 1000, 50);
+      await w.caughtUp();
+      assert.equal(await p.stop(), 0, p.stderr);
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+      await w.assertReplayEquals("public", "big");
+    } finally {
+      proxy.stop();
+    }
   });
 }
