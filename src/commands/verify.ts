@@ -40,6 +40,9 @@ import {
   readDataDirOwner,
 } from "../write/data_dir_owner.ts";
 import { SourceCatalog } from "../source/source_catalog.ts";
+import { type FetchedLayout, type LayoutFiles, openLayout } from "../storage/layout_files.ts";
+import { isS3Url } from "../storage/s3_location.ts";
+import { checkStorageLocation } from "../storage/storage_location.ts";
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 
 /** Options of `verify`. */
@@ -222,6 +225,14 @@ export interface ScannedFile {
  */
 export async function scanFile(path: string, gzipCsv: boolean): Promise<ScannedFile> {
   const file = await Deno.open(path, { read: true });
+  return await scanStream(file.readable, gzipCsv);
+}
+
+/** {@linkcode scanFile} of a stream (an object read from the bucket). */
+export async function scanStream(
+  readable: ReadableStream<Uint8Array>,
+  gzipCsv: boolean,
+): Promise<ScannedFile> {
   const hash = createHash("sha256");
   let size = 0;
   const counter = new CsvRecordCounter();
@@ -239,7 +250,7 @@ export async function scanFile(path: string, gzipCsv: boolean): Promise<ScannedF
     });
   }
   try {
-    for await (const chunk of file.readable) {
+    for await (const chunk of readable) {
       hash.update(chunk);
       size += chunk.length;
       if (gunzip && corrupt === null && !gunzip.write(chunk)) {
@@ -316,18 +327,45 @@ async function runVerify(
   options: VerifyOptions,
   clients: pg.Client[],
 ): Promise<VerifyReport> {
-  const dataDir = resolve(config.dataDir);
-  try {
-    if (!(await Deno.stat(dataDir)).isDirectory) {
-      throw new CannotRun(`Cannot verify: data dir "${config.dataDir}" is not a directory`);
-    }
-  } catch (error) {
-    if (error instanceof CannotRun) throw error;
+  if (!isS3Url(config.dataDir)) return await runVerifyOn(config, options, clients, null);
+  if (options.quarantine) {
     throw new CannotRun(
-      `Cannot verify: data dir "${config.dataDir}" ${
-        error instanceof Deno.errors.NotFound ? "does not exist" : "cannot be read"
-      }`,
+      "Cannot verify --quarantine on object storage: stream's start-up recovery removes unregistered uploads",
     );
+  }
+  let layout: FetchedLayout;
+  try {
+    layout = await openLayout(config) as FetchedLayout;
+  } catch (error) {
+    throw new CannotRun((error as Error).message.split("\n")[0]);
+  }
+  try {
+    return await runVerifyOn(config, options, clients, layout);
+  } finally {
+    await layout.close();
+  }
+}
+
+async function runVerifyOn(
+  config: Config,
+  options: VerifyOptions,
+  clients: pg.Client[],
+  layout: FetchedLayout | null,
+): Promise<VerifyReport> {
+  const dataDir = resolve(config.dataDir);
+  if (!layout) {
+    try {
+      if (!(await Deno.stat(dataDir)).isDirectory) {
+        throw new CannotRun(`Cannot verify: data dir "${config.dataDir}" is not a directory`);
+      }
+    } catch (error) {
+      if (error instanceof CannotRun) throw error;
+      throw new CannotRun(
+        `Cannot verify: data dir "${config.dataDir}" ${
+          error instanceof Deno.errors.NotFound ? "does not exist" : "cannot be read"
+        }`,
+      );
+    }
   }
   const source = await connect(config.sourceUrl, { role: "source" });
   clients.push(source);
@@ -341,8 +379,11 @@ async function runVerify(
   await assertSlotUsable(source, registryClient, config.slot);
   const catalog = new SourceCatalog(source);
   await registry.assertOwnedBy(await catalog.identity(), "verify");
+  await checkStorageLocation(registry, layout?.url ?? dataDir, "verify").catch((error: Error) => {
+    throw new CannotRun(error.message);
+  });
   // Another slot's files in this data dir are not ours to judge (or quarantine).
-  const owner = await readDataDirOwner(dataDir).catch((error: Error) => {
+  const owner = layout ? null : await readDataDirOwner(dataDir).catch((error: Error) => {
     throw new CannotRun(error.message);
   });
   if (owner && owner.slot !== config.slot) {
@@ -352,7 +393,7 @@ async function runVerify(
   const report: VerifyReport = {
     ok: true,
     slot: config.slot,
-    data_dir: dataDir,
+    data_dir: layout?.url ?? dataDir,
     deep: options.deep,
     stream_running: await streamRunning(catalog, registry, config.slot),
     files_checked: 0,
@@ -440,7 +481,9 @@ async function runVerify(
     t.files++;
     t.rows += f.rowCount;
     t.bytes += f.byteSize;
-    const found = await checkFile(dataDir, f, report.stream_running);
+    const found = layout
+      ? await checkObject(layout, f, options.deep)
+      : await checkFile(dataDir, f, report.stream_running);
     if (found.problem) {
       problem(found.problem);
       return;
@@ -467,6 +510,8 @@ async function runVerify(
       problem({ kind: "corrupt", table: f.tableName, path: f.path, detail: scan.corrupt });
       return;
     }
+    // HEAD alone (object storage without --deep) counts no rows.
+    if (scan.records === null && f.fileType !== "ddl") return;
     const rows = f.fileType === "ddl" ? 1 : scan.records! - 1;
     report.rows_checked += rows;
     if (rows !== f.rowCount) {
@@ -493,8 +538,29 @@ async function runVerify(
     checkRanges(newest.tableName, list, tables.get(newest.tableName)!, problem);
   }
 
-  // 3. Orphans.
-  const orphans = await findOrphans(
+  // 3. Orphans. A bucket is not listed: every upload starts with an intent
+  // in the registry, and an intent left by a crash is an orphan until the
+  // next stream start deletes its object.
+  if (layout) {
+    if (!options.deep) {
+      report.notes.push(
+        "object storage: files checked with HEAD (existence, size, sha256 recorded at upload); --deep reads them and counts rows",
+      );
+    }
+    if (!report.stream_running) {
+      for (const i of await registry.uploadIntents()) {
+        problem({
+          kind: "orphan",
+          table: null,
+          path: i.path,
+          detail: `upload never registered (a stream stopped mid-upload${
+            i.uploadId ? ", multipart upload incomplete" : ""
+          }); the next "cdc-egress stream" start deletes it`,
+        });
+      }
+    }
+  }
+  const orphans = layout ? [] : await findOrphans(
     dataDir,
     registry,
     tableDirs,
@@ -533,7 +599,7 @@ async function runVerify(
   if (options.deep) {
     await deepCompare(
       config,
-      dataDir,
+      layout ?? dataDir,
       registry,
       [...tables.values()],
       report,
@@ -602,6 +668,32 @@ async function checkFile(
         ...base,
         detail: (error as Error).message.split("\n")[0],
       },
+    };
+  }
+}
+
+/** HEADs one registered object (and reads it with `deep`); a problem when it is missing. */
+async function checkObject(
+  layout: FetchedLayout,
+  f: FileRow,
+  deep: boolean,
+): Promise<{ scan?: ScannedFile; problem?: Problem }> {
+  const base = { table: f.tableName, path: f.path };
+  try {
+    const info = await layout.store.head(f.path);
+    if (info === null) {
+      return { problem: { kind: "missing", ...base, detail: "registered but not in the bucket" } };
+    }
+    if (!deep) {
+      // No sha256 recorded (an object put by another tool): the size is all HEAD tells.
+      return {
+        scan: { size: info.size, sha256: info.sha256 ?? f.sha256, records: null, corrupt: null },
+      };
+    }
+    return { scan: await scanStream(await layout.store.get(f.path), f.fileType !== "ddl") };
+  } catch (error) {
+    return {
+      problem: { kind: "unreadable", ...base, detail: (error as Error).message.split("\n")[0] },
     };
   }
 }
@@ -760,7 +852,7 @@ async function findOrphans(
  */
 async function deepCompare(
   config: Config,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   registry: Registry,
   tables: TableReport[],
   report: VerifyReport,
@@ -804,7 +896,7 @@ function emptyDeep(skipped: string): DeepResult {
 async function deepTable(
   registry: Registry,
   live: pg.Client,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   t: TableReport,
   report: VerifyReport,
   from: "newest" | "first",

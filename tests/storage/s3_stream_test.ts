@@ -6,7 +6,11 @@
 
 import assert from "node:assert/strict";
 import { type PgMajor, testMajors } from "../../scripts/embedded_postgres.ts";
-import { waitFor } from "../harness/cli.ts";
+// @ts-types="npm:@types/pg@8.23.1"
+import pg from "pg";
+import { DeleteObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
+import { runCli, waitFor } from "../harness/cli.ts";
+import { liveRows } from "../harness/replay_check.ts";
 import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 import { FaultProxy } from "../harness/fault_proxy.ts";
 
@@ -207,5 +211,77 @@ for (const major of testMajors()) {
     } finally {
       proxy.stop();
     }
+  });
+}
+
+for (const major of testMajors()) {
+  Deno.test(`verify, status and materialize read an s3:// data dir (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    await fill(w, "t", 1, 300);
+    await w.init();
+    const p = w.stream();
+    await w.caughtUp();
+    await w.db.query("UPDATE t SET v = 'changed' WHERE id % 3 = 0");
+    await w.db.query("DELETE FROM t WHERE id % 10 = 0");
+    await w.db.query("ALTER TABLE t ADD COLUMN extra int");
+    await w.db.query("UPDATE t SET extra = id WHERE id % 4 = 0");
+    await w.caughtUp();
+    assert.equal(await p.stop(), 0, p.stderr);
+
+    let r = await runCli(["verify", "--json"], w.env);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    let report = JSON.parse(r.stdout);
+    assert.equal(report.data_dir, "s3://cdc/data");
+    assert(report.files_checked >= 3);
+    r = await runCli(["verify", "--deep", "--json"], w.env);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    report = JSON.parse(r.stdout);
+    assert(report.rows_checked > 300);
+    assert.equal(report.tables[0].deep.missing_rows + report.tables[0].deep.extra_rows, 0);
+
+    r = await runCli(["status", "--json"], w.env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout).storage, { url: "s3://cdc/data", pending_uploads: 0 });
+
+    await w.db.query("CREATE DATABASE mat");
+    const to = w.cluster.url().replace(/\/[^/?]+(\?|$)/, "/mat$1");
+    r = await runCli(["materialize", "--to", to], w.env);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const mat = new pg.Client({ connectionString: to });
+    await mat.connect();
+    try {
+      assert.deepEqual(await liveRows(mat, "public", "t"), await liveRows(w.db, "public", "t"));
+    } finally {
+      await mat.end();
+    }
+
+    // A missing object, an object of the wrong size: verify says which, by HEAD.
+    const files = (await w.registry.query(
+      "SELECT path FROM cdc_registry.file_log WHERE file_type = 'streaming' ORDER BY id",
+    )).rows.map((x) => x.path as string);
+    const client = w.s3!.client();
+    try {
+      await client.send(new DeleteObjectCommand({ Bucket: "cdc", Key: `data/${files[0]}` }));
+      await client.send(
+        new PutObjectCommand({ Bucket: "cdc", Key: `data/${files[1]}`, Body: "not gzip" }),
+      );
+    } finally {
+      client.destroy();
+    }
+    r = await runCli(["verify", "--json"], w.env);
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    const kinds = JSON.parse(r.stdout).problems.map((x: { kind: string; path: string }) =>
+      `${x.kind} ${x.path}`
+    );
+    assert.deepEqual(kinds, [`missing ${files[0]}`, `size ${files[1]}`].sort());
+
+    // Read from a local data dir while the registry says the bucket: one clear line.
+    r = await runCli(["verify"], { ...w.env, CDC_DATA_DIR: w.dataDir });
+    assert.equal(r.code, 2);
+    assert.match(
+      r.stderr,
+      /^error: Cannot verify data dir ".*": the files of slot "cdc_egress" are in s3:\/\/cdc\/data \(recorded in the registry\); use --data-dir s3:\/\/cdc\/data\n$/,
+    );
   });
 }
