@@ -285,3 +285,52 @@ for (const major of testMajors()) {
     );
   });
 }
+
+for (const major of testMajors()) {
+  Deno.test(`stream holds while S3 is unreachable: nothing registered or acknowledged, /readyz fails, then it catches up (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 100);
+      await w.init();
+      const p = w.stream({ CDC_S3_ENDPOINT: proxy.endpoint, CDC_S3_TIMEOUT: "2s" });
+      await w.caughtUp().catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      const port = Number(/"serving metrics".*"port":(\d+)/.exec(p.stderr)![1]);
+      const ready = async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status;
+      await waitFor("/readyz 200", async () => (await ready()) === 200);
+      const files = async () =>
+        (await w.registry.query("SELECT count(*)::int AS n FROM cdc_registry.file_log")).rows[0].n;
+      const confirmed = async () =>
+        (await w.db.query(
+          "SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 'cdc_egress'",
+        )).rows[0].l;
+      const before = { files: await files(), lsn: await confirmed() };
+      proxy.down();
+      await fill(w, "t", 1000, 200);
+      await waitFor("/readyz 503 while uploads fail", async () => (await ready()) === 503);
+      await waitFor("retries to be logged", () => /object storage request failed/.test(p.stderr));
+      // Several batch intervals later: still nothing registered, nothing acknowledged.
+      await waitFor(
+        "a few retries",
+        () => proxy.seen.length > 0 && p.stderr.split("retrying").length > 3,
+        60_000,
+      );
+      assert.equal(await files(), before.files);
+      assert.equal(await confirmed(), before.lsn);
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      assert.match(metrics, /cdc_upload_retries_total\{op="upload"\} [1-9]/);
+      assert.match(metrics, /cdc_storage_up 0/);
+      proxy.up();
+      await w.caughtUp();
+      await waitFor("/readyz 200 again", async () => (await ready()) === 200);
+      assert.equal(await p.stop(), 0, p.stderr);
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+    } finally {
+      proxy.stop();
+    }
+  });
+}
