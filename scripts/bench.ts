@@ -54,6 +54,8 @@
  * Prints tables and writes `.bench/results.json` (`benchmarks.<name>`; the
  * benchmarks not run keep their previous results).
  *
+ * **s3** (only when named): see `bench_s3.ts`.
+ *
  * Usage: deno task bench [--only backlog,export,bigtxn] [--changes N]
  *        [--interval DUR] [--pg 14..18] [--clients N] [--repeat N]
  *        [--export-rows N] [--export-workers N] [--bigtxn-rows N]
@@ -65,6 +67,7 @@
  * @module
  */
 
+import { benchS3 } from "./bench_s3.ts";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
@@ -134,7 +137,8 @@ if (args.help) {
                        [--timeout S] [--keep]
 
   --only LIST     benchmarks to run, comma-separated (default backlog,export,bigtxn)
-                  (materialize runs only when named)
+                  (materialize and s3 run only when named; s3: export and backlog
+                  into s3rver next to the same runs into a local data dir)
   --changes N     row changes to generate (default 1000000; 4 per pgbench transaction)
   --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
   --pg N          PostgreSQL major version of the embedded cluster (default 18)
@@ -1488,6 +1492,16 @@ const BENCHMARKS: Record<string, () => Promise<Record<string, unknown>>> = {
   export: benchExport,
   bigtxn: benchBigTxn,
   materialize: benchMaterialize,
+  s3: () =>
+    benchS3({
+      version,
+      exportRows: positiveInt("--export-rows", args["export-rows"]!),
+      changes: changesWanted,
+      interval: args.interval!,
+      timeoutS: positiveInt("--timeout", args.timeout!),
+      log,
+      printRow,
+    }),
 };
 
 async function main(): Promise<void> {

@@ -385,7 +385,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_S3_PART_SIZE",
     yaml: "s3_part_size",
     parse: partSize,
-    help: "upload files larger than this in parts of this size (default 64MiB, at least 5MiB)",
+    help: "upload files larger than this in parts of this size (default 16MiB, at least 5MiB)",
   },
   {
     key: "s3TimeoutMs",
@@ -422,7 +422,7 @@ export const DEFAULTS: Config = {
   s3Region: undefined,
   s3ForcePathStyle: false,
   spoolDir: "./spool",
-  s3PartSize: 64 * 1024 * 1024,
+  s3PartSize: 16 * 1024 * 1024,
   s3TimeoutMs: 30_000,
 };
 

@@ -40,7 +40,7 @@ export const DATA_FILE_NAMES = ["streaming.csv.gz", "full_reload.csv.gz", "ddl.s
 const SCHEMA_FILE = "schema.yml";
 
 /** Uploads in flight at once. */
-const CONCURRENCY = 8;
+const CONCURRENCY = 4;
 
 interface Upload {
   key: string;
