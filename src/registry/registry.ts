@@ -672,15 +672,13 @@ export class Registry {
     });
   }
 
-  /** Replaces the recorded storage location (after the files were moved there). */
-  setStorageUrl(url: string): Promise<void> {
-    return this.#exclusive(async () => {
-      await this.client.query(
-        `INSERT INTO cdc_registry.storage_location (slot_name, url) VALUES ($1, $2)
-         ON CONFLICT (slot_name) DO UPDATE SET url = EXCLUDED.url, recorded_at = now()`,
-        [this.slot, url],
-      );
-    });
+  /** Whether the slot has registered any file. */
+  async hasFiles(): Promise<boolean> {
+    const res = await this.#read(
+      "SELECT EXISTS (SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1) AS any",
+      [this.slot],
+    );
+    return res.rows[0].any === true;
   }
 
   /** Records that `paths` are about to be uploaded (committed before the first byte is sent). */

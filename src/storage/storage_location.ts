@@ -20,11 +20,20 @@ export async function checkStorageLocation(
   url: string,
   what: string,
 ): Promise<void> {
+  const s3 = (u: string) => u.startsWith("s3://");
+  if (what === "stream into" && s3(url) && (await registry.storageUrl()) === null) {
+    // Files registered before locations were recorded are in a local data dir.
+    if (await registry.hasFiles()) {
+      throw new CdcError(
+        "data_dir",
+        `Cannot ${what} ${url}: slot "${registry.slot}" already has files in a local data dir; copy them to the bucket and record it first (see README, Object storage)`,
+      );
+    }
+  }
   const recorded = what === "stream into"
     ? await registry.recordStorageUrl(url)
     : await registry.storageUrl();
   if (recorded === null || recorded === url) return;
-  const s3 = (u: string) => u.startsWith("s3://");
   if (!s3(recorded) && !s3(url)) return;
   throw new CdcError(
     "data_dir",
