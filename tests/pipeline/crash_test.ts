@@ -257,6 +257,8 @@ async function checkAfterKill(
   const registered = await w.registry.query(
     "SELECT path FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress'",
   );
+  // In a bucket (CDC_TEST_STORAGE=s3) a file is uploaded before it is registered.
+  await w.syncFiles();
   const onDisk = new Set(await listFiles(w.dataDir));
   let renamePending = 0;
   for (const { path } of registered.rows) {
@@ -275,6 +277,8 @@ async function checkAfterKill(
 
 /** Moves the newest registered file back to its temp name; false if there is none. */
 async function unrenameNewest(w: StreamEnv): Promise<boolean> {
+  // Objects have no temp names: the state does not exist in a bucket.
+  if (w.s3) return false;
   const newest = await w.registry.query(
     "SELECT path FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress' ORDER BY id DESC LIMIT 1",
   );
