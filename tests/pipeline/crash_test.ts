@@ -295,6 +295,7 @@ async function unrenameNewest(w: StreamEnv): Promise<boolean> {
 
 /** Checks the registry against the files and the files against each other. */
 async function checkFiles(w: StreamEnv): Promise<void> {
+  await w.syncFiles();
   const registered = await w.registry.query(
     `SELECT path, file_type, byte_size::int8::text AS byte_size, sha256, row_count::int AS rows,
             start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq
