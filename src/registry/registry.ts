@@ -51,6 +51,12 @@ export interface FileRecord {
   hasDdl: boolean;
   /** Why a full_reload was taken (`initial`, `requested`, `ddl`, `rename`). */
   reloadReason?: string | null;
+  /**
+   * Absolute path of the sealed bytes when they are not at the usual place
+   * at registration, `<data dir>/<dir>/.tmp-<name>` (the upload to object
+   * storage reads them from there). Not stored.
+   */
+  localPath?: string;
 }
 
 /** The table-state change that goes with files. */

@@ -112,7 +112,7 @@ export class SpoolUploader {
     const out: Upload[] = [];
     for (const f of todo) {
       const name = f.path.slice(f.path.lastIndexOf("/") + 1);
-      const local = join(this.#spool, dirname(f.path), TEMP_PREFIX + name);
+      const local = f.localPath ?? join(this.#spool, dirname(f.path), TEMP_PREFIX + name);
       out.push({ key: f.path, local, sha256: f.sha256, size: f.byteSize });
     }
     for (const dir of dirs) {
