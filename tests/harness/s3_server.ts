@@ -7,7 +7,7 @@
 import { fileURLToPath as fromFileUrl } from "node:url";
 import { join } from "node:path";
 import { dirname } from "node:path";
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { GetObjectCommand, ListObjectsCommand, S3Client } from "@aws-sdk/client-s3";
 
 const MAIN = fromFileUrl(new URL("./s3rver_main.ts", import.meta.url));
 const CONFIG = fromFileUrl(new URL("../../deno.json", import.meta.url));
@@ -77,23 +77,33 @@ export class S3Server {
     });
   }
 
-  /** Every key in `bucket` under `prefix`, sorted. */
+  /**
+   * Every key in `bucket` under `prefix`, sorted. ListObjects (v1) with
+   * markers: s3rver's v2 continuation tokens use DES, which Deno's
+   * node:crypto lacks, so a truncated v2 listing fails with a 500 here.
+   */
   async keys(bucket: string, prefix = ""): Promise<string[]> {
+    return [...(await this.objects(bucket, prefix)).keys()].sort();
+  }
+
+  /** Every object in `bucket` under `prefix`, with its size. */
+  async objects(bucket: string, prefix = ""): Promise<Map<string, number>> {
     const client = this.client();
-    const out: string[] = [];
-    let token: string | undefined;
+    const out = new Map<string, number>();
+    let marker: string | undefined;
     try {
-      do {
+      while (true) {
         const res = await client.send(
-          new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
+          new ListObjectsCommand({ Bucket: bucket, Prefix: prefix, Marker: marker }),
         );
-        for (const o of res.Contents ?? []) out.push(o.Key!);
-        token = res.IsTruncated ? res.NextContinuationToken : undefined;
-      } while (token);
+        for (const o of res.Contents ?? []) out.set(o.Key!, o.Size ?? 0);
+        if (!res.IsTruncated || !res.Contents?.length) break;
+        marker = res.Contents.at(-1)!.Key;
+      }
     } finally {
       client.destroy();
     }
-    return out.sort();
+    return out;
   }
 
   /**
@@ -115,11 +125,14 @@ export class S3Server {
    * not objects any more. Tests read the mirror like a local data dir.
    */
   async mirror(bucket: string, prefix: string, dir: string): Promise<void> {
-    const keys = await this.keys(bucket, `${prefix}/`);
-    const wanted = new Set(keys.map((k) => k.slice(prefix.length + 1)));
+    const objects = await this.objects(bucket, `${prefix}/`);
+    const wanted = new Set([...objects.keys()].map((k) => k.slice(prefix.length + 1)));
     const client = this.client();
     try {
       for (const rel of wanted) {
+        // Keys are written once: a file of the same size is that object already.
+        const size = await Deno.stat(join(dir, rel)).then((i) => i.size, () => -1);
+        if (size === objects.get(`${prefix}/${rel}`)) continue;
         const res = await client.send(
           new GetObjectCommand({ Bucket: bucket, Key: `${prefix}/${rel}` }),
         );
