@@ -688,7 +688,7 @@ export class StreamPipeline {
   #flushDue(shuttingDown: boolean): Promise<void> | undefined {
     if (this.#batches.size === 0) return undefined;
     const now = Date.now();
-    const { maxRows, maxBytes, intervalMs } = this.#opts.limits;
+    const { intervalMs } = this.#opts.limits;
     let due: number[] | null = null;
     let reason: FlushReason | null = null;
     for (const [key, batch] of this.#batches) {
