@@ -63,7 +63,9 @@
  * Prints tables and writes `.bench/results.json` (`benchmarks.<name>`; the
  * benchmarks not run keep their previous results).
  *
- * Usage: deno task bench [--only backlog,export,bigtxn,materialize,wide] [--changes N]
+ * **s3** (only when named): see `bench_s3.ts`.
+ *
+ * Usage: deno task bench [--only backlog,export,bigtxn,materialize,wide,s3] [--changes N]
  *        [--interval DUR] [--pg 14..18] [--clients N] [--repeat N]
  *        [--export-rows N] [--export-workers N] [--bigtxn-rows N]
  *        [--mat-rows N] [--mat-changes N] [--tables N] [--wide-interval DUR]
@@ -76,6 +78,7 @@
  * @module
  */
 
+import { benchS3 } from "./bench_s3.ts";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
@@ -152,7 +155,8 @@ if (args.help) {
                        [--cpu-prof DIR] [--timeout S] [--keep]
 
   --only LIST     benchmarks to run, comma-separated (default backlog,export,bigtxn)
-                  (materialize and wide run only when named)
+                  (materialize, wide and s3 run only when named; s3: export and
+                  backlog into s3rver next to the same runs into a local data dir)
   --changes N     row changes to generate (default 1000000; 4 per pgbench transaction)
   --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
   --pg N          PostgreSQL major version of the embedded cluster (default 18)
@@ -1892,6 +1896,16 @@ const BENCHMARKS: Record<string, () => Promise<Record<string, unknown>>> = {
   bigtxn: benchBigTxn,
   materialize: benchMaterialize,
   wide: benchWide,
+  s3: () =>
+    benchS3({
+      version,
+      exportRows: positiveInt("--export-rows", args["export-rows"]!),
+      changes: changesWanted,
+      interval: args.interval!,
+      timeoutS: positiveInt("--timeout", args.timeout!),
+      log,
+      printRow,
+    }),
 };
 
 async function main(): Promise<void> {

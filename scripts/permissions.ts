@@ -12,6 +12,7 @@ import { resolve } from "node:path";
 import { type Config, DEFAULTS, loadConfigSync, SETTINGS } from "../src/config.ts";
 import { tlsFilePaths } from "../src/source/tls_settings.ts";
 import { parseTargetSpec, targetPaths, type TargetSpec } from "../src/materialize/target_spec.ts";
+import { isS3Url, parseS3Url } from "../src/storage/s3_location.ts";
 
 /** Environment variables cdc-egress and the pg driver read. */
 export const ENV_VARS: readonly string[] = [
@@ -24,7 +25,53 @@ export const ENV_VARS: readonly string[] = [
   // npm:yaml reads these debug switches on every parse (config file, schema.yml).
   "LOG_TOKENS",
   "LOG_STREAM",
+  // The AWS SDK's credential chain and settings (object storage); it finds
+  // the home directory and the trace id of AWS Lambda by these names.
+  "AWS_*",
+  "USERPROFILE",
+  "HOMEPATH",
+  "HOMEDRIVE",
+  "_X_AMZN_TRACE_ID",
 ];
+
+/**
+ * What an `s3://` data dir needs: the endpoint (or AWS's S3 and STS hosts
+ * for the region), the instance metadata service, and the shared config,
+ * credentials and web identity token files of the credential chain.
+ */
+export function s3Permissions(
+  config: Config,
+  env: (k: string) => string | undefined,
+): { net: string[]; read: string[] } {
+  const net: string[] = [];
+  if (config.s3Endpoint) {
+    const u = new URL(config.s3Endpoint);
+    net.push(`${u.hostname}:${u.port || (u.protocol === "https:" ? "443" : "80")}`);
+  } else {
+    const region = config.s3Region ?? env("AWS_REGION") ?? env("AWS_DEFAULT_REGION") ??
+      "us-east-1";
+    let bucket = "";
+    try {
+      bucket = parseS3Url(config.dataDir).bucket;
+    } catch {
+      // the CLI reports a bad URL itself
+    }
+    net.push(`s3.${region}.amazonaws.com:443`, `s3.amazonaws.com:443`);
+    if (bucket) net.push(`${bucket}.s3.${region}.amazonaws.com:443`);
+  }
+  // Web identity (IRSA) and instance metadata (EC2, ECS).
+  const region = config.s3Region ?? env("AWS_REGION") ?? "us-east-1";
+  net.push(`sts.${region}.amazonaws.com:443`, "sts.amazonaws.com:443", "169.254.169.254:80");
+  net.push("169.254.170.2:80");
+  const home = env("HOME") ?? "/nonexistent";
+  const read = [
+    env("AWS_CONFIG_FILE") ?? `${home}/.aws/config`,
+    env("AWS_SHARED_CREDENTIALS_FILE") ?? `${home}/.aws/credentials`,
+  ];
+  const token = env("AWS_WEB_IDENTITY_TOKEN_FILE");
+  if (token) read.push(token);
+  return { net, read };
+}
 
 function hostOf(url: string | undefined, env: (k: string) => string | undefined): string {
   if (!url) return `${env("PGHOST") || "localhost"}:${env("PGPORT") || "5432"}`;
@@ -64,10 +111,17 @@ export function permissionFlags(
   const metricsPort = config.metricsAddr.slice(at + 1);
   // Port 0 asks the system for a free port, so only the host can be named.
   net.add(metricsPort === "0" ? metricsHost : config.metricsAddr);
-  const dataDir = resolve(config.dataDir);
+  const dataDir = resolve(isS3Url(config.dataDir) ? config.spoolDir : config.dataDir);
   const read = [dataDir];
   const write = [dataDir];
   const extra: string[] = [];
+  if (isS3Url(config.dataDir)) {
+    const s3 = s3Permissions(config, env);
+    for (const n of s3.net) net.add(n);
+    read.push(...s3.read);
+    // The SDK's user agent names the OS release.
+    extra.push("--allow-sys=osRelease");
+  }
   const target = options.target;
   if (target?.kind === "postgres") net.add(hostOf(target.url, env));
   else if (target) {

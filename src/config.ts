@@ -4,6 +4,7 @@
  */
 
 import { parse as parseYaml } from "yaml";
+import { parseS3Url } from "./storage/s3_location.ts";
 
 /** Resolved settings shared by every command. */
 export interface Config {
@@ -37,6 +38,17 @@ export interface Config {
   walWarnBytes: number | null;
   logFormat: "auto" | "json" | "text";
   logLevel: "debug" | "info" | "warn" | "error";
+  /** S3-compatible endpoint URL when `dataDir` is `s3://...`; undefined means AWS. */
+  s3Endpoint: string | undefined;
+  /** S3 region; undefined means AWS_REGION, else us-east-1. */
+  s3Region: string | undefined;
+  s3ForcePathStyle: boolean;
+  /** Local spool of in-progress files when `dataDir` is a bucket. */
+  spoolDir: string;
+  /** Files larger than this are uploaded in parts of this size. */
+  s3PartSize: number;
+  /** An S3 request with no progress for this long is retried. */
+  s3TimeoutMs: number;
 }
 
 interface Setting {
@@ -129,6 +141,51 @@ function hostPort(raw: string, origin: string): string {
   return raw;
 }
 
+/** A directory, or `s3://bucket/prefix` (validated here, so a bad URL fails at start-up). */
+function dataDirSetting(raw: string, origin: string): string {
+  if (/^s3:/i.test(raw.trim())) parseS3Url(raw, origin);
+  else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(raw.trim())) {
+    throw new TypeError(
+      `Cannot use ${origin} "${raw}": only local directories and s3://bucket/prefix are supported`,
+    );
+  }
+  return raw.trim();
+}
+
+function httpUrl(raw: string, origin: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw.trim());
+  } catch {
+    throw new TypeError(`Cannot use ${origin} "${raw}": expected an http(s):// URL`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new TypeError(`Cannot use ${origin} "${raw}": expected an http(s):// URL`);
+  }
+  if (url.username || url.password) {
+    // Never echo what may be a secret.
+    throw new TypeError(
+      `Cannot use ${origin}: credentials do not belong in the endpoint URL; use the AWS credential chain`,
+    );
+  }
+  return url.origin + url.pathname.replace(/\/$/, "");
+}
+
+function bool(raw: string, origin: string): boolean {
+  const v = raw.trim().toLowerCase();
+  if (["true", "1", "yes", "on"].includes(v)) return true;
+  if (["false", "0", "no", "off"].includes(v)) return false;
+  throw new TypeError(`Cannot use ${origin} "${raw}": expected true or false`);
+}
+
+function partSize(raw: string, origin: string): number {
+  const n = parseByteSize(raw, origin);
+  if (n < 5 * 1024 * 1024) {
+    throw new TypeError(`Cannot use ${origin} "${raw}": S3 parts are at least 5MiB`);
+  }
+  return n;
+}
+
 function oneOf<T extends string>(values: readonly T[]) {
   return (raw: string, origin: string): T => {
     if (!values.includes(raw as T)) {
@@ -153,8 +210,8 @@ export const SETTINGS: readonly Setting[] = [
     flag: "data-dir",
     env: "CDC_DATA_DIR",
     yaml: "data_dir",
-    parse: text,
-    help: "directory for output files (default ./data)",
+    parse: dataDirSetting,
+    help: "directory or s3://bucket/prefix for output files (default ./data)",
   },
   {
     key: "slot",
@@ -311,6 +368,54 @@ export const SETTINGS: readonly Setting[] = [
     parse: oneOf(["debug", "info", "warn", "error"] as const),
     help: "debug, info, warn or error (default info)",
   },
+  {
+    key: "s3Endpoint",
+    flag: "s3-endpoint",
+    env: "CDC_S3_ENDPOINT",
+    yaml: "s3_endpoint",
+    parse: httpUrl,
+    help: "S3-compatible endpoint URL (MinIO, R2, GCS, Ceph; default AWS)",
+  },
+  {
+    key: "s3Region",
+    flag: "s3-region",
+    env: "CDC_S3_REGION",
+    yaml: "s3_region",
+    parse: text,
+    help: "S3 region (default AWS_REGION, else us-east-1)",
+  },
+  {
+    key: "s3ForcePathStyle",
+    flag: "s3-force-path-style",
+    env: "CDC_S3_FORCE_PATH_STYLE",
+    yaml: "s3_force_path_style",
+    parse: bool,
+    help: "true: address buckets as ENDPOINT/bucket (MinIO, Ceph) instead of bucket.ENDPOINT",
+  },
+  {
+    key: "spoolDir",
+    flag: "spool-dir",
+    env: "CDC_SPOOL_DIR",
+    yaml: "spool_dir",
+    parse: text,
+    help: "with an s3:// data dir: local directory for files until uploaded (default ./spool)",
+  },
+  {
+    key: "s3PartSize",
+    flag: "s3-part-size",
+    env: "CDC_S3_PART_SIZE",
+    yaml: "s3_part_size",
+    parse: partSize,
+    help: "upload files larger than this in parts of this size (default 16MiB, at least 5MiB)",
+  },
+  {
+    key: "s3TimeoutMs",
+    flag: "s3-timeout",
+    env: "CDC_S3_TIMEOUT",
+    yaml: "s3_timeout",
+    parse: parseDuration,
+    help: "retry an S3 request that makes no progress for this long (default 30s)",
+  },
 ];
 
 /** Defaults for every setting. */
@@ -336,6 +441,12 @@ export const DEFAULTS: Config = {
   walWarnBytes: null,
   logFormat: "auto",
   logLevel: "info",
+  s3Endpoint: undefined,
+  s3Region: undefined,
+  s3ForcePathStyle: false,
+  spoolDir: "./spool",
+  s3PartSize: 16 * 1024 * 1024,
+  s3TimeoutMs: 30_000,
 };
 
 /** Reads the YAML config file into raw strings keyed by setting. */
@@ -368,7 +479,9 @@ function readConfigFile(path: string): Map<keyof Config, string> {
     }
     if (Array.isArray(value) && (setting.key === "tables" || setting.key === "exclude")) {
       out.set(setting.key, value.map(String).join(","));
-    } else if (typeof value === "string" || typeof value === "number") {
+    } else if (
+      typeof value === "string" || typeof value === "number" || typeof value === "boolean"
+    ) {
       out.set(setting.key, String(value));
     } else {
       throw new TypeError(

@@ -18,7 +18,8 @@ export type CdcErrorCode =
   | "protocol" // the replication stream broke its contract
   | "unavailable" // the server cannot serve us for now (restart, limits reached); retried
   | "unknown_table" // a table name that is not published
-  | "slot_lost"; // the replication slot was invalidated or dropped: recover with init --recreate-slot
+  | "slot_lost" // the replication slot was invalidated or dropped: recover with init --recreate-slot
+  | "storage"; // object storage refused us (no bucket, access denied, bad endpoint)
 
 /** An error of the outside world with a stable `code`. */
 export class CdcError extends Error {

@@ -19,6 +19,11 @@ import type { MaterializeTarget } from "../materialize/materialize_target.ts";
 import { parseTargetSpec } from "../materialize/target_spec.ts";
 import { Registry } from "../registry/registry.ts";
 import { connect } from "../source/connect.ts";
+import { openLayout } from "../storage/layout_files.ts";
+import { isS3Url } from "../storage/s3_location.ts";
+import { checkStorageLocation } from "../storage/storage_location.ts";
+// @ts-types="npm:@types/pg@8.23.1"
+import type pg from "pg";
 
 /** Options of `materialize`. */
 export interface MaterializeOptions {
@@ -58,18 +63,29 @@ export async function materializeCommand(
       throw new TypeError(`Cannot use --as-of "${options.asOf}": expected an LSN like 0/16B3748`);
     }
   }
-  try {
-    if (!(await Deno.stat(config.dataDir)).isDirectory) throw new Error("not a directory");
-  } catch {
-    throw new CdcError(
-      "data_dir",
-      `Cannot materialize: data dir "${config.dataDir}" cannot be read`,
-    );
+  if (!isS3Url(config.dataDir)) {
+    try {
+      if (!(await Deno.stat(config.dataDir)).isDirectory) throw new Error("not a directory");
+    } catch {
+      throw new CdcError(
+        "data_dir",
+        `Cannot materialize: data dir "${config.dataDir}" cannot be read`,
+      );
+    }
   }
-  const registryClient = await connect(config.registryUrl ?? config.sourceUrl, {
-    role: "registry",
-    applicationName: "cdc-egress/materialize",
-  });
+  // A bucket is checked here (one line when it cannot be read); files are
+  // downloaded one at a time into the spool dir while they are applied.
+  const layout = await openLayout(config);
+  let registryClient: pg.Client;
+  try {
+    registryClient = await connect(config.registryUrl ?? config.sourceUrl, {
+      role: "registry",
+      applicationName: "cdc-egress/materialize",
+    });
+  } catch (error) {
+    await layout.close();
+    throw error;
+  }
   let target: MaterializeTarget | null = null;
   let stop = false;
   let wake: (() => void) | null = null;
@@ -78,7 +94,9 @@ export async function materializeCommand(
     wake?.();
   };
   try {
-    await new Registry(registryClient, config.slot).assertInitialized();
+    const registry = new Registry(registryClient, config.slot);
+    await registry.assertInitialized();
+    await checkStorageLocation(registry, layout.url, "materialize from");
     const all = await registeredTables(registryClient, config.slot);
     const tables = selectRegistered(all, options.tables, config.slot);
     target = await openTarget(spec, config.slot);
@@ -107,7 +125,7 @@ export async function materializeCommand(
           const pass = await materializeTable(
             registryClient,
             target,
-            config.dataDir,
+            layout,
             config.slot,
             t,
             asOf,
@@ -131,5 +149,6 @@ export async function materializeCommand(
     }
     await target?.close().catch(() => {});
     await registryClient.end().catch(() => {});
+    await layout.close();
   }
 }

@@ -131,6 +131,12 @@ export interface StatusReport {
   history_gaps: GapStatus[];
   /** Other slots (sources) that share this registry, with their source database. */
   other_slots: { slot: string; database: string | null }[];
+  /**
+   * Where the files are, as recorded by `stream` (a directory or
+   * `s3://bucket/prefix`; null before the first stream), and uploads begun
+   * but not registered yet (in flight, or left by a crash until the next start).
+   */
+  storage: { url: string | null; pending_uploads: number };
 }
 
 const FAILED_SHOWN = 20;
@@ -239,7 +245,12 @@ export async function collectStatus(
   }));
   for (const t of tables) t.problem = tableProblem(t, openGap.has(t.name));
   const others = (await registry.slots()).filter((x) => x.slot !== config.slot);
+  const storage = {
+    url: await registry.storageUrl(),
+    pending_uploads: (await registry.uploadIntents()).length,
+  };
   return {
+    storage,
     source: describeTarget(config.sourceUrl),
     registry: config.registryUrl ? describeTarget(config.registryUrl) : "in the source",
     slot,
@@ -365,6 +376,15 @@ export function renderStatus(r: StatusReport, tty: boolean, allTables = false): 
   const s = r.slot;
   out.push(`source: ${r.source}`);
   out.push(`registry: ${r.registry}`);
+  if (r.storage.url) {
+    out.push(
+      `storage: ${r.storage.url}${
+        r.storage.pending_uploads > 0
+          ? ` (${r.storage.pending_uploads} upload(s) not registered yet)`
+          : ""
+      }`,
+    );
+  }
   if (!s.exists) {
     out.push(`slot "${s.name}": does not exist${s.lost ? "" : ' (run "cdc-egress init")'}`);
   } else {

@@ -34,6 +34,13 @@ import { SourceCatalog } from "../source/source_catalog.ts";
 import { qualifiedName } from "../source/table_selection.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
 import { checkDataDirOwner, claimDataDir } from "../write/data_dir_owner.ts";
+import { StorageMetrics } from "../observe/storage_metrics.ts";
+import type { ObjectStore } from "../storage/object_store.ts";
+import { openObjectStore } from "../storage/open_store.ts";
+import { isS3Url } from "../storage/s3_location.ts";
+import { SpoolUploader } from "../storage/spool_uploader.ts";
+import { cleanSpool, recoverUploads } from "../storage/upload_recovery.ts";
+import { checkStorageLocation } from "../storage/storage_location.ts";
 
 /** Makes sure the data dir exists, is a directory and is writable. */
 export async function prepareDataDir(dataDir: string): Promise<string> {
@@ -139,6 +146,9 @@ interface StreamContext {
   onStreaming: (pipeline: StreamPipeline) => void;
   /** Set when the session lost the registry (or could not reach it). */
   registryLost: boolean;
+  /** The bucket when the data dir is `s3://...` (then `dataDir` is the spool); else null. */
+  store: ObjectStore | null;
+  storageMetrics: StorageMetrics | null;
 }
 
 /**
@@ -153,7 +163,17 @@ interface StreamContext {
  */
 export async function streamCommand(config: Config): Promise<void> {
   const logger = new Logger({ level: config.logLevel, format: config.logFormat });
-  const dataDir = await prepareDataDir(config.dataDir);
+  const s3 = isS3Url(config.dataDir);
+  if (s3) {
+    // A missing bucket, wrong credentials or a bad endpoint: one line, at once.
+    const probe = openObjectStore(config, { maxAttempts: 3 });
+    try {
+      await probe.check(true);
+    } finally {
+      probe.close();
+    }
+  }
+  const dataDir = await prepareDataDir(s3 ? config.spoolDir : config.dataDir);
   const resources = await probeBatchResources(config, dataDir);
   if (resources.lowered) {
     logger.warn("fewer open batch files than --max-open-files", {
@@ -210,6 +230,28 @@ export async function streamCommand(config: Config): Promise<void> {
     }
   }, 1000);
   let streamingSince = 0;
+  const storageMetrics = s3 ? new StorageMetrics(metrics.registry) : null;
+  let lastRetryLog = 0;
+  // In stream, S3 calls are retried until they work: the pipeline holds
+  // (reads no WAL, acknowledges nothing) meanwhile.
+  const store = s3
+    ? openObjectStore(config, {
+      maxAttempts: Infinity,
+      onRetry: (op, n, error, delayMs) => {
+        storageMetrics!.retries.inc({ op: op.split(" ")[0] });
+        storageMetrics!.storageUp.set(0);
+        monitor.setStorageUp(false);
+        if (Date.now() - lastRetryLog < 10_000 && n > 1) return;
+        lastRetryLog = Date.now();
+        logger.warn("object storage request failed; retrying", {
+          op,
+          attempt: n,
+          retry_in_ms: delayMs,
+          error: redactAll(errorLine(error), config),
+        });
+      },
+    })
+    : null;
   try {
     while (!stopping) {
       const startedAt = Date.now();
@@ -221,6 +263,8 @@ export async function streamCommand(config: Config): Promise<void> {
         monitor,
         resources,
         registryLost: false,
+        store,
+        storageMetrics,
         onStreaming: (pipeline) => {
           current = pipeline;
           streamingSince = Date.now();
@@ -312,6 +356,7 @@ export async function streamCommand(config: Config): Promise<void> {
     Deno.removeSignalListener("SIGINT", onSignal);
     await (server as ObserveServer | null)?.close();
     await monitor.stop();
+    store?.close();
   }
 }
 
@@ -420,10 +465,30 @@ async function runSession(ctx: StreamContext): Promise<void> {
     await claimDataDir(dataDir, me);
     const states = await registry.tableStates();
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
-    // Settles what a crash or a registry outage left: sealed files the
-    // registry has are renamed into place, the others removed (their
-    // changes come again from the slot).
-    await recoverDataDir(dataDir, await registry.registeredPaths(), logger);
+    await checkStorageLocation(registry, ctx.store?.url ?? dataDir, "stream into");
+    if (ctx.store) {
+      // Uploads never registered are deleted (multipart ones aborted); the
+      // spool is emptied: registered files are in the bucket, the others
+      // come again from the slot.
+      await recoverUploads(ctx.store, registry, logger);
+      await cleanSpool(dataDir, logger);
+      const uploader = new SpoolUploader(
+        ctx.store,
+        registry,
+        dataDir,
+        logger,
+        ctx.storageMetrics ?? undefined,
+      );
+      registry.setBeforeRegister(async (files) => {
+        await uploader.beforeRegister(files);
+        ctx.monitor.setStorageUp(true);
+      });
+    } else {
+      // Settles what a crash or a registry outage left: sealed files the
+      // registry has are renamed into place, the others removed (their
+      // changes come again from the slot).
+      await recoverDataDir(dataDir, await registry.registeredPaths(), logger);
+    }
     // Exports are staged here until registered: what a crash left is never registered.
     const stagingDir = join(dataDir, EXPORT_STAGING_DIR, config.slot);
     await Deno.remove(stagingDir, { recursive: true }).catch((e) => {

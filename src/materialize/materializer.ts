@@ -5,6 +5,7 @@
  * optionally following new files until stopped.
  */
 
+import type { LayoutFiles } from "../storage/layout_files.ts";
 import { join, resolve } from "node:path";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
@@ -171,7 +172,7 @@ export async function preflight(
 export async function materializeTable(
   registry: pg.Client,
   target: MaterializeTarget,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   slot: string,
   t: RegisteredTable,
   asOf?: Lsn,

@@ -38,6 +38,8 @@ export interface MonitorState {
   streaming: boolean;
   /** The registry answers (false during a registry outage). */
   registryUp: boolean;
+  /** Object storage answers (false while uploads are being retried). */
+  storageUp: boolean;
   lagBytes: number | null;
   lagSeconds: number | null;
   walStatus: string | null;
@@ -61,6 +63,7 @@ export class SlotMonitor {
     connected: false,
     streaming: false,
     registryUp: true,
+    storageUp: true,
     lagBytes: null,
     lagSeconds: null,
     walStatus: null,
@@ -85,7 +88,7 @@ export class SlotMonitor {
    */
   get ready(): boolean {
     const s = this.state;
-    return s.connected && s.streaming && s.registryUp && s.failing === null &&
+    return s.connected && s.streaming && s.registryUp && s.storageUp && s.failing === null &&
       (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs &&
       s.walWarning === null && s.walStatus !== "lost";
   }
@@ -101,6 +104,11 @@ export class SlotMonitor {
   setFailing(failing: FailingState | null): void {
     this.state.failing = failing;
     this.#opts.metrics.streamFailing.set(failing ? 1 : 0);
+  }
+
+  /** Marks object storage reachable or not (uploads being retried). */
+  setStorageUp(up: boolean): void {
+    this.state.storageUp = up;
   }
 
   /** Marks the stream session up or down. */

@@ -426,6 +426,29 @@ CREATE INDEX reload_operations_failed_idx ON cdc_registry.reload_operations (slo
   WHERE state = 'failed';
 `,
   },
+  {
+    version: 8,
+    name: "object storage: storage location and upload intents",
+    // Where each slot's files are (a directory or s3://bucket/prefix), and
+    // the keys being uploaded: an intent is written before an upload and
+    // removed in the transaction that registers the key, so start-up
+    // recovery can delete what was uploaded but never registered (and abort
+    // multipart uploads by id) without listing the bucket.
+    sql: `
+CREATE TABLE IF NOT EXISTS cdc_registry.storage_location (
+  slot_name text PRIMARY KEY,
+  url text NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS cdc_registry.upload_intent (
+  slot_name text NOT NULL,
+  path text NOT NULL,
+  upload_id text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (slot_name, path)
+);
+`,
+  },
 ];
 
 const LOCK_KEY = "hashtext('cdc_registry.migrations')";

@@ -52,6 +52,12 @@ export interface FileRecord {
   hasDdl: boolean;
   /** Why a full_reload was taken (`initial`, `requested`, `ddl`, `rename`). */
   reloadReason?: string | null;
+  /**
+   * Absolute path of the sealed bytes when they are not at the usual place
+   * at registration, `<data dir>/<dir>/.tmp-<name>` (the upload to object
+   * storage reads them from there). Not stored.
+   */
+  localPath?: string;
 }
 
 /** The table-state change that goes with files. */
@@ -115,6 +121,19 @@ export class Registry {
   constructor(client: pg.Client, slot: string) {
     this.client = client;
     this.slot = slot;
+  }
+
+  /** With object storage: puts files into the bucket before they are registered. */
+  #beforeRegister: ((files: FileRecord[]) => Promise<void>) | null = null;
+
+  /**
+   * Sets what must happen to files before any transaction registers them
+   * (the upload to object storage): it runs before {@linkcode commitFlush}
+   * and {@linkcode finishReload} open their transaction, and a failure
+   * leaves them unregistered.
+   */
+  setBeforeRegister(fn: ((files: FileRecord[]) => Promise<void>) | null): void {
+    this.#beforeRegister = fn;
   }
 
   /** Throws not_initialized unless every migration is applied. */
@@ -250,13 +269,14 @@ export class Registry {
    * Records files, table positions and the checkpoint in one transaction.
    * The checkpoint only moves forward.
    */
-  commitFlush(
+  async commitFlush(
     files: FileRecord[],
     states: TableStateUpdate[],
     checkpoint: Lsn,
     reloads: ReloadInsert[] = [],
   ): Promise<void> {
-    return this.#exclusive(() =>
+    if (files.length > 0 && this.#beforeRegister) await this.#beforeRegister(files);
+    return await this.#exclusive(() =>
       this.#transaction(async () => {
         await this.#insertFiles(files);
         await this.#upsertStates(states);
@@ -303,6 +323,12 @@ export class Registry {
         col((f) => f.hasDdl),
         col((f) => f.reloadReason ?? null),
       ],
+    );
+    // Registered keys are no longer intents: neither the files nor their folders' schema.yml.
+    await this.client.query(
+      `DELETE FROM cdc_registry.upload_intent
+       WHERE slot_name = $1 AND regexp_replace(path, '/[^/]*$', '') = ANY($2::text[])`,
+      [this.slot, [...new Set(files.map((f) => f.path.replace(/\/[^/]*$/, "")))]],
     );
   }
 
@@ -492,8 +518,10 @@ export class Registry {
    * state and operations) and the checkpoint in one transaction of four
    * statements, however many exports: all of them are registered, or none.
    */
-  finishReloads(exports: FinishedExport[], checkpoint: Lsn): Promise<void> {
-    return this.#exclusive(() =>
+  async finishReloads(exports: FinishedExport[], checkpoint: Lsn): Promise<void> {
+    const files = exports.flatMap((e) => e.files);
+    if (files.length > 0 && this.#beforeRegister) await this.#beforeRegister(files);
+    return await this.#exclusive(() =>
       this.#transaction(async (c) => {
         await this.#insertFiles(exports.flatMap((e) => e.files));
         await this.#upsertStates(exports.map((e) => e.state));
@@ -645,6 +673,94 @@ export class Registry {
       [this.slot],
     );
     return res.rows[0]?.pid ?? null;
+  }
+
+  // --- Object storage (migration 8): the slot's storage location and upload intents.
+
+  /** The storage URL recorded for this slot, or null. */
+  async storageUrl(): Promise<string | null> {
+    const res = await this.#read(
+      "SELECT url FROM cdc_registry.storage_location WHERE slot_name = $1",
+      [this.slot],
+    );
+    return res.rows[0]?.url ?? null;
+  }
+
+  /** Records `url` as the slot's storage location unless one is recorded; returns the recorded one. */
+  async recordStorageUrl(url: string): Promise<string> {
+    return await this.#exclusive(async () => {
+      await this.client.query(
+        `INSERT INTO cdc_registry.storage_location (slot_name, url) VALUES ($1, $2)
+         ON CONFLICT (slot_name) DO NOTHING`,
+        [this.slot, url],
+      );
+      const res = await this.client.query(
+        "SELECT url FROM cdc_registry.storage_location WHERE slot_name = $1",
+        [this.slot],
+      );
+      return res.rows[0].url as string;
+    });
+  }
+
+  /** Whether the slot has registered any file. */
+  async hasFiles(): Promise<boolean> {
+    const res = await this.#read(
+      "SELECT EXISTS (SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1) AS any",
+      [this.slot],
+    );
+    return res.rows[0].any === true;
+  }
+
+  /** Records that `paths` are about to be uploaded (committed before the first byte is sent). */
+  addUploadIntents(paths: string[]): Promise<void> {
+    return this.#exclusive(async () => {
+      await this.client.query(
+        `INSERT INTO cdc_registry.upload_intent (slot_name, path)
+         SELECT $1, p FROM unnest($2::text[]) AS p
+         ON CONFLICT (slot_name, path) DO UPDATE SET upload_id = NULL, created_at = now()`,
+        [this.slot, paths],
+      );
+    });
+  }
+
+  /** Records the multipart upload id of an intent (before its first part is sent). */
+  setUploadId(path: string, uploadId: string): Promise<void> {
+    return this.#exclusive(async () => {
+      await this.client.query(
+        `UPDATE cdc_registry.upload_intent SET upload_id = $3 WHERE slot_name = $1 AND path = $2`,
+        [this.slot, path, uploadId],
+      );
+    });
+  }
+
+  /** Every upload intent of this slot. */
+  async uploadIntents(): Promise<{ path: string; uploadId: string | null }[]> {
+    const res = await this.#read(
+      `SELECT path, upload_id FROM cdc_registry.upload_intent WHERE slot_name = $1 ORDER BY path`,
+      [this.slot],
+    );
+    return res.rows.map((r) => ({ path: r.path, uploadId: r.upload_id }));
+  }
+
+  /** Removes the intents of `paths` (settled by recovery). */
+  dropUploadIntents(paths: string[]): Promise<void> {
+    return this.#exclusive(async () => {
+      await this.client.query(
+        "DELETE FROM cdc_registry.upload_intent WHERE slot_name = $1 AND path = ANY($2::text[])",
+        [this.slot, paths],
+      );
+    });
+  }
+
+  /**
+   * Of the folders `dirs` (relative), those holding a registered file of
+   * this slot: a folder's files can only be named `names`, so this asks
+   * the path index for those instead of scanning.
+   */
+  async registeredDirs(dirs: string[], names: readonly string[]): Promise<Set<string>> {
+    const candidates = dirs.flatMap((d) => names.map((n) => `${d}/${n}`));
+    const found = await this.registeredAmong(candidates);
+    return new Set([...found].map((p) => p.replace(/\/[^/]*$/, "")));
   }
 
   /** Of `paths`, those registered for this slot. */

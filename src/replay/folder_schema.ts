@@ -4,7 +4,7 @@
  * as a multiset (REPLICA IDENTITY FULL, or no key at all).
  */
 
-import { join } from "node:path";
+import { asLayout, type LayoutFiles } from "../storage/layout_files.ts";
 import { parse as parseYaml } from "yaml";
 
 /** One column of a table shape. */
@@ -50,10 +50,17 @@ export function parseFolderSchema(text: string): TableShape {
 }
 
 /** Reads the schema.yml next to a registered file (`path` relative to the data dir). */
-export async function readFolderSchema(dataDir: string, path: string): Promise<TableShape> {
-  return parseFolderSchema(
-    await Deno.readTextFile(join(dataDir, path.replace(/[^/]+$/, "schema.yml"))),
-  );
+export async function readFolderSchema(
+  dataDir: string | LayoutFiles,
+  path: string,
+): Promise<TableShape> {
+  const files = asLayout(dataDir);
+  const rel = path.replace(/[^/]+$/, "schema.yml");
+  try {
+    return parseFolderSchema(await Deno.readTextFile(await files.path(rel)));
+  } finally {
+    await files.release(rel);
+  }
 }
 
 /** Whether two shapes have the same columns (name, type, attnum, key) in the same order. */

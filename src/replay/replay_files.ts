@@ -4,6 +4,7 @@
  */
 
 import type { Registry } from "../registry/registry.ts";
+import type { LayoutFiles } from "../storage/layout_files.ts";
 import { replayInto } from "./replay_into.ts";
 import { type PlanOptions, replayPlan } from "./replay_plan.ts";
 import { TableReplay } from "./table_replay.ts";
@@ -11,7 +12,7 @@ import { TableReplay } from "./table_replay.ts";
 /** Replays a table's files from `dataDir`; returns the rebuilt table (null: no files). */
 export async function replayTable(
   registry: Registry,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   schema: string,
   table: string,
   options: PlanOptions = {},

@@ -5,7 +5,7 @@
  * deltas of bounded size, following column changes between folders.
  */
 
-import { join } from "node:path";
+import { asLayout, type LayoutFiles } from "../storage/layout_files.ts";
 import { type Lsn, parseLsn } from "../lsn.ts";
 import { ChangeFolder, type Delta } from "./change_folder.ts";
 import { csvGzRows } from "./csv_gz_rows.ts";
@@ -43,10 +43,11 @@ function after(lsn: bigint, seq: number, p: ReplayPosition): boolean {
 /** Replays `plan` from `dataDir` into `sink`. */
 export async function replayInto(
   sink: ReplaySink,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   plan: ReplayPlan,
   options: ReplayOptions = {},
 ): Promise<ReplayResult> {
+  const layout = asLayout(dataDir);
   const runSize = options.runSize ?? sink.runSize ?? 20_000;
   const runChars = options.runChars ?? sink.runChars ?? 16 << 20;
   let shape: TableShape;
@@ -61,10 +62,14 @@ export async function replayInto(
   } else {
     const first = plan.fullReload ?? plan.streaming[0];
     if (!first) return { shape: null, position: null, files: 0, rows: 0 };
-    shape = await readFolderSchema(dataDir, first.path);
+    shape = await readFolderSchema(layout, first.path);
     await sink.reset(shape);
     if (plan.fullReload) {
-      rows += await sink.loadFullReload(join(dataDir, plan.fullReload.path), shape);
+      try {
+        rows += await sink.loadFullReload(await layout.path(plan.fullReload.path), shape);
+      } finally {
+        await layout.release(plan.fullReload.path);
+      }
       position = { lsn: plan.fullReload.startLsn, seq: -1 };
       files++;
       await sink.fileDone(plan.fullReload, position, shape);
@@ -76,7 +81,7 @@ export async function replayInto(
     if (file.fileType === "ddl") {
       // Columns added or dropped by DDL exist from here on, even before a
       // changed row shows them. (A dropped table's folder has no schema.yml.)
-      const ddlShape = await readFolderSchema(dataDir, file.path).catch(() => null);
+      const ddlShape = await readFolderSchema(layout, file.path).catch(() => null);
       if (ddlShape && !sameShape(shape, ddlShape)) {
         await sink.reshape(shape, ddlShape);
         shape = ddlShape;
@@ -86,7 +91,7 @@ export async function replayInto(
       await sink.fileDone(file, position, shape);
       continue;
     }
-    const fileShape = await readFolderSchema(dataDir, file.path);
+    const fileShape = await readFolderSchema(layout, file.path);
     if (!sameShape(shape, fileShape)) {
       await sink.reshape(shape, fileShape);
       shape = fileShape;
@@ -105,7 +110,8 @@ export async function replayInto(
     let lsn = 0n;
     let chars = 0;
     let header = true;
-    for await (const batch of csvGzRows(join(dataDir, file.path))) {
+    const local = await layout.path(file.path);
+    for await (const batch of csvGzRows(local)) {
       for (const row of batch) {
         if (header) {
           header = false;
@@ -128,6 +134,7 @@ export async function replayInto(
         }
       }
     }
+    await layout.release(file.path);
     if (folder.size > 0) await apply(folder.take());
     await applying;
     files++;

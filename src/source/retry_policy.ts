@@ -223,6 +223,8 @@ const PERMANENT_CDC: Partial<Record<string, Rule>> = {
   data_dir: p("the data dir is unusable", "fix the data dir named in the error"),
   unknown_table: p("a table is not published", "fix the table name or the publication"),
   slot_lost: p("the replication slot is lost", 'run "cdc-egress init --recreate-slot"'),
+  // Transient S3 failures are retried inside the store; what escapes it is not.
+  storage: p("object storage refused the request", "fix the bucket, endpoint or credentials"),
 };
 
 function ruleForOne(error: unknown): Rule | null {

@@ -1,5 +1,6 @@
 /** `verify --deep`: replay each table from its files and compare with the live table. */
 
+import type { LayoutFiles } from "../storage/layout_files.ts";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
 import type { Config } from "../config.ts";
@@ -18,7 +19,7 @@ const RAW_TYPES = { getTypeParser: () => (v: string) => v } as unknown as pg.Cus
  */
 export async function deepCompare(
   config: Config,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   registry: Registry,
   tables: TableReport[],
   report: VerifyReport,
@@ -62,7 +63,7 @@ function emptyDeep(skipped: string): DeepResult {
 async function deepTable(
   registry: Registry,
   live: pg.Client,
-  dataDir: string,
+  dataDir: string | LayoutFiles,
   t: TableReport,
   report: VerifyReport,
   from: "newest" | "first",

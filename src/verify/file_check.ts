@@ -3,7 +3,8 @@
 import { dirname, join } from "node:path";
 import { pathExists, TEMP_PREFIX } from "../write/atomic_file.ts";
 import type { FileRow } from "./_files.ts";
-import { scanFile, type ScannedFile } from "./scan_file.ts";
+import { scanFile, type ScannedFile, scanStream } from "./scan_file.ts";
+import type { FetchedLayout } from "../storage/layout_files.ts";
 import type { Problem } from "./verify_report.ts";
 
 /** How long a registered file may stay under its temp name while a stream publishes it. */
@@ -50,6 +51,32 @@ export async function checkFile(
         ...base,
         detail: (error as Error).message.split("\n")[0],
       },
+    };
+  }
+}
+
+/** HEADs one registered object (and reads it with `deep`); a problem when it is missing. */
+export async function checkObject(
+  layout: FetchedLayout,
+  f: FileRow,
+  deep: boolean,
+): Promise<{ scan?: ScannedFile; problem?: Problem }> {
+  const base = { table: f.tableName, path: f.path };
+  try {
+    const info = await layout.store.head(f.path);
+    if (info === null) {
+      return { problem: { kind: "missing", ...base, detail: "registered but not in the bucket" } };
+    }
+    if (!deep) {
+      // No sha256 recorded (an object put by another tool): the size is all HEAD tells.
+      return {
+        scan: { size: info.size, sha256: info.sha256 ?? f.sha256, records: null, corrupt: null },
+      };
+    }
+    return { scan: await scanStream(await layout.store.get(f.path), f.fileType !== "ddl") };
+  } catch (error) {
+    return {
+      problem: { kind: "unreadable", ...base, detail: (error as Error).message.split("\n")[0] },
     };
   }
 }

@@ -20,7 +20,10 @@ import { foreignDataDirError, readDataDirOwner } from "../write/data_dir_owner.t
 import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type FileRow, tableName } from "./_files.ts";
 import { deepCompare } from "./deep_compare.ts";
-import { checkFile } from "./file_check.ts";
+import { checkFile, checkObject } from "./file_check.ts";
+import { type FetchedLayout, openLayout } from "../storage/layout_files.ts";
+import { isS3Url } from "../storage/s3_location.ts";
+import { checkStorageLocation } from "../storage/storage_location.ts";
 import { findOrphans, QUARANTINE_DIR } from "./orphans.ts";
 import { checkRanges } from "./range_check.ts";
 import type { SinceMark } from "./since_mark.ts";
@@ -65,18 +68,45 @@ export async function runVerify(
   options: VerifyScope,
   clients: pg.Client[],
 ): Promise<VerifyReport> {
-  const dataDir = resolve(config.dataDir);
-  try {
-    if (!(await Deno.stat(dataDir)).isDirectory) {
-      throw new CannotRun(`Cannot verify: data dir "${config.dataDir}" is not a directory`);
-    }
-  } catch (error) {
-    if (error instanceof CannotRun) throw error;
+  if (!isS3Url(config.dataDir)) return await runVerifyOn(config, options, clients, null);
+  if (options.quarantine) {
     throw new CannotRun(
-      `Cannot verify: data dir "${config.dataDir}" ${
-        error instanceof Deno.errors.NotFound ? "does not exist" : "cannot be read"
-      }`,
+      "Cannot verify --quarantine on object storage: stream's start-up recovery removes unregistered uploads",
     );
+  }
+  let layout: FetchedLayout;
+  try {
+    layout = await openLayout(config) as FetchedLayout;
+  } catch (error) {
+    throw new CannotRun((error as Error).message.split("\n")[0]);
+  }
+  try {
+    return await runVerifyOn(config, options, clients, layout);
+  } finally {
+    await layout.close();
+  }
+}
+
+async function runVerifyOn(
+  config: Config,
+  options: VerifyScope,
+  clients: pg.Client[],
+  layout: FetchedLayout | null,
+): Promise<VerifyReport> {
+  const dataDir = resolve(config.dataDir);
+  if (!layout) {
+    try {
+      if (!(await Deno.stat(dataDir)).isDirectory) {
+        throw new CannotRun(`Cannot verify: data dir "${config.dataDir}" is not a directory`);
+      }
+    } catch (error) {
+      if (error instanceof CannotRun) throw error;
+      throw new CannotRun(
+        `Cannot verify: data dir "${config.dataDir}" ${
+          error instanceof Deno.errors.NotFound ? "does not exist" : "cannot be read"
+        }`,
+      );
+    }
   }
   const source = await connect(config.sourceUrl, { role: "source" });
   clients.push(source);
@@ -90,8 +120,11 @@ export async function runVerify(
   await assertSlotUsable(source, registryClient, config.slot);
   const catalog = new SourceCatalog(source);
   await registry.assertOwnedBy(await catalog.identity(), "verify");
+  await checkStorageLocation(registry, layout?.url ?? dataDir, "verify").catch((error: Error) => {
+    throw new CannotRun(error.message);
+  });
   // Another slot's files in this data dir are not ours to judge (or quarantine).
-  const owner = await readDataDirOwner(dataDir).catch((error: Error) => {
+  const owner = layout ? null : await readDataDirOwner(dataDir).catch((error: Error) => {
     throw new CannotRun(error.message);
   });
   if (owner && owner.slot !== config.slot) {
@@ -101,7 +134,7 @@ export async function runVerify(
   const report: VerifyReport = {
     ok: true,
     slot: config.slot,
-    data_dir: dataDir,
+    data_dir: layout?.url ?? dataDir,
     deep: options.deep,
     stream_running: await streamRunning(catalog, registry, config.slot),
     files_checked: 0,
@@ -203,7 +236,9 @@ export async function runVerify(
     t.files++;
     t.rows += f.rowCount;
     t.bytes += f.byteSize;
-    const found = await checkFile(dataDir, f, report.stream_running);
+    const found = layout
+      ? await checkObject(layout, f, options.deep)
+      : await checkFile(dataDir, f, report.stream_running);
     if (found.problem) {
       problem(found.problem);
       return;
@@ -230,6 +265,8 @@ export async function runVerify(
       problem({ kind: "corrupt", table: f.tableName, path: f.path, detail: scan.corrupt });
       return;
     }
+    // HEAD alone (object storage without --deep) counts no rows.
+    if (scan.records === null && f.fileType !== "ddl") return;
     const rows = f.fileType === "ddl" ? 1 : scan.records! - 1;
     report.rows_checked += rows;
     if (rows !== f.rowCount) {
@@ -259,8 +296,30 @@ export async function runVerify(
     checkRanges(newest.tableName, list, tables.get(newest.tableName)!, problem);
   }
 
-  // 3. Orphans (a walk of the whole data dir: not with --since).
-  const orphans = since ? [] : await findOrphans(
+  // 3. Orphans (a walk of the whole data dir: not with --since). A bucket is
+  // not listed: every upload starts with an intent in the registry, and an
+  // intent left by a crash is an orphan until the next stream start deletes
+  // its object.
+  if (layout) {
+    if (!options.deep) {
+      report.notes.push(
+        "object storage: files checked with HEAD (existence, size, sha256 recorded at upload); --deep reads them and counts rows",
+      );
+    }
+    if (!report.stream_running) {
+      for (const i of await registry.uploadIntents()) {
+        problem({
+          kind: "orphan",
+          table: null,
+          path: i.path,
+          detail: `upload never registered (a stream stopped mid-upload${
+            i.uploadId ? ", multipart upload incomplete" : ""
+          }); the next "cdc-egress stream" start deletes it`,
+        });
+      }
+    }
+  }
+  const orphans = since || layout ? [] : await findOrphans(
     dataDir,
     registry,
     tableDirs,
@@ -303,7 +362,7 @@ export async function runVerify(
   if (options.deep) {
     await deepCompare(
       config,
-      dataDir,
+      layout ?? dataDir,
       registry,
       [...tables.values()],
       report,

@@ -20,6 +20,14 @@ export interface ScannedFile {
  */
 export async function scanFile(path: string, gzipCsv: boolean): Promise<ScannedFile> {
   const file = await Deno.open(path, { read: true });
+  return await scanStream(file.readable, gzipCsv);
+}
+
+/** {@linkcode scanFile} of a stream (an object read from the bucket). */
+export async function scanStream(
+  readable: ReadableStream<Uint8Array>,
+  gzipCsv: boolean,
+): Promise<ScannedFile> {
   const hash = createHash("sha256");
   let size = 0;
   const counter = new CsvRecordCounter();
@@ -37,7 +45,7 @@ export async function scanFile(path: string, gzipCsv: boolean): Promise<ScannedF
     });
   }
   try {
-    for await (const chunk of file.readable) {
+    for await (const chunk of readable) {
       hash.update(chunk);
       size += chunk.length;
       if (gunzip && corrupt === null && !gunzip.write(chunk)) {

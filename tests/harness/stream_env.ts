@@ -13,6 +13,7 @@ import pg from "pg";
 import { type Cluster, type PgMajor, startCluster } from "../../scripts/embedded_postgres.ts";
 import { CliProcess, runCli, waitFor } from "./cli.ts";
 import { liveRows, replayedRows } from "./replay_check.ts";
+import { S3Server } from "./s3_server.ts";
 
 /** A cluster plus what a test needs around it. */
 export interface StreamEnv {
@@ -37,6 +38,15 @@ export interface StreamEnv {
   caughtUp(timeoutMs?: number): Promise<void>;
   /** Asserts replay of the files equals the live table. */
   assertReplayEquals(schema: string, table: string): Promise<void>;
+  /**
+   * With `CDC_TEST_STORAGE=s3`: the s3rver holding the files (the data dir is
+   * `s3://cdc/data`, `dataDir` a mirror of it that {@linkcode syncFiles}
+   * refreshes, `spoolDir` the stream's spool); null with local files.
+   */
+  s3: S3Server | null;
+  spoolDir: string | null;
+  /** Makes `dataDir` hold exactly the bucket's objects (a no-op with local files). */
+  syncFiles(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -47,6 +57,15 @@ export function separateRegistryRequested(): boolean {
     throw new RangeError(`Cannot use CDC_TEST_REGISTRY="${v}": expected source or separate`);
   }
   return v === "separate";
+}
+
+/** Whether `CDC_TEST_STORAGE=s3` asks for the files in a bucket (s3rver) instead of a directory. */
+export function s3StorageRequested(): boolean {
+  const v = Deno.env.get("CDC_TEST_STORAGE") ?? "local";
+  if (v !== "local" && v !== "s3") {
+    throw new RangeError(`Cannot use CDC_TEST_STORAGE="${v}": expected local or s3`);
+  }
+  return v === "s3";
 }
 
 /** " (registry separate)" in test names when the registry is in a second cluster. */
@@ -63,9 +82,10 @@ export function startRegistryCluster(version: PgMajor): Promise<Cluster> {
 export async function streamEnv(
   version: PgMajor,
   settings: Record<string, string | number> = {},
-  options: { separateRegistry?: boolean } = {},
+  options: { separateRegistry?: boolean; s3?: boolean } = {},
 ): Promise<StreamEnv> {
   const separate = options.separateRegistry ?? separateRegistryRequested();
+  const s3 = (options.s3 ?? s3StorageRequested()) ? await S3Server.start(["cdc"]) : null;
   const cluster = await startCluster({ version, settings });
   const registryCluster = separate ? await startRegistryCluster(version) : cluster;
   const db = new pg.Client({ connectionString: cluster.url() });
@@ -87,6 +107,8 @@ export async function streamEnv(
     // Tests run in parallel: let each stream pick a free port.
     CDC_METRICS_ADDR: "127.0.0.1:0",
   };
+  const spoolDir = s3 ? await Deno.makeTempDir({ prefix: "cdc-spool-" }) : null;
+  if (s3) Object.assign(env, s3.env(), { CDC_DATA_DIR: "s3://cdc/data", CDC_SPOOL_DIR: spoolDir });
   const processes: CliProcess[] = [];
   const world: StreamEnv = {
     cluster,
@@ -108,6 +130,11 @@ export async function streamEnv(
     },
     dataDir,
     env,
+    s3,
+    spoolDir,
+    async syncFiles() {
+      if (s3) await s3.mirror("cdc", "data", dataDir);
+    },
     async init() {
       const r = await runCli(["init"], env);
       if (r.code !== 0) throw new Error(`init failed (${r.code}): ${r.stderr}${r.stdout}`);
@@ -156,8 +183,10 @@ export async function streamEnv(
         },
         timeoutMs,
       );
+      await world.syncFiles();
     },
     async assertReplayEquals(schema, table) {
+      await world.syncFiles();
       const replayed = await replayedRows(
         world.registry,
         dataDir,
@@ -189,6 +218,8 @@ export async function streamEnv(
       }
       await cluster.destroy();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      if (spoolDir) await Deno.remove(spoolDir, { recursive: true }).catch(() => {});
+      await s3?.stop();
     },
   };
   return world;

@@ -257,6 +257,8 @@ async function checkAfterKill(
   const registered = await w.registry.query(
     "SELECT path FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress'",
   );
+  // In a bucket (CDC_TEST_STORAGE=s3) a file is uploaded before it is registered.
+  await w.syncFiles();
   const onDisk = new Set(await listFiles(w.dataDir));
   let renamePending = 0;
   for (const { path } of registered.rows) {
@@ -275,6 +277,8 @@ async function checkAfterKill(
 
 /** Moves the newest registered file back to its temp name; false if there is none. */
 async function unrenameNewest(w: StreamEnv): Promise<boolean> {
+  // Objects have no temp names: the state does not exist in a bucket.
+  if (w.s3) return false;
   const newest = await w.registry.query(
     "SELECT path FROM cdc_registry.file_log WHERE slot_name = 'cdc_egress' ORDER BY id DESC LIMIT 1",
   );
@@ -291,6 +295,7 @@ async function unrenameNewest(w: StreamEnv): Promise<boolean> {
 
 /** Checks the registry against the files and the files against each other. */
 async function checkFiles(w: StreamEnv): Promise<void> {
+  await w.syncFiles();
   const registered = await w.registry.query(
     `SELECT path, file_type, byte_size::int8::text AS byte_size, sha256, row_count::int AS rows,
             start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq

@@ -1,0 +1,336 @@
+/**
+ * `stream` into `--data-dir s3://bucket/prefix` (s3rver in its own process,
+ * behind the fault proxy where a test needs faults): exactly-once files in
+ * the bucket, through faults, `kill -9` and recovery.
+ */
+
+import assert from "node:assert/strict";
+import { type PgMajor, testMajors } from "../../scripts/embedded_postgres.ts";
+// @ts-types="npm:@types/pg@8.23.1"
+import pg from "pg";
+import { DeleteObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
+import { runCli, waitFor } from "../harness/cli.ts";
+import { liveRows } from "../harness/replay_check.ts";
+import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
+import { FaultProxy } from "../harness/fault_proxy.ts";
+
+/** Registered paths of the slot, and the bucket's keys under the data prefix. */
+async function bucketMatchesRegistry(w: StreamEnv): Promise<void> {
+  const registered = (await w.registry.query("SELECT path FROM cdc_registry.file_log")).rows
+    .map((r) => r.path as string);
+  const keys = (await w.s3!.keys("cdc", "data/")).map((k) => k.slice("data/".length));
+  const dataKeys = keys.filter((k) => !k.endsWith("/schema.yml"));
+  assert.deepEqual(dataKeys.sort(), registered.sort(), "bucket objects = registered files");
+  // Every folder with a registered file has its schema.yml (dropped tables' DDL folders excepted).
+  const schemas = new Set(keys.filter((k) => k.endsWith("/schema.yml")));
+  for (const p of registered.filter((p) => !p.endsWith("ddl.sql"))) {
+    assert(schemas.has(p.replace(/[^/]+$/, "schema.yml")), `schema.yml of ${p}`);
+  }
+  for (const s of schemas) {
+    const dir = s.replace(/\/schema\.yml$/, "");
+    assert(
+      registered.some((p) => p.startsWith(dir + "/")),
+      `schema.yml ${s} has a registered file`,
+    );
+  }
+  const intents = await w.registry.query("SELECT path FROM cdc_registry.upload_intent");
+  assert.equal(intents.rowCount, 0, "no upload intent left");
+  assert.deepEqual(await w.s3!.incompleteUploads("cdc"), [], "no incomplete multipart upload");
+}
+
+for (const major of testMajors()) {
+  Deno.test(`stream into s3:// registers each file once in the bucket, replay equals the source (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    await w.db.query("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 500) g");
+    await w.init();
+    const p = w.stream();
+    await w.caughtUp().catch((e) => {
+      throw new Error(`${e.message}\n${p.stderr}`);
+    });
+    for (let i = 0; i < 5; i++) {
+      await w.db.query(
+        `INSERT INTO t SELECT g, 'x' FROM generate_series(${1000 + i * 100}, ${1099 + i * 100}) g`,
+      );
+      await w.db.query(`UPDATE t SET v = 'u${i}' WHERE id % 7 = ${i}`);
+      await w.db.query(`DELETE FROM t WHERE id % 11 = ${i}`);
+    }
+    await w.caughtUp();
+    assert.equal(await p.stop(), 0, p.stderr);
+    await bucketMatchesRegistry(w);
+    await w.assertReplayEquals("public", "t");
+    assert.equal(
+      (await w.registry.query("SELECT url FROM cdc_registry.storage_location")).rows[0].url,
+      "s3://cdc/data",
+    );
+    // The spool keeps nothing that is in the bucket.
+    const left: string[] = [];
+    for await (const e of Deno.readDir(w.spoolDir!)) {
+      if (!e.name.startsWith(".")) {
+        for await (const b of Deno.readDir(`${w.spoolDir}/${e.name}`)) {
+          left.push(`${e.name}/${b.name}`);
+        }
+      }
+    }
+    assert(left.length <= 1, `spool holds ${left.join(", ")}`);
+  });
+}
+
+/** Inserts `n` rows of about 100 bytes that gzip poorly (md5 text). */
+async function fill(w: StreamEnv, table: string, from: number, n: number): Promise<void> {
+  await w.db.query(
+    `INSERT INTO ${table} SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)
+     FROM generate_series(${from}, ${from + n - 1}) g`,
+  );
+}
+
+for (const major of testMajors()) {
+  Deno.test(`stream into s3:// retries 5xx, dropped, stalled and cut-short requests (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await w.db.query("CREATE TABLE big (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 1000);
+      // About 7 MB of gzip: two parts of 5 MiB.
+      await fill(w, "big", 1, 150_000);
+      await w.init();
+      // Data keys only: the start-up probe of the bucket is not retried for long.
+      const data = /^\/cdc\/data\/public\./;
+      proxy.inject({
+        method: "PUT",
+        path: data,
+        action: { kind: "status", status: 503 },
+        times: 3,
+      });
+      proxy.inject({ method: "PUT", path: data, action: { kind: "drop" }, times: 2 });
+      proxy.inject({
+        method: "PUT",
+        path: /partNumber=2/,
+        action: { kind: "status", status: 500 },
+      });
+      proxy.inject({ method: "POST", path: /uploadId=/, action: { kind: "cut", bytes: 30 } });
+      proxy.inject({ method: "PUT", path: data, action: { kind: "stall", ms: 5000 }, skip: 4 });
+      proxy.inject({
+        method: "PUT",
+        path: data,
+        action: { kind: "cut", bytes: 10 },
+        skip: 6,
+        times: 2,
+      });
+      const p = w.stream({
+        CDC_S3_ENDPOINT: proxy.endpoint,
+        CDC_S3_PART_SIZE: "5MiB",
+        CDC_S3_TIMEOUT: "2s",
+      });
+      await w.caughtUp().catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      for (let i = 0; i < 4; i++) {
+        await fill(w, "t", 10_000 + i * 100, 100);
+        await w.db.query(`UPDATE t SET v = 'u${i}' WHERE id % 5 = ${i}`);
+      }
+      await w.caughtUp();
+      assert.equal(await p.stop(), 0, p.stderr);
+      assert.deepEqual(proxy.fired, [3, 2, 1, 1, 1, 2], "every fault was injected");
+      assert.match(p.stderr, /object storage request failed; retrying/);
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+      await w.assertReplayEquals("public", "big");
+    } finally {
+      proxy.stop();
+    }
+  });
+
+  Deno.test(`stream into s3:// after kill -9 mid-upload deletes the unregistered object and aborts the multipart upload (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await w.db.query("CREATE TABLE big (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 100);
+      await fill(w, "big", 1, 150_000);
+      await w.init();
+      const env = {
+        CDC_S3_ENDPOINT: proxy.endpoint,
+        CDC_S3_PART_SIZE: "5MiB",
+        CDC_S3_TIMEOUT: "10m",
+      };
+      const count = async (sql: string) => (await w.registry.query(sql)).rows[0].n as number;
+      // 1. The big export's first part is stored, its answer held: kill -9.
+      proxy.inject({ method: "PUT", path: /partNumber=1&/, action: { kind: "hold", ms: 600_000 } });
+      let p = w.stream(env);
+      await waitFor("the part upload to hang", () => proxy.fired[0] === 1, 120_000)
+        .catch((e) => {
+          throw new Error(`${e.message}\n${p.stderr}`);
+        });
+      const intent = (await w.registry.query(
+        "SELECT path, upload_id FROM cdc_registry.upload_intent WHERE path LIKE '%full_reload.csv.gz'",
+      )).rows;
+      assert.equal(intent.length, 1);
+      assert(intent[0].upload_id, "the multipart upload id is recorded before its parts");
+      assert.deepEqual(await w.s3!.incompleteUploads("cdc"), [intent[0].upload_id]);
+      await p.stop("SIGKILL");
+      // 2. A streaming file's PUT is stored, its answer held: kill -9.
+      proxy.inject({
+        method: "PUT",
+        path: /streaming\.csv\.gz/,
+        action: { kind: "hold", ms: 600_000 },
+      });
+      p = w.stream(env);
+      await fill(w, "t", 500, 50);
+      await waitFor("the streaming upload to hang", () => proxy.fired[1] === 1, 120_000)
+        .catch((e) => {
+          throw new Error(`${e.message}\n${p.stderr}`);
+        });
+      const held = (await w.registry.query(
+        "SELECT path FROM cdc_registry.upload_intent WHERE path LIKE '%streaming.csv.gz'",
+      )).rows[0].path;
+      await waitFor(
+        "the held PUT to be stored",
+        async () => (await w.s3!.keys("cdc", `data/${held}`)).length === 1,
+      );
+      await p.stop("SIGKILL");
+      assert.equal(
+        await count(`SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE path = '${held}'`),
+        0,
+      );
+      proxy.stop();
+      // 3. Recovery: the unregistered objects go, the multipart upload is aborted.
+      p = w.stream({ CDC_S3_PART_SIZE: "5MiB" });
+      await w.caughtUp().catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      assert.match(p.stderr, /settled unregistered uploads/);
+      await fill(w, "t", 1000, 50);
+      await w.caughtUp();
+      assert.equal(await p.stop(), 0, p.stderr);
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+      await w.assertReplayEquals("public", "big");
+    } finally {
+      proxy.stop();
+    }
+  });
+}
+
+for (const major of testMajors()) {
+  Deno.test(`verify, status and materialize read an s3:// data dir (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    await fill(w, "t", 1, 300);
+    await w.init();
+    const p = w.stream();
+    await w.caughtUp();
+    await w.db.query("UPDATE t SET v = 'changed' WHERE id % 3 = 0");
+    await w.db.query("DELETE FROM t WHERE id % 10 = 0");
+    await w.db.query("ALTER TABLE t ADD COLUMN extra int");
+    await w.db.query("UPDATE t SET extra = id WHERE id % 4 = 0");
+    await w.caughtUp();
+    assert.equal(await p.stop(), 0, p.stderr);
+
+    let r = await runCli(["verify", "--json"], w.env);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    let report = JSON.parse(r.stdout);
+    assert.equal(report.data_dir, "s3://cdc/data");
+    assert(report.files_checked >= 3);
+    r = await runCli(["verify", "--deep", "--json"], w.env);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    report = JSON.parse(r.stdout);
+    assert(report.rows_checked > 300);
+    assert.equal(report.tables[0].deep.missing_rows + report.tables[0].deep.extra_rows, 0);
+
+    r = await runCli(["status", "--json"], w.env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout).storage, { url: "s3://cdc/data", pending_uploads: 0 });
+
+    await w.db.query("CREATE DATABASE mat");
+    const to = w.cluster.url().replace(/\/[^/?]+(\?|$)/, "/mat$1");
+    r = await runCli(["materialize", "--to", to], w.env);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const mat = new pg.Client({ connectionString: to });
+    await mat.connect();
+    try {
+      assert.deepEqual(await liveRows(mat, "public", "t"), await liveRows(w.db, "public", "t"));
+    } finally {
+      await mat.end();
+    }
+
+    // A missing object, an object of the wrong size: verify says which, by HEAD.
+    const files = (await w.registry.query(
+      "SELECT path FROM cdc_registry.file_log WHERE file_type = 'streaming' ORDER BY id",
+    )).rows.map((x) => x.path as string);
+    const client = w.s3!.client();
+    try {
+      await client.send(new DeleteObjectCommand({ Bucket: "cdc", Key: `data/${files[0]}` }));
+      await client.send(
+        new PutObjectCommand({ Bucket: "cdc", Key: `data/${files[1]}`, Body: "not gzip" }),
+      );
+    } finally {
+      client.destroy();
+    }
+    r = await runCli(["verify", "--json"], w.env);
+    assert.equal(r.code, 1, r.stderr + r.stdout);
+    const kinds = JSON.parse(r.stdout).problems.map((x: { kind: string; path: string }) =>
+      `${x.kind} ${x.path}`
+    );
+    assert.deepEqual(kinds, [`missing ${files[0]}`, `size ${files[1]}`].sort());
+
+    // Read from a local data dir while the registry says the bucket: one clear line.
+    r = await runCli(["verify"], { ...w.env, CDC_DATA_DIR: w.dataDir });
+    assert.equal(r.code, 2);
+    assert.match(
+      r.stderr,
+      /^error: Cannot verify data dir ".*": the files of slot "cdc_egress" are in s3:\/\/cdc\/data \(recorded in the registry\); use --data-dir s3:\/\/cdc\/data\n$/,
+    );
+  });
+}
+
+for (const major of testMajors()) {
+  Deno.test(`stream holds while S3 is unreachable: nothing registered or acknowledged, /readyz fails, then it catches up (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 100);
+      await w.init();
+      const p = w.stream({ CDC_S3_ENDPOINT: proxy.endpoint, CDC_S3_TIMEOUT: "2s" });
+      await w.caughtUp().catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      const port = Number(/"serving metrics".*"port":(\d+)/.exec(p.stderr)![1]);
+      const ready = async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status;
+      await waitFor("/readyz 200", async () => (await ready()) === 200);
+      const files = async () =>
+        (await w.registry.query("SELECT count(*)::int AS n FROM cdc_registry.file_log")).rows[0].n;
+      const confirmed = async () =>
+        (await w.db.query(
+          "SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 'cdc_egress'",
+        )).rows[0].l;
+      const before = { files: await files(), lsn: await confirmed() };
+      proxy.down();
+      await fill(w, "t", 1000, 200);
+      await waitFor("/readyz 503 while uploads fail", async () => (await ready()) === 503);
+      await waitFor("retries to be logged", () => /object storage request failed/.test(p.stderr));
+      // Several batch intervals later: still nothing registered, nothing acknowledged.
+      await waitFor(
+        "a few retries",
+        () => proxy.seen.length > 0 && p.stderr.split("retrying").length > 3,
+        60_000,
+      );
+      assert.equal(await files(), before.files);
+      assert.equal(await confirmed(), before.lsn);
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      assert.match(metrics, /cdc_upload_retries_total\{op="upload"\} [1-9]/);
+      assert.match(metrics, /cdc_storage_up 0/);
+      proxy.up();
+      await w.caughtUp();
+      await waitFor("/readyz 200 again", async () => (await ready()) === 200);
+      assert.equal(await p.stop(), 0, p.stderr);
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+    } finally {
+      proxy.stop();
+    }
+  });
+}
