@@ -1601,7 +1601,12 @@ async function resetPeakRss(pid: number): Promise<boolean> {
   }
 }
 
-function printExportCpu(n: number, p: { streamCpuSeconds: number; serverCpuSeconds: number }) {
+function printExportCpu(
+  n: number,
+  p: { streamCpuSeconds: number; serverCpuSeconds: number },
+  startSeconds: number,
+) {
+  printRow("stream start → export started s", startSeconds.toFixed(2));
   printRow("export CPU ms/table, stream", (p.streamCpuSeconds * 1000 / n).toFixed(2));
   printRow("export CPU ms/table, server", (p.serverCpuSeconds * 1000 / n).toFixed(2));
 }
@@ -1657,6 +1662,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
       log(`wide: stream under ulimit -n ${nofile}: initial export`);
       const serverCpuBefore = await serverCpuSeconds(cluster);
       const streamStart = performance.now();
+      const streamStartWall = Date.now();
       const prof = args["cpu-prof"];
       const stream = new StreamProcess(
         env,
@@ -1705,10 +1711,13 @@ async function benchWide(): Promise<Record<string, unknown>> {
             (exportPhase.streamCpuSeconds * 1000 / n).toFixed(2)
           } (start-up included), server ${(exportPhase.serverCpuSeconds * 1000 / n).toFixed(2)}`,
       );
+      // Start-up, the search for work and the snapshot, before the first table.
+      const startSeconds = started ? (started.ts - streamStartWall) / 1000 : NaN;
       Object.assign(result, {
         exportSeconds,
         exportRate,
         exportWallSeconds: exportWall,
+        startToExportStartedSeconds: startSeconds,
         exportPhase,
       });
 
@@ -1724,7 +1733,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
         );
         printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
         printRow("export peak fds", String(exportPhase.peakFds));
-        printExportCpu(n, exportPhase);
+        printExportCpu(n, exportPhase, startSeconds);
         return result;
       }
       // One change in each table, in one transaction: all N batches open in one interval.
@@ -1839,7 +1848,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
       printRow("export s (log lines)", exportSeconds.toFixed(2));
       printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
       printRow("export peak fds", String(exportPhase.peakFds));
-      printExportCpu(n, exportPhase);
+      printExportCpu(n, exportPhase, startSeconds);
       printRow("batches registered", `${registered}/${n}`, String(n), registered === n);
       printRow(
         "tick → all registered s",

@@ -141,12 +141,21 @@ export class SourceCatalog {
     return row ? { schema: row.schema, table: row.table, published: row.published } : null;
   }
 
-  /** Total on-disk size of each relation (partitions summed for a partitioned one), in order. */
+  /**
+   * On-disk size of each relation's data, what an export reads: heap and
+   * TOAST without indexes (`pg_table_size`), partitions summed for a
+   * partitioned one; in order, 0 for a relation that is gone.
+   */
   async tableSizes(oids: number[]): Promise<number[]> {
+    // Only a partitioned table walks its partition tree: for thousands of
+    // plain tables that walk, and the index sizes, cost seconds.
     const res = await this.#client.query(
-      `SELECT COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(o)),
-                       pg_total_relation_size(o), 0)::int8 AS size
-       FROM unnest($1::oid[]) WITH ORDINALITY AS u(o, n) ORDER BY n`,
+      `SELECT COALESCE(CASE WHEN c.relkind = 'p'
+                         THEN (SELECT sum(pg_table_size(relid)) FROM pg_partition_tree(c.oid))
+                         ELSE pg_table_size(c.oid) END, 0)::int8 AS size
+       FROM unnest($1::oid[]) WITH ORDINALITY AS u(o, n)
+       LEFT JOIN pg_class c ON c.oid = u.o
+       ORDER BY u.n`,
       [oids],
     );
     return res.rows.map((r) => Number(r.size));
