@@ -136,7 +136,7 @@ const TABLES_PER_TRANSACTION = 100;
 const CHUNK_TABLES = 8;
 
 /** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
-const SEALS_PER_WORKER = 8;
+const SEALS_PER_WORKER = 4;
 
 /** Staging folders made at once. */
 const MKDIR_CONCURRENCY = 64;
