@@ -275,12 +275,14 @@ async function loadAverage(): Promise<number> {
   return Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]);
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc; 0 once it is gone. */
-async function cpuSeconds(pid: number): Promise<number> {
+/** CPU seconds (user + system, or one of them) a process has used so far, from /proc; 0 once it is gone. */
+async function cpuSeconds(pid: number, only?: "user" | "system"): Promise<number> {
   try {
     const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in ticks of 1/100 s
+    // utime, stime in ticks of 1/100 s
+    if (only) return Number(fields[only === "user" ? 11 : 12]) / 100;
+    return (Number(fields[11]) + Number(fields[12])) / 100;
   } catch {
     return 0;
   }
@@ -1603,11 +1605,12 @@ async function resetPeakRss(pid: number): Promise<boolean> {
 
 function printExportCpu(
   n: number,
-  p: { streamCpuSeconds: number; serverCpuSeconds: number },
+  p: { streamCpuSeconds: number; streamSystemSeconds: number; serverCpuSeconds: number },
   startSeconds: number,
 ) {
   printRow("stream start → export started s", startSeconds.toFixed(2));
   printRow("export CPU ms/table, stream", (p.streamCpuSeconds * 1000 / n).toFixed(2));
+  printRow("  of which in the kernel", (p.streamSystemSeconds * 1000 / n).toFixed(2));
   printRow("export CPU ms/table, server", (p.serverCpuSeconds * 1000 / n).toFixed(2));
 }
 
@@ -1701,6 +1704,8 @@ async function benchWide(): Promise<Record<string, unknown>> {
         peakFds: sampler.peakFds,
         // CPU per table, ours and the server's: what the figure costs whatever the load.
         streamCpuSeconds: await cpuSeconds(stream.child.pid),
+        // Of which in the kernel (file system calls mostly).
+        streamSystemSeconds: await cpuSeconds(stream.child.pid, "system"),
         serverCpuSeconds: await serverCpuSeconds(cluster) - serverCpuBefore,
       };
       log(
