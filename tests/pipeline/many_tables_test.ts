@@ -222,7 +222,7 @@ for (const version of testMajors()) {
     await assertNoStraddle(w.registry);
     await assertVerifyDeep(w);
     const retried = p.stderr.split("\n").filter((l) => l.includes("export failed")).length;
-    // The DDL met exports that were under way (not only ones not started yet).
+    // The DDL came after the snapshot, while the export ran: some attempts failed and were retried.
     assert.ok(retried > 0, "no export attempt failed: the DDL came too late to test anything");
     console.log(
       `PG ${version}: ${TABLES} tables, ${duringExport.rows[0].n} exported when the DDL ended, ` +
