@@ -134,6 +134,8 @@ const TABLES_PER_TRANSACTION = 100;
 
 /** Whole tables a worker exports with one catalog query and one name check. */
 const CHUNK_TABLES = 8;
+/** Tables at least this large (heap and TOAST) are exported one at a time. */
+const CHUNK_MAX_BYTES = 1024 * 1024;
 
 /** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
 const SEALS_PER_WORKER = 4;
@@ -488,9 +490,19 @@ export class ReloadCoordinator {
           } else {
             // Whole tables go in small chunks: one catalog query and one
             // name check per chunk instead of one each per table.
-            const room = Math.min(CHUNK_TABLES, TABLES_PER_TRANSACTION - inTransaction);
-            const chunk: Job[] = [];
-            while (head < queue.length && !queue[head].part && chunk.length < Math.max(1, room)) {
+            // Only small tables share a chunk, and no worker takes more than
+            // its share of what is left: the large ones still go to
+            // different workers first.
+            const fair = Math.ceil((queue.length - head) / workers);
+            const room = Math.max(
+              1,
+              Math.min(CHUNK_TABLES, fair, TABLES_PER_TRANSACTION - inTransaction),
+            );
+            const chunk: Job[] = [queue[head++].job];
+            while (
+              chunk[0].size < CHUNK_MAX_BYTES && chunk.length < room && head < queue.length &&
+              !queue[head].part && queue[head].job.size < CHUNK_MAX_BYTES
+            ) {
               chunk.push(queue[head++].job);
             }
             inTransaction += chunk.length;
