@@ -45,9 +45,11 @@ for (const version of testMajors()) {
     // (heap and TOAST main forks), a partitioned table by its partitions.
     const sizes = await w.db.query(
       `SELECT n.nspname AS schema, c.relname AS table,
-              (SELECT sum(pg_relation_size(t.oid) + CASE WHEN t.reltoastrelid <> 0
-                            THEN pg_relation_size(t.reltoastrelid) ELSE 0 END)
-               FROM pg_partition_tree(c.oid) p JOIN pg_class t ON t.oid = p.relid)::int8 AS size
+              COALESCE((SELECT sum(pg_relation_size(t.oid) + CASE WHEN t.reltoastrelid <> 0
+                                     THEN pg_relation_size(t.reltoastrelid) ELSE 0 END)
+                        FROM pg_partition_tree(c.oid) p JOIN pg_class t ON t.oid = p.relid),
+                       pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0
+                         THEN pg_relation_size(c.reltoastrelid) ELSE 0 END)::int8 AS size
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
