@@ -279,12 +279,14 @@ async function loadAverage(): Promise<number> {
   return Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]);
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc; 0 once it is gone. */
-async function cpuSeconds(pid: number): Promise<number> {
+/** CPU seconds (user + system, or one of them) a process has used so far, from /proc; 0 once it is gone. */
+async function cpuSeconds(pid: number, only?: "user" | "system"): Promise<number> {
   try {
     const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in ticks of 1/100 s
+    // utime, stime in ticks of 1/100 s
+    if (only) return Number(fields[only === "user" ? 11 : 12]) / 100;
+    return (Number(fields[11]) + Number(fields[12])) / 100;
   } catch {
     return 0;
   }
@@ -1605,8 +1607,14 @@ async function resetPeakRss(pid: number): Promise<boolean> {
   }
 }
 
-function printExportCpu(n: number, p: { streamCpuSeconds: number; serverCpuSeconds: number }) {
+function printExportCpu(
+  n: number,
+  p: { streamCpuSeconds: number; streamSystemSeconds: number; serverCpuSeconds: number },
+  startSeconds: number,
+) {
+  printRow("stream start → export started s", startSeconds.toFixed(2));
   printRow("export CPU ms/table, stream", (p.streamCpuSeconds * 1000 / n).toFixed(2));
+  printRow("  of which in the kernel", (p.streamSystemSeconds * 1000 / n).toFixed(2));
   printRow("export CPU ms/table, server", (p.serverCpuSeconds * 1000 / n).toFixed(2));
 }
 
@@ -1661,6 +1669,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
       log(`wide: stream under ulimit -n ${nofile}: initial export`);
       const serverCpuBefore = await serverCpuSeconds(cluster);
       const streamStart = performance.now();
+      const streamStartWall = Date.now();
       const prof = args["cpu-prof"];
       const stream = new StreamProcess(
         env,
@@ -1699,6 +1708,8 @@ async function benchWide(): Promise<Record<string, unknown>> {
         peakFds: sampler.peakFds,
         // CPU per table, ours and the server's: what the figure costs whatever the load.
         streamCpuSeconds: await cpuSeconds(stream.child.pid),
+        // Of which in the kernel (file system calls mostly).
+        streamSystemSeconds: await cpuSeconds(stream.child.pid, "system"),
         serverCpuSeconds: await serverCpuSeconds(cluster) - serverCpuBefore,
       };
       log(
@@ -1709,10 +1720,13 @@ async function benchWide(): Promise<Record<string, unknown>> {
             (exportPhase.streamCpuSeconds * 1000 / n).toFixed(2)
           } (start-up included), server ${(exportPhase.serverCpuSeconds * 1000 / n).toFixed(2)}`,
       );
+      // Start-up, the search for work and the snapshot, before the first table.
+      const startSeconds = started ? (started.ts - streamStartWall) / 1000 : NaN;
       Object.assign(result, {
         exportSeconds,
         exportRate,
         exportWallSeconds: exportWall,
+        startToExportStartedSeconds: startSeconds,
         exportPhase,
       });
 
@@ -1728,7 +1742,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
         );
         printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
         printRow("export peak fds", String(exportPhase.peakFds));
-        printExportCpu(n, exportPhase);
+        printExportCpu(n, exportPhase, startSeconds);
         return result;
       }
       // One change in each table, in one transaction: all N batches open in one interval.
@@ -1843,7 +1857,7 @@ async function benchWide(): Promise<Record<string, unknown>> {
       printRow("export s (log lines)", exportSeconds.toFixed(2));
       printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
       printRow("export peak fds", String(exportPhase.peakFds));
-      printExportCpu(n, exportPhase);
+      printExportCpu(n, exportPhase, startSeconds);
       printRow("batches registered", `${registered}/${n}`, String(n), registered === n);
       printRow(
         "tick → all registered s",

@@ -135,16 +135,11 @@ const TABLES_PER_TRANSACTION = 100;
 
 /** Whole tables a worker exports with one catalog query and one name check. */
 const CHUNK_TABLES = 8;
-
-/**
- * Tables at least this large (relation size) are exported alone: chunks are
- * for the many small tables, and large ones keep going to the workers in
- * parallel, largest first.
- */
-const CHUNK_MAX_TABLE_BYTES = 16 * 1024 * 1024;
+/** Tables at least this large (heap and TOAST) are exported one at a time. */
+const CHUNK_MAX_BYTES = 1024 * 1024;
 
 /** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
-const SEALS_PER_WORKER = 8;
+const SEALS_PER_WORKER = 4;
 
 /** Staging folders made at once. */
 const MKDIR_CONCURRENCY = 64;
@@ -496,14 +491,18 @@ export class ReloadCoordinator {
           } else {
             // Whole tables go in small chunks: one catalog query and one
             // name check per chunk instead of one each per table.
-            // Chunks only while the queue is long: a few tables (or the last
-            // ones) are spread over the workers, one each.
-            const share = Math.floor((queue.length - head) / (workers * 4));
-            const room = Math.min(CHUNK_TABLES, share, TABLES_PER_TRANSACTION - inTransaction);
+            // Only small tables share a chunk, and no worker takes more than
+            // its share of what is left: the large ones still go to
+            // different workers first.
+            const fair = Math.ceil((queue.length - head) / workers);
+            const room = Math.max(
+              1,
+              Math.min(CHUNK_TABLES, fair, TABLES_PER_TRANSACTION - inTransaction),
+            );
             const chunk: Job[] = [queue[head++].job];
             while (
-              head < queue.length && !queue[head].part && chunk.length < room &&
-              chunk[0].size < CHUNK_MAX_TABLE_BYTES && queue[head].job.size < CHUNK_MAX_TABLE_BYTES
+              chunk[0].size < CHUNK_MAX_BYTES && chunk.length < room && head < queue.length &&
+              !queue[head].part && queue[head].job.size < CHUNK_MAX_BYTES
             ) {
               chunk.push(queue[head++].job);
             }

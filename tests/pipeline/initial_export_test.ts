@@ -41,11 +41,15 @@ for (const version of testMajors()) {
       log_line_prefix: "'%m [%p] %a: '",
     });
     await createMixedTables(w.db, BIG_ROWS);
-    // Sizes as the coordinator should rank them: a partitioned table by its partitions.
+    // Sizes as the coordinator should rank them: the data an export reads
+    // (heap and TOAST main forks), a partitioned table by its partitions.
     const sizes = await w.db.query(
       `SELECT n.nspname AS schema, c.relname AS table,
-              COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(c.oid)),
-                       pg_total_relation_size(c.oid))::int8 AS size
+              COALESCE((SELECT sum(pg_relation_size(t.oid) + CASE WHEN t.reltoastrelid <> 0
+                                     THEN pg_relation_size(t.reltoastrelid) ELSE 0 END)
+                        FROM pg_partition_tree(c.oid) p JOIN pg_class t ON t.oid = p.relid),
+                       pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0
+                         THEN pg_relation_size(c.reltoastrelid) ELSE 0 END)::int8 AS size
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
          AND n.nspname NOT IN ('pg_catalog', 'information_schema')

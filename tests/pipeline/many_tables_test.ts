@@ -7,7 +7,7 @@
  * lost, none exported twice), the data dir matches the registry, and
  * `verify --deep` replays every table equal to the source.
  *
- * `CDC_TEST_MANY_TABLES` sets the table count (default 1000).
+ * `CDC_TEST_MANY_TABLES` sets the table count (default 500; 1000 passes too, slower).
  */
 
 import assert from "node:assert/strict";
@@ -26,7 +26,7 @@ import {
 } from "../harness/export_world.ts";
 import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 
-const TABLES = Number(Deno.env.get("CDC_TEST_MANY_TABLES") ?? 1000);
+const TABLES = Number(Deno.env.get("CDC_TEST_MANY_TABLES") ?? 500);
 const OPTS = { sanitizeOps: false, sanitizeResources: false };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -222,6 +222,8 @@ for (const version of testMajors()) {
     await assertNoStraddle(w.registry);
     await assertVerifyDeep(w);
     const retried = p.stderr.split("\n").filter((l) => l.includes("export failed")).length;
+    // The DDL came after the snapshot, while the export ran: some attempts failed and were retried.
+    assert.ok(retried > 0, "no export attempt failed: the DDL came too late to test anything");
     console.log(
       `PG ${version}: ${TABLES} tables, ${duringExport.rows[0].n} exported when the DDL ended, ` +
         `${retried} export attempts failed and were retried, ${transactions} transactions, ` +
@@ -254,7 +256,7 @@ for (const version of testMajors()) {
         "SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE file_type = 'full_reload'",
       );
       atKill = res.rows[0].n;
-      return atKill >= TABLES / 10;
+      return atKill >= 1;
     }, 120_000);
     await p.stop("SIGKILL");
     await waitForBackendsGone(w.db, w.registry);
