@@ -36,6 +36,9 @@ import { SpoolUploader } from "../storage/spool_uploader.ts";
 import { cleanSpool, recoverUploads } from "../storage/upload_recovery.ts";
 import { checkStorageLocation } from "../storage/storage_location.ts";
 
+/** How long `stream`, asked to stop, keeps retrying uploads to object storage. */
+const STOP_GRACE_MS = 10_000;
+
 /** Makes sure the data dir exists, is a directory and is writable. */
 export async function prepareDataDir(dataDir: string): Promise<string> {
   const dir = resolve(dataDir);
@@ -178,20 +181,6 @@ export async function streamCommand(config: Config): Promise<void> {
     metrics,
     logger,
   });
-  let server: ObserveServer | null = null;
-  let current: StreamPipeline | null = null;
-  let stopping = false;
-  let wakeBackoff: (() => void) | null = null;
-  const onSignal = () => {
-    logger.info("stopping: flushing open batches");
-    stopping = true;
-    current?.stop();
-    wakeBackoff?.();
-  };
-  Deno.addSignalListener("SIGTERM", onSignal);
-  Deno.addSignalListener("SIGINT", onSignal);
-  let streamedOnce = false;
-  let attempt = 0;
   const storageMetrics = s3 ? new StorageMetrics(metrics.registry) : null;
   let lastRetryLog = 0;
   // In stream, S3 calls are retried until they work: the pipeline holds
@@ -214,6 +203,23 @@ export async function streamCommand(config: Config): Promise<void> {
       },
     })
     : null;
+  let server: ObserveServer | null = null;
+  let current: StreamPipeline | null = null;
+  let stopping = false;
+  let wakeBackoff: (() => void) | null = null;
+  const onSignal = () => {
+    logger.info("stopping: flushing open batches");
+    stopping = true;
+    // Uploads still failing after this are given up: their files stay
+    // unregistered and unacknowledged, and come again after a restart.
+    store?.giveUpAfter(STOP_GRACE_MS);
+    current?.stop();
+    wakeBackoff?.();
+  };
+  Deno.addSignalListener("SIGTERM", onSignal);
+  Deno.addSignalListener("SIGINT", onSignal);
+  let streamedOnce = false;
+  let attempt = 0;
   try {
     while (!stopping) {
       const startedAt = Date.now();

@@ -133,6 +133,13 @@ export class S3Store implements ObjectStore {
     return rel === undefined ? `bucket "${this.#opts.location.bucket}"${at}` : `${this.url}/${rel}`;
   }
 
+  /** After this time (ms since the epoch) failing calls are not retried; see giveUpAfter. */
+  #deadline = Infinity;
+
+  giveUpAfter(ms: number): void {
+    this.#deadline = Math.min(this.#deadline, Date.now() + ms);
+  }
+
   /** Runs `fn` until it succeeds, a permanent error occurs or attempts run out. */
   async #retry<T>(op: string, rel: string | undefined, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0;; attempt++) {
@@ -141,7 +148,7 @@ export class S3Store implements ObjectStore {
       } catch (error) {
         if (error instanceof CdcError) throw error;
         if (!isTransientS3Error(error)) throw permanentError(op, this.#where(rel), error);
-        if (attempt + 1 >= this.#opts.maxAttempts) {
+        if (attempt + 1 >= this.#opts.maxAttempts || Date.now() >= this.#deadline) {
           throw new CdcError(
             "storage",
             `Cannot ${op} ${this.#where(rel)}: ${
@@ -150,7 +157,7 @@ export class S3Store implements ObjectStore {
             { cause: error },
           );
         }
-        const delay = s3RetryDelayMs(attempt);
+        const delay = Math.max(0, Math.min(s3RetryDelayMs(attempt), this.#deadline - Date.now()));
         this.#opts.onRetry?.(op, attempt + 1, error, delay);
         await new Promise((r) => setTimeout(r, delay));
       }

@@ -326,7 +326,27 @@ for (const major of testMajors()) {
       proxy.up();
       await w.caughtUp();
       await waitFor("/readyz 200 again", async () => (await ready()) === 200);
-      assert.equal(await p.stop(), 0, p.stderr);
+
+      // Asked to stop during an outage, it gives up the upload after a grace
+      // period: exit 1 with one line, nothing registered or acknowledged.
+      const held = { files: await files(), lsn: await confirmed() };
+      proxy.down();
+      const seen = p.stderr.length;
+      await fill(w, "t", 5000, 100);
+      await waitFor(
+        "a retry",
+        () => p.stderr.slice(seen).includes("object storage request failed"),
+      );
+      const stopAt = Date.now();
+      const code = await p.stop("SIGTERM");
+      assert.equal(code, 1, p.stderr.slice(-2000));
+      assert(Date.now() - stopAt < 30_000, `stopped after ${Date.now() - stopAt} ms`);
+      assert.match(p.stderr, /"msg":"stopping: flushing open batches"/);
+      assert.deepEqual({ files: await files(), lsn: await confirmed() }, held);
+      proxy.up();
+      const again = w.stream({ CDC_S3_ENDPOINT: proxy.endpoint });
+      await w.caughtUp();
+      assert.equal(await again.stop(), 0, again.stderr);
       await bucketMatchesRegistry(w);
       await w.assertReplayEquals("public", "t");
     } finally {
