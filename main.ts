@@ -86,7 +86,7 @@ const COMMANDS: Record<string, CommandSpec> = {
   verify: {
     summary: "check the registry against the files; --deep replays them against the live tables",
     usage:
-      "cdc-egress verify [--deep [--from newest|first]] [--json] [--table T]... [--quarantine] [settings]",
+      "cdc-egress verify [--deep [--from newest|first]] [--since ID|TIME] [--json] [--table T]... [--quarantine] [settings]",
     flags: {
       deep: { type: "boolean", help: "also replay every table and compare with the live table" },
       json: { type: "boolean", help: "print one JSON document" },
@@ -103,14 +103,30 @@ const COMMANDS: Record<string, CommandSpec> = {
         type: "string",
         help: "with --deep, replay from the newest (default) or the first full_reload",
       },
+      since: {
+        type: "string",
+        help:
+          'check only files registered after this file id (as printed after "next: --since") or ISO time',
+      },
     },
     run: async (config, flags) => {
       const { verifyCommand } = await import("./src/commands/verify.ts");
+      const { parseSinceMark } = await import("./src/verify/since_mark.ts");
       const from = (flags.from as string | undefined) ?? "newest";
       if (from !== "newest" && from !== "first") {
         throw new TypeError(`Cannot use --from "${from}": expected newest or first`);
       }
+      const sinceText = flags.since as string | undefined;
+      const since = sinceText === undefined ? undefined : parseSinceMark(sinceText);
+      for (const other of ["deep", "quarantine"]) {
+        if (since && flags[other]) {
+          throw new TypeError(
+            `Cannot use --since with --${other}: it checks whole tables or the whole data dir; run it without --since`,
+          );
+        }
+      }
       return await verifyCommand(config, {
+        since,
         from,
         deep: Boolean(flags.deep),
         json: Boolean(flags.json),
@@ -146,11 +162,20 @@ const COMMANDS: Record<string, CommandSpec> = {
   },
   status: {
     summary: "slot lag, table modes, last batch per table, pending and failed reloads",
-    usage: "cdc-egress status [--json] [settings]",
-    flags: { json: { type: "boolean", help: "print one JSON document" } },
+    usage: "cdc-egress status [--json] [--all-tables] [settings]",
+    flags: {
+      json: { type: "boolean", help: "print one JSON document (every table)" },
+      "all-tables": {
+        type: "boolean",
+        help: "list every table, not only those needing attention (above 50 tables)",
+      },
+    },
     run: async (config, flags) => {
       const { statusCommand } = await import("./src/commands/status.ts");
-      return await statusCommand(config, { json: Boolean(flags.json) });
+      return await statusCommand(config, {
+        json: Boolean(flags.json),
+        allTables: Boolean(flags["all-tables"]),
+      });
     },
   },
 };

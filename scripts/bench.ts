@@ -48,6 +48,15 @@
  * a fresh DuckDB file and into a fresh PostgreSQL database (process wall
  * time, peak RSS sampled from /proc). Runs only when named in `--only`.
  *
+ * **wide**: `--tables` one-row tables (default 10000), no baseline: `init`
+ * time; the initial export rate (tables/s between the "export started" and
+ * the last "export registered" log line) and CPU ms per table of the stream
+ * and of the server; then, with `stream` under `ulimit -n --wide-nofile`,
+ * one change in each table in one transaction: peak open fds and RSS while
+ * the N batches are open, and the time from the interval tick until all N
+ * are in file_log; last, `status` over `--status-rows` synthetic file_log
+ * rows. Runs only when named in `--only`.
+ *
  * With `--repeat N` the sides run alternately N times: backlog reports the
  * best run by ratio, export and bigtxn the median run by ratio. Each prints
  * the load average (other work on a 2-CPU machine skews the figures).
@@ -56,9 +65,11 @@
  *
  * **s3** (only when named): see `bench_s3.ts`.
  *
- * Usage: deno task bench [--only backlog,export,bigtxn] [--changes N]
+ * Usage: deno task bench [--only backlog,export,bigtxn,materialize,wide,s3] [--changes N]
  *        [--interval DUR] [--pg 14..18] [--clients N] [--repeat N]
  *        [--export-rows N] [--export-workers N] [--bigtxn-rows N]
+ *        [--mat-rows N] [--mat-changes N] [--tables N] [--wide-interval DUR]
+ *        [--wide-nofile N] [--status-rows N] [--wide-export-only]
  *        [--cpu-prof DIR] [--timeout S] [--keep]
  *
  * Needs Debian's PostgreSQL client programs (psql, pgbench, pg_recvlogical):
@@ -124,21 +135,28 @@ const { values: args } = parseArgs({
     "bigtxn-rows": { type: "string", default: "2000000" },
     "mat-rows": { type: "string", default: "2000000" },
     "mat-changes": { type: "string", default: "1000000" },
+    tables: { type: "string", default: "10000" },
+    "wide-interval": { type: "string", default: "30s" },
+    "wide-nofile": { type: "string", default: "1024" },
+    "status-rows": { type: "string", default: "1000000" },
+    "wide-export-only": { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 
 if (args.help) {
   console.log(
-    `Usage: deno task bench [--only backlog,export,bigtxn,materialize] [--changes N]
+    `Usage: deno task bench [--only backlog,export,bigtxn,materialize,wide] [--changes N]
                        [--interval DUR] [--pg 14..18] [--clients N] [--repeat N]
                        [--export-rows N] [--export-workers N] [--bigtxn-rows N]
-                       [--mat-rows N] [--mat-changes N] [--cpu-prof DIR]
-                       [--timeout S] [--keep]
+                       [--mat-rows N] [--mat-changes N] [--tables N]
+                       [--wide-interval DUR] [--wide-nofile N] [--status-rows N]
+                       [--wide-export-only]
+                       [--cpu-prof DIR] [--timeout S] [--keep]
 
   --only LIST     benchmarks to run, comma-separated (default backlog,export,bigtxn)
-                  (materialize and s3 run only when named; s3: export and backlog
-                  into s3rver next to the same runs into a local data dir)
+                  (materialize, wide and s3 run only when named; s3: export and
+                  backlog into s3rver next to the same runs into a local data dir)
   --changes N     row changes to generate (default 1000000; 4 per pgbench transaction)
   --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
   --pg N          PostgreSQL major version of the embedded cluster (default 18)
@@ -149,7 +167,12 @@ if (args.help) {
   --bigtxn-rows N rows in the bigtxn benchmark's one transaction (default 2000000)
   --mat-rows N    rows of the materialize benchmark's full_reload (default 2000000)
   --mat-changes N changes streamed after it (default 1000000)
-  --cpu-prof DIR  run the backlog's stream process with --cpu-prof into DIR
+  --tables N      tables of the wide benchmark (default 10000)
+  --wide-interval DUR  CDC_BATCH_INTERVAL of the wide benchmark's stream (default 30s)
+  --wide-nofile N ulimit -n of the wide benchmark's stream process (default 1024)
+  --status-rows N synthetic file_log rows for the wide benchmark's status timing (default 1000000)
+  --wide-export-only  stop the wide benchmark after init and the initial export
+  --cpu-prof DIR  run the backlog's (or wide's) stream process with --cpu-prof into DIR
   --timeout S     give up on the stream run after S seconds (default 600)
   --keep          keep the cluster and data dir (paths are printed)`,
   );
@@ -558,7 +581,7 @@ async function listFiles(client: pg.Client | null, _dataDir: string, cluster: Cl
 }
 
 /** Log messages whose times the export benchmark reads. */
-const WATCHED = new Set(["export started", "export registered"]);
+const WATCHED = new Set(["export started", "export registered", "batch registered"]);
 
 /** A `cdc-egress stream` child process. */
 class StreamProcess {
@@ -571,9 +594,11 @@ class StreamProcess {
   #status: Promise<Deno.CommandStatus>;
   #exited = false;
 
-  constructor(env: Record<string, string>, denoFlags: string[] = []) {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: cliArgs(["stream"], env, denoFlags),
+  /** `nofile`: run under `ulimit -n nofile` (bash execs deno: the pid stays the stream's). */
+  constructor(env: Record<string, string>, denoFlags: string[] = [], nofile?: number) {
+    const deno = [Deno.execPath(), ...cliArgs(["stream"], env, denoFlags)];
+    const child = new Deno.Command(nofile ? "bash" : deno[0], {
+      args: nofile ? ["-c", `ulimit -n ${nofile} && exec "$0" "$@"`, ...deno] : deno.slice(1),
       env,
       stdout: "null",
       stderr: "piped",
@@ -654,6 +679,19 @@ class StreamProcess {
       children.delete(this.child);
       throw error;
     }
+  }
+
+  /** SIGTERM; SIGKILL after `ms` if it has not exited; returns the exit code. */
+  async stopWithin(ms: number): Promise<number> {
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => {
+      if (!this.#exited) this.child.kill("SIGKILL");
+    }, ms);
+    const { code } = await this.#status;
+    clearTimeout(timer);
+    await this.#collect;
+    children.delete(this.child);
+    return code;
   }
 
   /** SIGTERM, then waits; throws unless it exits 0. */
@@ -1487,11 +1525,377 @@ async function benchMaterialize(): Promise<Record<string, unknown>> {
   });
 }
 
+const WIDE_TARGET_RATE = 500;
+const WIDE_TARGET_FDS = 300;
+const WIDE_TARGET_REGISTER_S = 20;
+const STATUS_TARGET_S = 2;
+
+/** The wide benchmark's table `i` (public.wide_00042). */
+function wideTable(i: number): string {
+  return `public.wide_${String(i).padStart(5, "0")}`;
+}
+
+/** Samples a process's open fds and resident memory from /proc until stopped. */
+class ProcSampler {
+  peakFds = 0;
+  peakRssMb = 0;
+  #running = true;
+  #loop: Promise<void>;
+
+  constructor(pid: number, everyMs = 100) {
+    this.#loop = (async () => {
+      while (this.#running) {
+        try {
+          let fds = 0;
+          for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) fds++;
+          this.peakFds = Math.max(this.peakFds, fds);
+          const status = await Deno.readTextFile(`/proc/${pid}/status`);
+          const kb = Math.max(
+            Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0),
+            Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0),
+          );
+          this.peakRssMb = Math.max(this.peakRssMb, kb / 1024);
+        } catch {
+          // the process is gone
+        }
+        await sleep(everyMs);
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.#running = false;
+    await this.#loop;
+  }
+}
+
+/**
+ * CPU seconds the cluster's server processes used so far: the postmaster
+ * and its reaped children (utime, stime, cutime, cstime) plus the live ones.
+ */
+async function serverCpuSeconds(cluster: Cluster): Promise<number> {
+  const pidFile = await Deno.readTextFile(join(cluster.dir, "data", "postmaster.pid"));
+  const pid = Number(pidFile.split("\n")[0]);
+  const fields = async (p: number) => {
+    try {
+      const stat = await Deno.readTextFile(`/proc/${p}/stat`);
+      return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    } catch {
+      return null;
+    }
+  };
+  const own = await fields(pid);
+  if (!own) return NaN;
+  let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const f = await fields(Number(e.name));
+    if (f && Number(f[1]) === pid) ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks / 100;
+}
+
+/** Resets a process's VmHWM (peak RSS) to its current RSS (`clear_refs` 5). */
+async function resetPeakRss(pid: number): Promise<boolean> {
+  try {
+    await Deno.writeTextFile(`/proc/${pid}/clear_refs`, "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function printExportCpu(n: number, p: { streamCpuSeconds: number; serverCpuSeconds: number }) {
+  printRow("export CPU ms/table, stream", (p.streamCpuSeconds * 1000 / n).toFixed(2));
+  printRow("export CPU ms/table, server", (p.serverCpuSeconds * 1000 / n).toFixed(2));
+}
+
+/** Parses `90s`, `5m`, `1500ms` (the CLI's interval syntax, enough for the bench). */
+function durationMs(text: string): number {
+  const m = /^(\d+)(ms|s|m)$/.exec(text);
+  if (!m) fail(`duration ${text}: expected e.g. 30s, 2m or 500ms`);
+  return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "s" ? 1000 : 60_000);
+}
+
+/**
+ * Wide: `--tables` one-row tables. Measures `init`, the initial export rate,
+ * then one change in each table in one transaction with `stream` under
+ * `ulimit -n --wide-nofile`: its peak RSS and open fds while the N batches
+ * are open, and the time from the interval tick (commit + interval) until
+ * all N batches are registered; last, `status` over `--status-rows`
+ * synthetic file_log rows.
+ */
+async function benchWide(): Promise<Record<string, unknown>> {
+  const n = positiveInt("--tables", args.tables!);
+  const nofile = positiveInt("--wide-nofile", args["wide-nofile"]!);
+  const statusRows = positiveInt("--status-rows", args["status-rows"]!);
+  const intervalMs = durationMs(args["wide-interval"]!);
+  return await withCluster(async (cluster, db) => {
+    log(`wide: creating ${n} one-row tables`);
+    const createStart = performance.now();
+    for (let i = 0; i < n; i += 250) {
+      const sql: string[] = [];
+      for (let k = i; k < Math.min(n, i + 250); k++) {
+        const t = wideTable(k);
+        sql.push(`CREATE TABLE ${t} (id int PRIMARY KEY, v text);
+                  INSERT INTO ${t} VALUES (1, 'first row of ${t}');`);
+      }
+      await db.query(sql.join("\n"));
+    }
+    log(`wide: created in ${((performance.now() - createStart) / 1000).toFixed(1)} s`);
+    const dataDir = await Deno.makeTempDir({ prefix: "cdc-bench-wide-" });
+    const result: Record<string, unknown> = { tables: n, nofile, intervalMs, statusRows };
+    try {
+      const env = {
+        ...benchCliEnv(cluster, dataDir, "cdc_egress"),
+        CDC_BATCH_INTERVAL: `${intervalMs}ms`,
+      };
+      const loadBefore = await loadAverage();
+      const initStart = performance.now();
+      const init = await exec(Deno.execPath(), cliArgs(["init"], env), env);
+      const initSeconds = (performance.now() - initStart) / 1000;
+      const published = Number(/(\d+) table\(s\)/.exec(init.stdout)?.[1] ?? NaN);
+      log(`wide: init ${initSeconds.toFixed(2)} s (${published} tables published)`);
+      Object.assign(result, { loadBefore, initSeconds, published });
+
+      log(`wide: stream under ulimit -n ${nofile}: initial export`);
+      const serverCpuBefore = await serverCpuSeconds(cluster);
+      const streamStart = performance.now();
+      const prof = args["cpu-prof"];
+      const stream = new StreamProcess(
+        env,
+        prof ? ["--cpu-prof", `--cpu-prof-dir=${prof}`] : [],
+        nofile,
+      );
+      let sampler = new ProcSampler(stream.child.pid);
+      const count = async (type: string) =>
+        Number(
+          (await db.query(
+            `SELECT count(*)::int AS n FROM cdc_registry.file_log
+             WHERE slot_name = 'cdc_egress' AND file_type = $1`,
+            [type],
+          )).rows[0].n,
+        );
+      await stream.waitFor(async () => {
+        const done = await count("full_reload");
+        return { done: done >= n, state: `${done} of ${n} tables exported` };
+      });
+      const exportWall = (performance.now() - streamStart) / 1000;
+      const started = stream.events.find((e) => e.msg === "export started");
+      for (
+        let i = 0;
+        i < 100 && stream.events.filter((e) => e.msg === "export registered").length < n;
+        i++
+      ) {
+        await sleep(20);
+      }
+      const regs = stream.events.filter((e) => e.msg === "export registered");
+      const lastReg = Math.max(...regs.map((e) => e.ts));
+      const exportSeconds = started ? (lastReg - started.ts) / 1000 : NaN;
+      const exportRate = n / exportSeconds;
+      await sampler.stop();
+      const exportPhase = {
+        peakRssMb: sampler.peakRssMb,
+        peakFds: sampler.peakFds,
+        // CPU per table, ours and the server's: what the figure costs whatever the load.
+        streamCpuSeconds: await cpuSeconds(stream.child.pid),
+        serverCpuSeconds: await serverCpuSeconds(cluster) - serverCpuBefore,
+      };
+      log(
+        `wide: exported ${n} tables in ${exportSeconds.toFixed(2)} s (log lines), ` +
+          `${exportRate.toFixed(0)} tables/s; stream start→all registered ${
+            exportWall.toFixed(2)
+          } s; CPU ms per table: stream ${
+            (exportPhase.streamCpuSeconds * 1000 / n).toFixed(2)
+          } (start-up included), server ${(exportPhase.serverCpuSeconds * 1000 / n).toFixed(2)}`,
+      );
+      Object.assign(result, {
+        exportSeconds,
+        exportRate,
+        exportWallSeconds: exportWall,
+        exportPhase,
+      });
+
+      if (args["wide-export-only"]) {
+        await stream.stopWithin(60_000);
+        console.log();
+        printRow("init s", initSeconds.toFixed(2));
+        printRow(
+          "initial export tables/s",
+          exportRate.toFixed(0),
+          `>= ${WIDE_TARGET_RATE}`,
+          exportRate >= WIDE_TARGET_RATE,
+        );
+        printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
+        printRow("export peak fds", String(exportPhase.peakFds));
+        printExportCpu(n, exportPhase);
+        return result;
+      }
+      // One change in each table, in one transaction: all N batches open in one interval.
+      await sleep(1000);
+      const peakReset = await resetPeakRss(stream.child.pid);
+      sampler = new ProcSampler(stream.child.pid);
+      const before = stream.events.length;
+      log(`wide: one change in each of ${n} tables (interval ${intervalMs} ms)`);
+      // In transactions of 500 tables: one transaction over all of them would
+      // need more locks than the server's lock table holds.
+      let firstCommitAt = 0;
+      for (let i = 0; i < n; i += 500) {
+        await db.query(`DO $$ BEGIN
+          FOR i IN ${i}..${Math.min(n, i + 500) - 1} LOOP
+            EXECUTE format('UPDATE public.%I SET v = v || %L WHERE id = 1',
+                           'wide_' || lpad(i::text, 5, '0'), '+');
+          END LOOP; END $$`);
+        if (i === 0) firstCommitAt = performance.now();
+      }
+      const committedAt = performance.now();
+      // The first batch is due an interval after the first commit: the time
+      // to register all of them counts from there (the changes took
+      // `changesSeconds` to commit).
+      const tickAt = firstCommitAt + intervalMs;
+      const changesSeconds = (committedAt - firstCommitAt) / 1000;
+      let registered = 0;
+      let alive = true;
+      const deadline = tickAt + 180_000;
+      while (performance.now() < deadline) {
+        registered = await count("streaming");
+        if (registered >= n) break;
+        try {
+          await Deno.stat(`/proc/${stream.child.pid}/status`);
+        } catch {
+          alive = false;
+          break;
+        }
+        await sleep(100);
+      }
+      const allAt = performance.now();
+      await sampler.stop();
+      const batchLines = stream.events.slice(before).filter((e) => e.msg === "batch registered");
+      const flushMs = Math.max(0, ...batchLines.map((e) => Number(e.fields.ms ?? 0)));
+      const tickToAll = registered >= n ? (allAt - tickAt) / 1000 : NaN;
+      const emfile = (stream.logTail.match(/Too many open files/g) ?? []).length;
+      log(
+        `wide: ${registered} of ${n} batches registered; tick→all ${tickToAll.toFixed(2)} s ` +
+          `(changes committed over ${changesSeconds.toFixed(1)} s), ` +
+          `peak RSS ${sampler.peakRssMb.toFixed(0)} MB, peak fds ${sampler.peakFds}`,
+      );
+      Object.assign(result, {
+        batches: {
+          registered,
+          changesSeconds,
+          tickToAllSeconds: tickToAll,
+          flushMs,
+          peakRssMb: sampler.peakRssMb,
+          peakRssReset: peakReset,
+          peakFds: sampler.peakFds,
+          streamAlive: alive,
+          emfileInLogTail: emfile,
+        },
+      });
+      const stopCode = await stream.stopWithin(60_000);
+      if (stopCode !== 0) log(`wide: stream exited ${stopCode} after SIGTERM: ${stream.logTail}`);
+      (result.batches as Record<string, unknown>).stopExitCode = stopCode;
+
+      log(`wide: ${statusRows} synthetic file_log rows, then status`);
+      const per = Math.ceil(statusRows / n);
+      await db.query(
+        `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir,
+           relation_oid, batch_ts, path, file_type, start_lsn, end_lsn, start_seq, end_seq,
+           row_count, byte_size, sha256, has_ddl)
+         SELECT s.slot_name, s.schema_name, s.table_name, s.table_dir, s.relation_oid, b.ts,
+                s.table_dir || '/' || b.ts || '/streaming.csv.gz', 'streaming',
+                '0/1000000'::pg_lsn + g * 4096, '0/1000000'::pg_lsn + g * 4096 + 100, 0, 9,
+                10, 1000, md5(s.table_name || g), false
+         FROM (SELECT * FROM cdc_registry.table_state WHERE slot_name = 'cdc_egress'
+               ORDER BY relation_oid) s
+           CROSS JOIN generate_series(1, $1::int) g
+           CROSS JOIN LATERAL (SELECT to_char(timestamp '2020-01-01' + g * interval '5 minutes',
+                                              'YYYYMMDD"T"HH24MISS".000Z"') AS ts) b
+         LIMIT $2`,
+        [per, statusRows],
+      );
+      await db.query("ANALYZE cdc_registry.file_log");
+      const fileRows = await count("streaming") + await count("full_reload");
+      const statusRuns: number[] = [];
+      for (const extra of [[], ["--json"], []]) {
+        const t0 = performance.now();
+        await exec(Deno.execPath(), cliArgs(["status", ...extra], env), env);
+        statusRuns.push((performance.now() - t0) / 1000);
+      }
+      const statusSeconds = Math.max(statusRuns[0], statusRuns[2]);
+      const statusJsonSeconds = statusRuns[1];
+      Object.assign(result, { fileRows, statusSeconds, statusJsonSeconds });
+
+      console.log();
+      console.log(
+        `wide: ${n} one-row tables, PostgreSQL ${version}, stream under ulimit -n ${nofile}, ` +
+          `interval ${intervalMs} ms, load average before ${loadBefore}`,
+      );
+      const b = result.batches as Record<string, number>;
+      printRow("", "measured", "target");
+      printRow("init s", initSeconds.toFixed(2));
+      printRow(
+        "initial export tables/s",
+        exportRate.toFixed(0),
+        `>= ${WIDE_TARGET_RATE}`,
+        exportRate >= WIDE_TARGET_RATE,
+      );
+      printRow("export s (log lines)", exportSeconds.toFixed(2));
+      printRow("export peak RSS MB", exportPhase.peakRssMb.toFixed(1));
+      printRow("export peak fds", String(exportPhase.peakFds));
+      printExportCpu(n, exportPhase);
+      printRow("batches registered", `${registered}/${n}`, String(n), registered === n);
+      printRow(
+        "tick → all registered s",
+        tickToAll.toFixed(2),
+        `<= ${WIDE_TARGET_REGISTER_S}`,
+        tickToAll <= WIDE_TARGET_REGISTER_S,
+      );
+      printRow(
+        "peak RSS MB, N batches open",
+        b.peakRssMb.toFixed(1),
+        `<= ${TARGET_RSS_MB}`,
+        b.peakRssMb <= TARGET_RSS_MB,
+      );
+      printRow(
+        "peak open fds, N batches open",
+        String(b.peakFds),
+        `<= ${WIDE_TARGET_FDS}`,
+        b.peakFds <= WIDE_TARGET_FDS,
+      );
+      printRow("EMFILE lines in log tail", String(emfile), "0", emfile === 0);
+      printRow(
+        `status s (${fileRows} file_log rows)`,
+        statusSeconds.toFixed(2),
+        `< ${STATUS_TARGET_S}`,
+        statusSeconds < STATUS_TARGET_S,
+      );
+      printRow(
+        "status --json s",
+        statusJsonSeconds.toFixed(2),
+        `< ${STATUS_TARGET_S}`,
+        statusJsonSeconds < STATUS_TARGET_S,
+      );
+      result.targets = {
+        exportRate: WIDE_TARGET_RATE,
+        fds: WIDE_TARGET_FDS,
+        rssMb: TARGET_RSS_MB,
+        registerSeconds: WIDE_TARGET_REGISTER_S,
+        statusSeconds: STATUS_TARGET_S,
+      };
+      return result;
+    } finally {
+      if (!args.keep) await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  });
+}
+
 const BENCHMARKS: Record<string, () => Promise<Record<string, unknown>>> = {
   backlog: benchBacklog,
   export: benchExport,
   bigtxn: benchBigTxn,
   materialize: benchMaterialize,
+  wide: benchWide,
   s3: () =>
     benchS3({
       version,

@@ -118,6 +118,8 @@ if (mode === "capture") {
       dataDir,
       protocol: 4,
       limits: { maxRows: 1_000_000, maxBytes: 256 * 1024 * 1024, intervalMs: Number(intervalMs) },
+      maxOpenFiles: 128,
+      memoryBudget: 96 * 1024 * 1024,
       startLsn: ZERO_LSN,
       // Every published table streams from the start: no exports here.
       tables: new Map(

@@ -20,6 +20,10 @@ export interface Config {
   batchMaxRows: number;
   exportWorkers: number;
   exportSplitBytes: number;
+  /** Open batch files (descriptors and deflate contexts) at most. */
+  maxOpenFiles: number;
+  /** Memory for open batches' CSV buffers and open batch files together. */
+  memoryBudget: number;
   /** Whether DDL that changes existing rows without row events triggers a reload. */
   reloadAfterDdl: "auto" | "never";
   /** Registry connection URL; undefined means the source. */
@@ -282,6 +286,23 @@ export const SETTINGS: readonly Setting[] = [
     help: "split tables larger than this into block ranges exported in parallel (default 1GiB)",
   },
   {
+    key: "maxOpenFiles",
+    flag: "max-open-files",
+    env: "CDC_MAX_OPEN_FILES",
+    yaml: "max_open_files",
+    parse: positiveInt,
+    help:
+      "batch files kept open at once, whatever the table count (default 128; fitted to ulimit -n)",
+  },
+  {
+    key: "memoryBudget",
+    flag: "memory-budget",
+    env: "CDC_MEMORY_BUDGET",
+    yaml: "memory_budget",
+    parse: parseByteSize,
+    help: "memory for open batches: CSV buffers plus open batch files (default 128MiB)",
+  },
+  {
     key: "reloadAfterDdl",
     flag: "reload-after-ddl",
     env: "CDC_RELOAD_AFTER_DDL",
@@ -410,6 +431,8 @@ export const DEFAULTS: Config = {
   batchMaxRows: 1_000_000,
   exportWorkers: 4,
   exportSplitBytes: 1024 ** 3,
+  maxOpenFiles: 128,
+  memoryBudget: 128 * 1024 * 1024,
   reloadAfterDdl: "auto",
   registryUrl: undefined,
   metricsAddr: "127.0.0.1:9187",

@@ -1,7 +1,15 @@
 /**
- * One table's open batch: rows are CSV-encoded and compressed into a temp
- * file as they arrive, so memory stays bounded by the encoder buffer and the
- * gzip window whatever the batch or transaction size.
+ * One table's open batch. Its rows are CSV-encoded into memory; a batch
+ * that grows past {@linkcode SPILL_BYTES} (or that the memory budget makes
+ * room from) gets a temp file and compresses into it through a
+ * {@linkcode WriterPool}, which bounds the open files and deflate contexts
+ * whatever the number of tables. A batch still in memory at the flush is
+ * compressed into its file in one go.
+ *
+ * Nothing is fsynced here: {@linkcode TableBatch.finish} leaves the data file
+ * and schema.yml written and names what must be fsynced
+ * ({@linkcode TableBatch.durablePaths}), so a flush of many batches fsyncs
+ * them together (`group_sync.ts`) before it registers them.
  */
 
 import { join } from "node:path";
@@ -9,15 +17,25 @@ import type { RelationInfo } from "../pipeline/relation_catalog.ts";
 import type { FileRecord, TablePosition } from "../registry/registry.ts";
 import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
 import { GzipFileWriter, type SealedFile } from "../write/gzip_file_writer.ts";
-import { ensureDir, writeFileAtomic } from "../write/atomic_file.ts";
+import type { WriterPool } from "../write/writer_pool.ts";
+import { DIR_MODE, FILE_MODE, writeAll } from "../write/atomic_file.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 
-/** Encoded CSV is handed to gzip in chunks of at least this size. */
-const CHUNK_BYTES = 256 * 1024;
+/**
+ * Encoded CSV a batch keeps in memory before it moves to a file; also the
+ * size of the chunks handed to gzip after that.
+ */
+export const SPILL_BYTES = 256 * 1024;
+
+/** A new batch's buffer: most batches of a many-table database stay tiny. */
+const INITIAL_BUFFER = 1024;
 
 /** Name of the streaming file inside a batch folder. */
 export const STREAMING_FILE = "streaming.csv.gz";
+
+/** Name of a batch folder's column description. */
+const SCHEMA_FILE = "schema.yml";
 
 /** An open batch of one table. */
 export class TableBatch {
@@ -31,7 +49,10 @@ export class TableBatch {
   /** The checkpoint that was valid before this batch's first row. */
   readonly safeBefore: Lsn;
   readonly openedAt: number;
-  readonly encoder = new CsvRowEncoder();
+  readonly encoder = new CsvRowEncoder({
+    initialCapacity: INITIAL_BUFFER,
+    maxRetainedCapacity: 2 * SPILL_BYTES,
+  });
   /**
    * Held for an export: never flushed by the policy; when it must close, it
    * waits sealed and unregistered until the export is registered.
@@ -40,46 +61,41 @@ export class TableBatch {
   rows = 0;
   first: TablePosition | null = null;
   last: TablePosition | null = null;
-  #writer: GzipFileWriter;
-  #csvBytes = 0;
+  /** Memory this batch was last counted at by the owner's budget. */
+  accountedBytes = 0;
+  readonly #dataDir: string;
+  #writer: GzipFileWriter | null = null;
+  /** CSV bytes handed to the writer, the header included. */
+  #spilledBytes = 0;
+  /** Directories that got new entries for this batch (to fsync before registering). */
+  #changedDirs: string[] = [];
+  #sealed: SealedFile | null = null;
 
-  private constructor(
-    relation: RelationInfo,
-    batchTs: string,
-    dataDir: string,
-    safeBefore: Lsn,
-    writer: GzipFileWriter,
-  ) {
+  /** A batch of `relation` in folder `batchTs`; nothing is created on disk yet. */
+  constructor(relation: RelationInfo, batchTs: string, dataDir: string, safeBefore: Lsn) {
     this.relation = relation;
     this.batchTs = batchTs;
     this.relDir = `${relation.tableDir}/${batchTs}`;
     this.absDir = join(dataDir, relation.tableDir, batchTs);
     this.safeBefore = safeBefore;
     this.openedAt = Date.now();
-    this.#writer = writer;
-  }
-
-  /** Creates the batch folder and the temp file, and writes the header. */
-  static async open(
-    relation: RelationInfo,
-    batchTs: string,
-    dataDir: string,
-    safeBefore: Lsn,
-  ): Promise<TableBatch> {
-    const dir = join(dataDir, relation.tableDir, batchTs);
-    await ensureDir(dir);
-    const writer = await GzipFileWriter.create(join(dir, STREAMING_FILE), {
-      tempPath: join(dir, `.tmp-${STREAMING_FILE}`),
-    });
-    const batch = new TableBatch(relation, batchTs, dataDir, safeBefore, writer);
-    await writer.write(relation.header);
-    batch.#csvBytes += relation.header.length;
-    return batch;
+    this.#dataDir = dataDir;
   }
 
   /** Uncompressed CSV bytes so far, the header included. */
   get bytes(): number {
-    return this.#csvBytes + this.encoder.byteLength;
+    return (this.#writer === null ? this.relation.header.length : this.#spilledBytes) +
+      this.encoder.byteLength;
+  }
+
+  /** Memory the batch holds: its CSV buffer (an open writer is counted by its pool). */
+  get memoryBytes(): number {
+    return this.encoder.capacity;
+  }
+
+  /** Whether the batch has a temp file. */
+  get spilled(): boolean {
+    return this.#writer !== null;
   }
 
   /** Records that a row at `pos` was appended to the encoder. */
@@ -91,37 +107,83 @@ export class TableBatch {
 
   /** Whether enough encoded rows have accumulated for {@linkcode maybeDrain} to hand on. */
   get drainDue(): boolean {
-    return this.encoder.byteLength >= CHUNK_BYTES;
+    return this.encoder.byteLength >= SPILL_BYTES;
   }
 
-  /** Hands the encoded rows to gzip once enough have accumulated. */
-  async maybeDrain(): Promise<void> {
-    if (this.encoder.byteLength >= CHUNK_BYTES) await this.#drain();
+  /** Moves the encoded rows to the batch's file once enough have accumulated. */
+  async maybeDrain(pool: WriterPool): Promise<void> {
+    if (this.encoder.byteLength >= SPILL_BYTES) await this.spill(pool);
   }
 
-  async #drain(): Promise<void> {
+  /** Moves the encoded rows to the batch's file (creating it) and shrinks the buffer. */
+  async spill(pool: WriterPool): Promise<void> {
+    if (this.#writer === null) {
+      await this.#makeDir();
+      this.#writer = await pool.create(join(this.absDir, STREAMING_FILE), {
+        tempPath: join(this.absDir, `.tmp-${STREAMING_FILE}`),
+      });
+      await this.#writer.write(this.relation.header);
+      this.#spilledBytes = this.relation.header.length;
+    } else {
+      await pool.use(this.#writer);
+    }
     const chunk = this.encoder.takeChunk();
-    this.#csvBytes += chunk.length;
-    await this.#writer.write(chunk);
+    this.#spilledBytes += chunk.length;
+    if (chunk.length > 0) await this.#writer.write(chunk);
+    this.encoder.compact();
   }
 
-  /** Finishes the file under its temp name and fsyncs it. */
-  async seal(): Promise<SealedFile> {
-    if (this.encoder.byteLength > 0) await this.#drain();
-    return await this.#writer.seal();
-  }
-
-  /** Writes the folder's schema.yml, valid from the batch's first change. */
-  async writeSchema(
+  /**
+   * Completes the data file under its temp name and writes schema.yml, both
+   * without fsync: see {@linkcode durablePaths}. The batch takes no more rows.
+   */
+  async finish(
+    pool: WriterPool,
     schema: Omit<TableSchema, "validFromLsn">,
     previousName: string | null,
-  ): Promise<void> {
+  ): Promise<SealedFile> {
+    let writer = this.#writer;
+    if (writer === null) {
+      await this.#makeDir();
+      // Created outside the pool: it lives only for this call.
+      writer = await GzipFileWriter.create(join(this.absDir, STREAMING_FILE), {
+        tempPath: join(this.absDir, `.tmp-${STREAMING_FILE}`),
+      });
+      this.#writer = writer;
+      await writer.write(this.relation.header);
+    } else if (this.encoder.byteLength > 0) {
+      await pool.use(writer);
+    }
+    if (this.encoder.byteLength > 0) await writer.write(this.encoder.takeChunk());
+    this.#sealed = await writer.seal({ sync: false });
+    pool.release(writer);
     const yml = renderSchemaYml({
       ...schema,
       validFromLsn: formatLsn(this.first!.lsn),
       previousName,
     });
-    await writeFileAtomic(join(this.absDir, "schema.yml"), new TextEncoder().encode(yml));
+    // A new folder of an unregistered batch: a torn schema.yml there is
+    // removed by recovery, and it is fsynced before the batch is registered.
+    const file = await Deno.open(join(this.absDir, SCHEMA_FILE), {
+      write: true,
+      create: true,
+      truncate: true,
+      mode: FILE_MODE,
+    });
+    try {
+      await writeAll(file, new TextEncoder().encode(yml));
+    } finally {
+      file.close();
+    }
+    return this.#sealed;
+  }
+
+  /** What must be fsynced after {@linkcode finish} before the batch is registered. */
+  durablePaths(): { files: string[]; dirs: string[] } {
+    return {
+      files: [this.#sealed!.tempPath, join(this.absDir, SCHEMA_FILE)],
+      dirs: [this.absDir, ...this.#changedDirs],
+    };
   }
 
   /** The `file_log` row of the sealed file. */
@@ -146,15 +208,44 @@ export class TableBatch {
     };
   }
 
-  /** Moves the sealed file to its final name (after the registry commit). */
+  /**
+   * Moves the sealed file to its final name (after the registry commit).
+   * The directory is not fsynced: after a crash, recovery renames a
+   * registered temp file into place.
+   */
   async publish(): Promise<void> {
-    await this.#writer.publish();
+    await this.#writer!.publish({ sync: false });
   }
 
   /** Drops the temp file, and the folder with its schema.yml: nothing else is in it. */
-  async abort(): Promise<void> {
-    await this.#writer.abort();
-    await Deno.remove(join(this.absDir, "schema.yml")).catch(() => {});
+  async abort(pool: WriterPool): Promise<void> {
+    if (this.#writer !== null) {
+      pool.release(this.#writer);
+      await this.#writer.abort();
+    }
+    await Deno.remove(join(this.absDir, SCHEMA_FILE)).catch(() => {});
     await Deno.remove(this.absDir).catch(() => {});
+  }
+
+  /**
+   * Creates the batch folder (and the table folder the first time) without
+   * fsyncs, remembering which directories got new entries.
+   */
+  async #makeDir(): Promise<void> {
+    try {
+      await Deno.mkdir(this.absDir, { mode: DIR_MODE });
+    } catch (error) {
+      if (error instanceof Deno.errors.AlreadyExists) return;
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      const tableDir = join(this.#dataDir, this.relation.tableDir);
+      try {
+        await Deno.mkdir(tableDir, { mode: DIR_MODE });
+        this.#changedDirs.push(this.#dataDir);
+      } catch (inner) {
+        if (!(inner instanceof Deno.errors.AlreadyExists)) throw inner;
+      }
+      await Deno.mkdir(this.absDir, { mode: DIR_MODE });
+    }
+    this.#changedDirs.push(join(this.#dataDir, this.relation.tableDir));
   }
 }

@@ -25,6 +25,8 @@ export interface StatusOptions {
   print?: (line: string) => void;
   /** Draw boxes (default: when stdout is a terminal). */
   tty?: boolean;
+  /** List every table in the text form, not only those needing attention. */
+  allTables?: boolean;
 }
 
 /** The slot as `status` reports it. */
@@ -99,6 +101,20 @@ export interface TableStatus {
   bytes: number;
   reload_lsn: string | null;
   last_reload: ReloadStatus | null;
+  /** Why the table needs attention (a failed or waiting reload, no files, an open gap), or null. */
+  problem: string | null;
+}
+
+/** Totals over every table of the slot. */
+export interface TableSummary {
+  tables: number;
+  /** Tables per mode (streaming, pending_reload, reloading, dropped). */
+  modes: Record<string, number>;
+  files: number;
+  rows: number;
+  bytes: number;
+  /** Tables whose `problem` is set. */
+  needing_attention: number;
 }
 
 /** The whole `--json` document. */
@@ -108,6 +124,7 @@ export interface StatusReport {
   registry: string;
   slot: SlotStatus;
   checkpoint: { lsn: string; updated_at: string } | null;
+  table_summary: TableSummary;
   tables: TableStatus[];
   pending_reloads: ReloadStatus[];
   failed_reloads: ReloadStatus[];
@@ -123,6 +140,10 @@ export interface StatusReport {
 }
 
 const FAILED_SHOWN = 20;
+/** Up to this many tables, the text form lists them all; above, only those needing attention. */
+export const TABLES_LISTED = 50;
+/** At most this many tables needing attention are listed without --all-tables. */
+export const ATTENTION_LISTED = 50;
 
 function iso(v: unknown): string | null {
   return v instanceof Date ? v.toISOString() : v == null ? null : String(v);
@@ -193,6 +214,20 @@ export async function collectStatus(
   for (const r of rows.lastReloads) {
     lastReload.set(`${r.schema_name}\0${r.table_name}`, reloadRow(r));
   }
+  const gaps = (await gapLog.list()).map((g) => ({
+    table: `${g.schema}.${g.table}`,
+    schema: g.schema,
+    table_name: g.table,
+    from_lsn: g.fromLsn === null ? null : formatLsn(g.fromLsn),
+    to_lsn: g.toLsn === null ? null : formatLsn(g.toLsn),
+    reason: g.reason,
+    created_at: iso(g.createdAt)!,
+    complete_from_lsn: g.resumesAtLsn === null ? null : formatLsn(g.resumesAtLsn),
+    table_dropped: g.dropped,
+  }));
+  const openGap = new Set(
+    gaps.filter((g) => g.complete_from_lsn === null && !g.table_dropped).map((g) => g.table),
+  );
   const tables: TableStatus[] = rows.tables.map((r) => ({
     name: `${r.schema_name}.${r.table_name}`,
     schema: r.schema_name as string,
@@ -206,7 +241,9 @@ export async function collectStatus(
     bytes: Number(r.bytes),
     reload_lsn: (r.reload_lsn as string | null) ?? null,
     last_reload: lastReload.get(`${r.schema_name}\0${r.table_name}`) ?? null,
+    problem: null,
   }));
+  for (const t of tables) t.problem = tableProblem(t, openGap.has(t.name));
   const others = (await registry.slots()).filter((x) => x.slot !== config.slot);
   const storage = {
     url: await registry.storageUrl(),
@@ -218,22 +255,39 @@ export async function collectStatus(
     registry: config.registryUrl ? describeTarget(config.registryUrl) : "in the source",
     slot,
     checkpoint: cp ? { lsn: cp.lsn as string, updated_at: iso(cp.updated_at)! } : null,
+    table_summary: summarize(tables),
     tables,
     pending_reloads: rows.pending.map(reloadRow),
     failed_reloads: rows.failed.map(reloadRow),
     other_slots: others,
-    history_gaps: (await gapLog.list()).map((g) => ({
-      table: `${g.schema}.${g.table}`,
-      schema: g.schema,
-      table_name: g.table,
-      from_lsn: g.fromLsn === null ? null : formatLsn(g.fromLsn),
-      to_lsn: g.toLsn === null ? null : formatLsn(g.toLsn),
-      reason: g.reason,
-      created_at: iso(g.createdAt)!,
-      complete_from_lsn: g.resumesAtLsn === null ? null : formatLsn(g.resumesAtLsn),
-      table_dropped: g.dropped,
-    })),
+    history_gaps: gaps,
   };
+}
+
+/** Why a table needs attention, or null when it is healthy (dropped tables are not). */
+function tableProblem(t: TableStatus, openGap: boolean): string | null {
+  if (t.mode === "dropped") return null;
+  if (t.last_reload?.state === "failed") {
+    return `reload failed${t.last_reload.error ? `: ${t.last_reload.error}` : ""}`;
+  }
+  if (openGap) return "history gap: its full export after the gap is not registered yet";
+  if (t.mode === "pending_reload") return "waiting for its reload";
+  if (t.mode === "reloading") return "reload exporting";
+  if (t.files === 0) return "no files yet";
+  return null;
+}
+
+function summarize(tables: TableStatus[]): TableSummary {
+  const modes: Record<string, number> = {};
+  let files = 0, rows = 0, bytes = 0, attention = 0;
+  for (const t of tables) {
+    modes[t.mode] = (modes[t.mode] ?? 0) + 1;
+    files += t.files;
+    rows += t.rows;
+    bytes += t.bytes;
+    if (t.problem) attention++;
+  }
+  return { tables: tables.length, modes, files, rows, bytes, needing_attention: attention };
 }
 
 /** Runs `status`. */
@@ -260,7 +314,7 @@ export async function statusCommand(config: Config, options: StatusOptions): Pro
       print(JSON.stringify(report, null, 2));
     } else {
       const tty = options.tty ?? Deno.stdout.isTerminal();
-      for (const line of renderStatus(report, tty)) print(line);
+      for (const line of renderStatus(report, tty, options.allTables)) print(line);
     }
     return 0;
   } finally {
@@ -317,7 +371,7 @@ function reloadText(r: ReloadStatus | null): string {
 }
 
 /** The human-readable report. */
-export function renderStatus(r: StatusReport, tty: boolean): string[] {
+export function renderStatus(r: StatusReport, tty: boolean, allTables = false): string[] {
   const out: string[] = [];
   const s = r.slot;
   out.push(`source: ${r.source}`);
@@ -363,32 +417,62 @@ export function renderStatus(r: StatusReport, tty: boolean): string[] {
   if (r.tables.length === 0) {
     out.push("tables: none registered yet");
   } else {
-    out.push(`tables (${r.tables.length}):`);
-    out.push(...renderTable(
-      [
-        "table",
-        "mode",
-        "last batch",
-        "last lsn",
-        "files",
-        "rows",
-        "bytes",
-        "reload lsn",
-        "last reload",
-      ],
-      r.tables.map((t) => [
-        t.name,
-        t.mode,
-        t.last_batch_ts ?? "-",
-        t.last_lsn ?? "-",
-        String(t.files),
-        String(t.rows),
-        humanBytes(t.bytes),
-        t.reload_lsn ?? "-",
-        reloadText(t.last_reload),
-      ]),
-      tty,
-    ));
+    const sum = r.table_summary;
+    const modes = Object.entries(sum.modes).sort((a, b) => b[1] - a[1])
+      .map(([mode, n]) => `${n} ${mode}`).join(", ");
+    out.push(
+      `tables: ${sum.tables} (${modes}); ${sum.files} files, ${sum.rows} rows, ${
+        humanBytes(sum.bytes)
+      }`,
+    );
+    const listAll = allTables || r.tables.length <= TABLES_LISTED;
+    const attention = r.tables.filter((t) => t.problem !== null);
+    const listed = listAll ? r.tables : attention.slice(0, ATTENTION_LISTED);
+    out.push("");
+    if (listAll) {
+      out.push(`tables (${r.tables.length}):`);
+    } else if (attention.length === 0) {
+      out.push("tables needing attention: none");
+    } else {
+      out.push(`tables needing attention (${attention.length}):`);
+    }
+    if (listed.length > 0) {
+      out.push(...renderTable(
+        [
+          "table",
+          "mode",
+          "last batch",
+          "last lsn",
+          "files",
+          "rows",
+          "bytes",
+          "reload lsn",
+          "last reload",
+          ...(listAll ? [] : ["problem"]),
+        ],
+        listed.map((t) => [
+          t.name,
+          t.mode,
+          t.last_batch_ts ?? "-",
+          t.last_lsn ?? "-",
+          String(t.files),
+          String(t.rows),
+          humanBytes(t.bytes),
+          t.reload_lsn ?? "-",
+          reloadText(t.last_reload),
+          ...(listAll ? [] : [t.problem ?? "-"]),
+        ]),
+        tty,
+      ));
+    }
+    if (!listAll) {
+      const more = attention.length - listed.length;
+      if (more > 0) out.push(`... and ${more} more needing attention`);
+      out.push(
+        `${r.tables.length - attention.length} other tables not listed (healthy or dropped); ` +
+          "cdc-egress status --all-tables lists every table, --json gives them all",
+      );
+    }
   }
   const reloads = (title: string, list: ReloadStatus[]) => {
     out.push("");

@@ -15,11 +15,17 @@ import { formatLsn, type Lsn, parseLsn, ZERO_LSN } from "../lsn.ts";
 import { EXPORT_STAGING_DIR, recoverDataDir } from "../pipeline/recovery.ts";
 import { SchemaLookup } from "../pipeline/relation_catalog.ts";
 import { ReloadCoordinator } from "../pipeline/reload_coordinator.ts";
+import { type BatchResources, probeBatchResources } from "../batch/batch_resources.ts";
 import { StreamPipeline } from "../pipeline/stream_pipeline.ts";
 import { Registry, REGISTRY_APPLICATION_NAME } from "../registry/registry.ts";
 import { connect, describeTarget, redact } from "../source/connect.ts";
 import { classifyFailure, type FailureClass, retryDelayMs } from "../source/retry_policy.ts";
 import { StreamMetrics } from "../observe/metrics.ts";
+import {
+  type FailingState,
+  FAILURES_BEFORE_ALARM,
+  FailureStreak,
+} from "../observe/failure_streak.ts";
 import { SlotMonitor } from "../observe/slot_monitor.ts";
 import { type ObserveServer, serveObservability } from "../observe/http_server.ts";
 import { ReplicationStream } from "../source/replication_stream.ts";
@@ -138,6 +144,7 @@ interface StreamContext {
   logger: Logger;
   metrics: StreamMetrics;
   monitor: SlotMonitor;
+  resources: BatchResources;
   /** Called once the slot is ours and replication runs. */
   onStreaming: (pipeline: StreamPipeline) => void;
   /** Set when the session lost the registry (or could not reach it). */
@@ -170,6 +177,16 @@ export async function streamCommand(config: Config): Promise<void> {
     }
   }
   const dataDir = await prepareDataDir(s3 ? config.spoolDir : config.dataDir);
+  const resources = await probeBatchResources(config, dataDir);
+  if (resources.lowered) {
+    logger.warn("fewer open batch files than --max-open-files", {
+      max_open_files: resources.maxOpenFiles,
+      asked: config.maxOpenFiles,
+      because: resources.lowered === "ulimit"
+        ? `only ${resources.available} file descriptors are free (ulimit -n)`
+        : "of --memory-budget",
+    });
+  }
   const metrics = new StreamMetrics();
   const monitor = new SlotMonitor({
     sourceUrl: config.sourceUrl,
@@ -220,6 +237,27 @@ export async function streamCommand(config: Config): Promise<void> {
   Deno.addSignalListener("SIGINT", onSignal);
   let streamedOnce = false;
   let attempt = 0;
+  const streak = new FailureStreak();
+  // While failing: progress (the registry moved past every failed session's
+  // position) ends the streak; a session that streams through two batch
+  // intervals (at least a minute) without failing ends the alarm only (an
+  // idle source may have no change to make progress with).
+  const healthyAfterMs = Math.max(60_000, 2 * config.batchIntervalMs);
+  const progressWatch = setInterval(() => {
+    const failing = monitor.state.failing;
+    const pipeline = current as StreamPipeline | null;
+    if (!failing || !pipeline) return;
+    const progressed = streak.progressed(pipeline.durableLsn);
+    if (progressed || Date.now() - streamingSince > healthyAfterMs) {
+      logger.info(
+        progressed ? "stream is making progress again" : "stream has run without failing",
+        { after_failures: failing.failures, durable_lsn: formatLsn(pipeline.durableLsn) },
+      );
+      if (progressed) streak.reset();
+      monitor.setFailing(null);
+    }
+  }, 1000);
+  let streamingSince = 0;
   try {
     while (!stopping) {
       const startedAt = Date.now();
@@ -229,11 +267,13 @@ export async function streamCommand(config: Config): Promise<void> {
         logger,
         metrics,
         monitor,
+        resources,
         registryLost: false,
         store,
         storageMetrics,
         onStreaming: (pipeline) => {
           current = pipeline;
+          streamingSince = Date.now();
           if (stopping) pipeline.stop();
           if (!streamedOnce) {
             streamedOnce = true;
@@ -252,14 +292,15 @@ export async function streamCommand(config: Config): Promise<void> {
         current = null;
         monitor.setStreaming(false);
         const code = error instanceof CdcError ? error.code : "internal";
-        metrics.errors.inc({ type: session.registryLost ? "registry" : code });
+        const verdict = classifyFailure(error);
+        const type = session.registryLost ? "registry" : verdict.type ?? code;
+        metrics.errors.inc({ type });
         // A lost slot already says what happened and how to recover (exit 3).
         if (
           !streamedOnce || stopping || (error instanceof CdcError && error.code === "slot_lost")
         ) {
           throw error;
         }
-        const verdict = classifyFailure(error);
         const message = redactAll(errorLine(error), config);
         if (!verdict.transient) {
           logger.error("stream failed; a retry cannot fix this", {
@@ -283,12 +324,31 @@ export async function streamCommand(config: Config): Promise<void> {
           }
           monitor.setRegistryUp(false);
         }
-        logger.warn(`stream session failed (${verdict.reason}); reconnecting`, {
-          error: message,
-          fix: verdict.fix,
-          attempt,
-          retry_in_ms: delay,
-        });
+        // The same failure again and again without progress is not a passing
+        // fault: say so at error level, count it, and fail /readyz (retries go on).
+        const failures = streak.fail(`${type}|${verdict.reason}`, durable);
+        if (failures < FAILURES_BEFORE_ALARM) {
+          logger.warn(`stream session failed (${verdict.reason}); reconnecting`, {
+            error: message,
+            fix: verdict.fix,
+            attempt,
+            retry_in_ms: delay,
+          });
+        } else {
+          const failing: FailingState = {
+            reason: verdict.reason,
+            fix: verdict.fix,
+            error: message,
+            failures,
+            since: new Date(streak.since).toISOString(),
+          };
+          logger.error(
+            `stream keeps failing the same way without progress (${verdict.reason}); reconnecting, but this needs a fix`,
+            { ...failing, type, attempt, retry_in_ms: delay },
+          );
+          if (failures === FAILURES_BEFORE_ALARM) metrics.errors.inc({ type: "repeated_failure" });
+          monitor.setFailing(failing);
+        }
         await new Promise<void>((resolve) => {
           wakeBackoff = resolve;
           setTimeout(resolve, delay);
@@ -297,6 +357,7 @@ export async function streamCommand(config: Config): Promise<void> {
       }
     }
   } finally {
+    clearInterval(progressWatch);
     Deno.removeSignalListener("SIGTERM", onSignal);
     Deno.removeSignalListener("SIGINT", onSignal);
     await (server as ObserveServer | null)?.close();
@@ -458,6 +519,8 @@ async function runSession(ctx: StreamContext): Promise<void> {
         maxBytes: config.batchMaxBytes,
         intervalMs: config.batchIntervalMs,
       },
+      maxOpenFiles: ctx.resources.maxOpenFiles,
+      memoryBudget: ctx.resources.bufferBytes,
       startLsn,
       tables: states,
       reloadAfterDdl: config.reloadAfterDdl,

@@ -101,7 +101,7 @@ export class StreamMetrics {
   });
   readonly tableMode = new client.Gauge({
     name: "cdc_table_mode",
-    help: "1 for the table's current mode",
+    help: "1 for the table's current mode (one series per table)",
     labelNames: ["table", "mode"],
     registers: [this.registry],
   });
@@ -113,7 +113,8 @@ export class StreamMetrics {
   });
   readonly tablePending = new client.Gauge({
     name: "cdc_table_pending_changes",
-    help: "Rows in the table's open batch, not yet registered",
+    help:
+      "Rows in the table's open batch, not yet registered (tables with an open batch only; updated at most once a second)",
     labelNames: ["table"],
     registers: [this.registry],
   });
@@ -121,6 +122,12 @@ export class StreamMetrics {
     name: "cdc_errors_total",
     help: "Errors by type",
     labelNames: ["type"],
+    registers: [this.registry],
+  });
+  readonly streamFailing = new client.Gauge({
+    name: "cdc_stream_failing",
+    help:
+      "1 while stream sessions fail the same way several times in a row without progress (/readyz fails)",
     registers: [this.registry],
   });
   readonly recoveries = new client.Counter({
@@ -159,7 +166,9 @@ export class StreamMetrics {
     this.batchRows.observe(rows);
     this.batchesProcessed.inc({ reason });
     this.rowsWritten.inc(rows);
-    this.tablePending.set({ table }, 0);
+    // Only tables with an open batch have the series: at thousands of tables
+    // the idle ones would be thousands of zeros.
+    this.tablePending.remove({ table });
     this.fileRegistered(table, "streaming", byteSize, uncompressed);
   }
 
@@ -176,9 +185,15 @@ export class StreamMetrics {
     this.tableLastBatch.set({ table }, Date.now() / 1000);
   }
 
-  /** Sets the mode gauge of a table (1 for its mode, 0 for the others). */
+  /**
+   * Sets the mode gauge of a table: 1 for its mode; the series of its other
+   * modes are removed (one series per table, not four).
+   */
   setTableMode(table: string, mode: string): void {
-    for (const m of MODES) this.tableMode.set({ table, mode: m }, m === mode ? 1 : 0);
+    for (const m of MODES) {
+      if (m === mode) this.tableMode.set({ table, mode: m }, 1);
+      else this.tableMode.remove({ table, mode: m });
+    }
   }
 
   /** The exposition text. */

@@ -13,6 +13,7 @@ import type { Logger } from "../log.ts";
 import { type Lsn, parseLsn } from "../lsn.ts";
 import { connect } from "../source/connect.ts";
 import { RECREATE_COMMAND, walWarning } from "../source/slot_health.ts";
+import type { FailingState } from "./failure_streak.ts";
 import type { StreamMetrics } from "./metrics.ts";
 
 /** Prefix of heartbeat messages written with pg_logical_emit_message. */
@@ -44,6 +45,8 @@ export interface MonitorState {
   walStatus: string | null;
   /** Why the slot's WAL is at risk, or null. */
   walWarning: string | null;
+  /** Set while sessions fail the same way in a row without progress (see FailureStreak). */
+  failing: FailingState | null;
 }
 
 /** Samples the slot every few seconds. */
@@ -65,6 +68,7 @@ export class SlotMonitor {
     lagSeconds: null,
     walStatus: null,
     walWarning: null,
+    failing: null,
   };
 
   constructor(options: SlotMonitorOptions) {
@@ -79,11 +83,12 @@ export class SlotMonitor {
 
   /**
    * Whether the process should receive traffic: connected, streaming, the
-   * registry up, lag under the bound, and the slot's WAL not at risk.
+   * registry up, lag under the bound, the slot's WAL not at risk, and not
+   * failing the same way over and over.
    */
   get ready(): boolean {
     const s = this.state;
-    return s.connected && s.streaming && s.registryUp && s.storageUp &&
+    return s.connected && s.streaming && s.registryUp && s.storageUp && s.failing === null &&
       (s.lagSeconds ?? 0) * 1000 <= this.#opts.readyMaxLagMs &&
       s.walWarning === null && s.walStatus !== "lost";
   }
@@ -93,6 +98,12 @@ export class SlotMonitor {
     if (this.state.registryUp && !up) this.#opts.metrics.registryOutages.inc();
     this.state.registryUp = up;
     this.#opts.metrics.registryUp.set(up ? 1 : 0);
+  }
+
+  /** Sets or clears the repeated-failure state (fails /readyz while set). */
+  setFailing(failing: FailingState | null): void {
+    this.state.failing = failing;
+    this.#opts.metrics.streamFailing.set(failing ? 1 : 0);
   }
 
   /** Marks object storage reachable or not (uploads being retried). */

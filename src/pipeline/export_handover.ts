@@ -13,10 +13,12 @@
 import { CdcError } from "../errors.ts";
 import type { Lsn } from "../lsn.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
-import type { FileRecord, Registry, TablePosition } from "../registry/registry.ts";
+import type { FileRecord, FinishedExport, Registry, TablePosition } from "../registry/registry.ts";
 import { tableDirName } from "../write/table_dir.ts";
 import type { TableBatch } from "../batch/table_batch.ts";
-import { HeldFiles, publishHeld } from "./held_files.ts";
+import { type HeldFile, HeldFiles, publishHeld } from "./held_files.ts";
+import { DurableBatch } from "../write/durable_batch.ts";
+import { eachLimited } from "../write/each_limited.ts";
 import type { SealedExport } from "./reload_coordinator.ts";
 import {
   comparePosition,
@@ -29,6 +31,11 @@ import {
   setBoundary,
   type TableLife,
 } from "./table_lifecycle.ts";
+
+/** At most this many exports are registered in one registry transaction. */
+const MAX_EXPORTS_PER_COMMIT = 2000;
+/** Exports placed or published at once (each a few file operations and fsyncs). */
+const PLACE_CONCURRENCY = 64;
 
 /** A table's current name and folder. */
 export interface TableName {
@@ -72,6 +79,8 @@ export class ExportHandover {
   #ready = new Map<number, SealedExport>();
   /** Relations whose export boundary the stream has not reached yet. */
   #awaitingBoundary = new Set<number>();
+  /** The nearest boundary of #awaitingBoundary (null: look at them all at the next tick). */
+  #nextBoundary: Lsn | null = null;
 
   constructor(host: HandoverHost, registry: Registry, dataDir: string, metrics?: StreamMetrics) {
     this.#host = host;
@@ -129,6 +138,9 @@ export class ExportHandover {
           await this.held.drop(oid);
         }
         this.#awaitingBoundary.add(oid);
+        if (this.#nextBoundary === null || boundary < this.#nextBoundary) {
+          this.#nextBoundary = boundary;
+        }
         continue;
       }
       await host.close([oid]);
@@ -162,8 +174,15 @@ export class ExportHandover {
 
   /** Between frames: names folders the stream has reached, registers exports that can be. */
   async tick(): Promise<void> {
-    if (this.#awaitingBoundary.size > 0) {
-      const frontier = this.#host.frontier();
+    // Ticks can follow every frame, and thousands of tables may await a
+    // boundary (a first export): visit them only once the stream reaches
+    // the nearest boundary.
+    const frontier = this.#host.frontier();
+    if (
+      this.#awaitingBoundary.size > 0 &&
+      (this.#nextBoundary === null || frontier >= this.#nextBoundary)
+    ) {
+      let next: Lsn | null = null;
       for (const oid of [...this.#awaitingBoundary]) {
         const life = this.#host.life(oid);
         const g = life.gate;
@@ -171,64 +190,103 @@ export class ExportHandover {
           this.#awaitingBoundary.delete(oid);
         } else if (frontier >= g.boundary) {
           await this.reachBoundary(life);
+        } else if (next === null || g.boundary < next) {
+          next = g.boundary;
         }
       }
+      this.#nextBoundary = next;
     }
-    for (const [oid, sealed] of [...this.#ready]) {
+    if (this.#ready.size === 0) return;
+    const due: { life: TableLife; sealed: SealedExport }[] = [];
+    for (const [oid, sealed] of this.#ready) {
       const life = this.#host.life(oid);
       if (!exportPlaceable(life) || life.gate!.boundary !== sealed.boundary) continue;
-      this.#ready.delete(oid);
-      await this.#register(life, sealed);
+      due.push({ life, sealed });
+    }
+    for (let i = 0; i < due.length; i += MAX_EXPORTS_PER_COMMIT) {
+      const group = due.slice(i, i + MAX_EXPORTS_PER_COMMIT);
+      for (const d of group) this.#ready.delete(d.life.oid);
+      await this.#register(group);
     }
   }
 
-  /** Registers an export with what it held, in one registry transaction. */
-  async #register(life: TableLife, sealed: SealedExport): Promise<void> {
+  /**
+   * Registers exports that can be, each with what it held, in one registry
+   * transaction: all of them or none. The files are placed a few at a time
+   * in parallel, every folder that changed is fsynced once before the
+   * commit, and once more after the final renames.
+   */
+  async #register(group: { life: TableLife; sealed: SealedExport }[]): Promise<void> {
     const host = this.#host;
-    const oid = life.oid;
-    const name = this.#nameOf(oid);
-    const batchTs = life.gate!.batchTs!;
-    const path = await sealed.place(name.tableDir, batchTs);
-    const held = this.held.take(oid);
-    let last: TablePosition | null = null;
-    for (const h of held) if (last === null || comparePosition(h.last, last) > 0) last = h.last;
-    const files: FileRecord[] = [...held.map((h) => h.file), {
-      schema: name.schema,
-      table: name.table,
-      tableDir: name.tableDir,
-      relationOid: oid,
-      batchTs,
-      path,
-      fileType: "full_reload",
-      startLsn: sealed.boundary,
-      endLsn: sealed.boundary,
-      startSeq: null,
-      endSeq: null,
-      rowCount: sealed.rows,
-      byteSize: sealed.byteSize,
-      sha256: sealed.sha256,
-      hasDdl: false,
-      reloadReason: life.gate!.reason,
-    }];
+    const durable = new DurableBatch();
+    const placed = group.map(({ life, sealed }) => ({
+      life,
+      sealed,
+      name: this.#nameOf(life.oid),
+      batchTs: life.gate!.batchTs!,
+      path: "",
+      held: [] as HeldFile[],
+      last: null as TablePosition | null,
+    }));
+    await eachLimited(placed, PLACE_CONCURRENCY, async (p) => {
+      p.path = await p.sealed.place(p.name.tableDir, p.batchTs, durable);
+    });
+    await durable.flush();
+    const finished: FinishedExport[] = [];
+    for (const p of placed) {
+      const { life, sealed, name, batchTs } = p;
+      p.held = this.held.take(life.oid);
+      for (const h of p.held) {
+        if (p.last === null || comparePosition(h.last, p.last) > 0) p.last = h.last;
+      }
+      finished.push({
+        ops: sealed.ops,
+        files: [...p.held.map((h) => h.file), {
+          schema: name.schema,
+          table: name.table,
+          tableDir: name.tableDir,
+          relationOid: life.oid,
+          batchTs,
+          path: p.path,
+          fileType: "full_reload",
+          startLsn: sealed.boundary,
+          endLsn: sealed.boundary,
+          startSeq: null,
+          endSeq: null,
+          rowCount: sealed.rows,
+          byteSize: sealed.byteSize,
+          sha256: sealed.sha256,
+          hasDdl: false,
+          reloadReason: life.gate!.reason,
+        }],
+        state: {
+          oid: life.oid,
+          ...name,
+          last: p.last,
+          lastBatchTs: host.lastBatchTs(name.tableDir) ?? batchTs,
+          mode: life.phase === "dropped" ? "dropped" : "streaming",
+          reloadLsn: sealed.boundary,
+        },
+      });
+    }
     const checkpoint = host.checkpoint();
     // Once this call is sent the registry decides: on any error the session
     // fails and start-up recovery settles the files against the registry.
-    await this.#registry.finishReload(sealed.ops, files, {
-      oid,
-      ...name,
-      last,
-      lastBatchTs: host.lastBatchTs(name.tableDir) ?? batchTs,
-      mode: life.phase === "dropped" ? "dropped" : "streaming",
-      reloadLsn: sealed.boundary,
-    }, checkpoint);
-    for (const h of held) await publishHeld(h);
-    await sealed.publish();
-    exportRegistered(life, sealed.boundary, last);
-    const open = host.openBatch(oid);
-    if (open) open.held = false;
-    this.#metrics?.setTableMode(`${name.schema}.${name.table}`, life.phase);
-    host.registered(checkpoint, held.map((h) => h.file));
-    sealed.onRegistered(path);
+    await this.#registry.finishReloads(finished, checkpoint);
+    await eachLimited(placed, PLACE_CONCURRENCY, async (p) => {
+      for (const h of p.held) await publishHeld(h, durable);
+      await p.sealed.publish(durable);
+    });
+    await durable.flush();
+    for (const p of placed) {
+      const { life, sealed, name } = p;
+      exportRegistered(life, sealed.boundary, p.last);
+      const open = host.openBatch(life.oid);
+      if (open) open.held = false;
+      this.#metrics?.setTableMode(`${name.schema}.${name.table}`, life.phase);
+    }
+    host.registered(checkpoint, placed.flatMap((p) => p.held.map((h) => h.file)));
+    for (const p of placed) p.sealed.onRegistered(p.path);
   }
 
   /** An export failed or was abandoned: `final` when its table is gone for good. */

@@ -12,6 +12,7 @@ import { splitAtLsn } from "../batch/split_at_lsn.ts";
 import { formatLsn, type Lsn, minLsn } from "../lsn.ts";
 import type { FileRecord, TablePosition } from "../registry/registry.ts";
 import { ensureDir, syncDir, TEMP_PREFIX, writeFileAtomic } from "../write/atomic_file.ts";
+import type { DurableBatch } from "../write/durable_batch.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 
 /** One held file. */
@@ -185,9 +186,15 @@ export class HeldFiles {
   }
 }
 
-/** Gives a held file its final name (after the registry commit). */
-export async function publishHeld(h: HeldFile): Promise<void> {
-  await Deno.rename(join(h.dir, TEMP_PREFIX + h.name), join(h.dir, h.name));
+/**
+ * Gives a held file its final name (after the registry commit). With
+ * `batch`, its folder's fsync is left to it.
+ */
+export async function publishHeld(h: HeldFile, batch?: DurableBatch): Promise<void> {
+  const from = join(h.dir, TEMP_PREFIX + h.name);
+  const to = join(h.dir, h.name);
+  if (batch) return await batch.rename(from, to);
+  await Deno.rename(from, to);
   await syncDir(h.dir);
 }
 

@@ -23,15 +23,24 @@ import type { SourceCatalog } from "../source/source_catalog.ts";
 import { connect } from "../source/connect.ts";
 import { type ExportedSnapshot, exportSnapshot, useSnapshot } from "../source/export_snapshot.ts";
 import { tableDirName } from "../write/table_dir.ts";
+import { qualifiedName } from "../source/table_selection.ts";
 import {
+  type CopiedTable,
+  copyTable,
+  type DescribedRelation,
+  describeRelation,
+  describeRelations,
   type ExportPart,
-  exportTable,
   exportTablePart,
   joinParts,
+  namesMoved,
   type SealedPart,
   type StagedExport,
 } from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
+import type { DurableBatch } from "../write/durable_batch.ts";
+import { eachLimited } from "../write/each_limited.ts";
+import { DIR_MODE } from "../write/atomic_file.ts";
 
 /** A sealed export, handed to the stream loop to register. */
 export interface SealedExport {
@@ -40,10 +49,13 @@ export interface SealedExport {
   rows: number;
   byteSize: number;
   sha256: string;
-  /** Moves the file into its folder under its temp name; returns its relative path. */
-  place(tableDir: string, batchTs: string): Promise<string>;
-  /** Gives the registered file its final name. */
-  publish(): Promise<void>;
+  /**
+   * Moves the file into its folder under its temp name; returns its
+   * relative path. With `batch`, directory fsyncs are left to it.
+   */
+  place(tableDir: string, batchTs: string, batch?: DurableBatch): Promise<string>;
+  /** Gives the registered file its final name (directory fsync left to `batch`). */
+  publish(batch?: DurableBatch): Promise<void>;
   /** Removes the file. */
   abort(): Promise<void>;
   /** Called once the export is registered. */
@@ -113,6 +125,30 @@ interface Task {
   part?: ExportPart;
 }
 
+/**
+ * Tables one worker exports per transaction. Every COPY keeps an
+ * AccessShareLock on its table (and the planner one on each index) until
+ * the transaction ends; PostgreSQL's lock table holds
+ * max_locks_per_transaction (default 64) × max_connections locks in all.
+ */
+const TABLES_PER_TRANSACTION = 100;
+
+/** Whole tables a worker exports with one catalog query and one name check. */
+const CHUNK_TABLES = 8;
+
+/**
+ * Tables at least this large (relation size) are exported alone: chunks are
+ * for the many small tables, and large ones keep going to the workers in
+ * parallel, largest first.
+ */
+const CHUNK_MAX_TABLE_BYTES = 16 * 1024 * 1024;
+
+/** Files one worker may have being sealed (finished, fsynced) while it copies the next table. */
+const SEALS_PER_WORKER = 8;
+
+/** Staging folders made at once. */
+const MKDIR_CONCURRENCY = 64;
+
 /** At most this many parts per table. */
 const MAX_PARTS = 16;
 
@@ -153,8 +189,12 @@ export class ReloadCoordinator {
   /** Snapshots made, or failed, waiting for the loop to take them up. */
   #made: { making: Making; snapshot?: ExportedSnapshot; error?: unknown }[] = [];
   #tasks = new Set<Promise<void>>();
+  /** Staging folders shared by whole-table exports, removed once no export runs. */
+  #stageDirs = new Set<string>();
   #clients = new Set<pg.Client>();
   #lastPoll = 0;
+  /** How long the last search for work took, in ms. */
+  #pollCost = 0;
   #stopping = false;
   #seq = 0;
   #progress = newProgress();
@@ -203,8 +243,25 @@ export class ReloadCoordinator {
     }
     if (this.#making.size > 0) await this.#reportWaits(now);
     else this.#opts.metrics?.exportSnapshotWait.set(0);
-    if (!force && now - this.#lastPoll < POLL_INTERVAL_MS) return;
+    if (this.#stageDirs.size > 0 && this.#running.size === 0 && this.#tasks.size === 0) {
+      // No export is under way: the shared staging folders hold nothing needed.
+      for (const dir of this.#stageDirs) {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+      this.#stageDirs.clear();
+    }
+    // With thousands of tables a poll reads thousands of rows: space polls
+    // so that they take at most a tenth of the time.
+    const every = Math.max(POLL_INTERVAL_MS, 10 * this.#pollCost);
+    if (!force && now - this.#lastPoll < every) return;
     this.#lastPoll = now;
+    const jobs = await this.#findWork(now);
+    if (jobs.length > 0) await this.#start(jobs);
+  }
+
+  /** Requests missing exports; returns the pending ones to start (not running, not backing off). */
+  async #findWork(now: number): Promise<Job[]> {
+    const started = performance.now();
     await this.#registry.requestMissingExports(
       await this.#catalog.publishedTables(this.#opts.publication),
     );
@@ -231,7 +288,8 @@ export class ReloadCoordinator {
         });
       }
     }
-    if (jobs.size > 0) await this.#start([...jobs.values()]);
+    this.#pollCost = performance.now() - started;
+    return [...jobs.values()];
   }
 
   /**
@@ -259,8 +317,11 @@ export class ReloadCoordinator {
     jobs.sort((a, b) => b.size - a.size);
     await this.#planSplits(jobs);
     const slotName = `${this.#opts.slot}_export_${Deno.pid}_${++this.#seq}`.slice(0, 63);
+    // Whole-table exports share one staging folder; a split table has its own for its parts.
+    const shared = join(this.#opts.stagingDir, String(this.#seq));
+    this.#stageDirs.add(shared);
     for (const j of jobs) {
-      j.stageDir = join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`);
+      j.stageDir = j.split ? join(this.#opts.stagingDir, `${j.oid}-${this.#seq}`) : shared;
       this.#running.set(j.oid, j);
     }
     try {
@@ -313,6 +374,11 @@ export class ReloadCoordinator {
       tables: jobs.length,
       lsn: formatLsn(snapshot.lsn),
       workers: Math.min(this.#opts.workers, jobs.length),
+    });
+    // The staging folders (no fsync: staging is emptied at start).
+    const dirs = [...new Set(jobs.map((j) => j.stageDir))];
+    await eachLimited(dirs, MKDIR_CONCURRENCY, async (dir) => {
+      await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
     });
     const task = this.#runJobs(jobs, snapshot).finally(() => this.#tasks.delete(task));
     this.#tasks.add(task);
@@ -375,29 +441,104 @@ export class ReloadCoordinator {
       job.split ? job.split.parts.map((part) => ({ job, part })) : [{ job }]
     );
     const workers = Math.min(this.#opts.workers, queue.length);
-    let imported = 0;
+    // The queue is consumed from its head: O(1) per task, whatever its length.
+    let head = 0;
+    // The snapshot is released once no worker can start a transaction on it
+    // any more: every task is taken and no import is under way. (Held
+    // longer, its temporary slot would keep WAL for the rest of the export.)
+    let busy = workers;
+    let released = false;
+    const release = async () => {
+      if (released || head < queue.length || busy > 0) return;
+      released = true;
+      await snapshot.release();
+    };
     const worker = async () => {
       let client: pg.Client | null = null;
+      const sealings = new Set<Promise<void>>();
       try {
         client = await connect(this.#opts.sourceUrl, { applicationName: "cdc-egress/export" });
         this.#clients.add(client);
         await useSnapshot(client, snapshot.name);
       } finally {
-        // Once every worker has imported it, the snapshot is no longer needed.
-        if (++imported === workers) await snapshot.release();
+        busy--;
+        await release();
       }
       try {
-        let task: Task | undefined;
-        while (!this.#stopping && (task = queue.shift())) {
-          await this.#runJob(client, task.job, snapshot, task.part);
+        // A worker exports many tables in one transaction, but not too many:
+        // each COPY keeps its locks until the transaction ends, and the
+        // server's lock table is shared and bounded. A new transaction on the
+        // same snapshot sees exactly the same rows.
+        let inTransaction = 0;
+        let failed = false;
+        while (!this.#stopping && head < queue.length) {
+          if (failed || inTransaction >= TABLES_PER_TRANSACTION) {
+            // After a failure the transaction is aborted: go on in a new one
+            // on the same snapshot (the failed table is retried later).
+            busy++;
+            try {
+              await client.query(failed ? "ROLLBACK" : "COMMIT");
+              if (head >= queue.length) break;
+              await useSnapshot(client, snapshot.name);
+            } finally {
+              busy--;
+            }
+            inTransaction = 0;
+            failed = false;
+          }
+          const next = queue[head];
+          if (next.part && next.job.split) {
+            head++;
+            await release();
+            inTransaction++;
+            const job = next.job as Job & { split: NonNullable<Job["split"]> };
+            failed = !await this.#runPart(client, job, snapshot, next.part);
+          } else {
+            // Whole tables go in small chunks: one catalog query and one
+            // name check per chunk instead of one each per table.
+            // Chunks only while the queue is long: a few tables (or the last
+            // ones) are spread over the workers, one each.
+            const share = Math.floor((queue.length - head) / (workers * 4));
+            const room = Math.min(CHUNK_TABLES, share, TABLES_PER_TRANSACTION - inTransaction);
+            const chunk: Job[] = [queue[head++].job];
+            while (
+              head < queue.length && !queue[head].part && chunk.length < room &&
+              chunk[0].size < CHUNK_MAX_TABLE_BYTES && queue[head].job.size < CHUNK_MAX_TABLE_BYTES
+            ) {
+              chunk.push(queue[head++].job);
+            }
+            inTransaction += chunk.length;
+            // Busy: a failure puts the chunk's other tables back in the queue.
+            busy++;
+            try {
+              const done = await this.#runChunk(client, chunk, snapshot, sealings);
+              failed = !done.ok;
+              for (const job of done.retry) queue.push({ job });
+            } finally {
+              busy--;
+            }
+            await release();
+          }
+          // Bounded: each file being sealed holds a descriptor and a deflate state.
+          while (sealings.size >= SEALS_PER_WORKER) await Promise.race(sealings);
         }
       } finally {
+        await Promise.all(sealings);
         this.#clients.delete(client);
         await client.query("COMMIT").catch(() => {});
         await client.end().catch(() => {});
       }
     };
-    const results = await Promise.allSettled(Array.from({ length: workers }, worker));
+    let results: PromiseSettledResult<void>[];
+    try {
+      results = await Promise.allSettled(Array.from({ length: workers }, worker));
+    } finally {
+      if (!released) {
+        released = true;
+        await snapshot.release();
+      }
+    }
+    queue.splice(0, head);
     // Jobs no worker could take (a worker failed to connect) are retried later.
     for (const task of queue) await this.#failed(task.job, "no export worker could take it", false);
     for (const r of results) {
@@ -407,97 +548,205 @@ export class ReloadCoordinator {
     }
   }
 
-  async #runJob(
+  /**
+   * Exports whole tables in the worker's snapshot transaction: one catalog
+   * query for all of them, a COPY each, one name check for all of them
+   * (each COPY's lock keeps its name in place until the transaction ends),
+   * then their files are sealed while the worker goes on. When a statement
+   * fails, which ends the transaction, that table is retried later with a
+   * fresh snapshot and the chunk's other tables are returned in `retry`,
+   * to be exported in the worker's next transaction on the same snapshot.
+   */
+  async #runChunk(
     client: pg.Client,
-    job: Job,
+    jobs: Job[],
     snapshot: ExportedSnapshot,
-    part?: ExportPart,
-  ): Promise<void> {
+    sealings: Set<Promise<void>>,
+  ): Promise<{ ok: boolean; retry: Job[] }> {
+    const live = jobs.filter((j) => !j.stale);
+    if (live.length === 0) return { ok: true, retry: [] };
     const started = performance.now();
-    let exp: StagedExport | null = null;
+    const message = (error: unknown) => (error as Error).message.split("\n")[0];
+    let described: Map<number, DescribedRelation>;
     try {
-      if (job.split?.failed || job.stale) return;
-      const exists = await client.query("SELECT 1 FROM pg_class WHERE oid = $1", [job.oid]);
-      if (exists.rowCount === 0) {
+      described = await describeRelations(client, live.map((j) => j.oid), snapshot.lsn);
+    } catch (error) {
+      for (const job of live) {
+        if (!this.#stopping) await this.#failed(job, message(error), false, error);
+      }
+      return { ok: false, retry: [] };
+    }
+    const copied: { job: Job; copy: CopiedTable; bytes: () => number }[] = [];
+    for (const [i, job] of live.entries()) {
+      const rel = described.get(job.oid);
+      if (rel === undefined) {
         // Gone before the snapshot: nothing to export, ever.
-        if (job.split) {
-          if (job.split.failed) return;
-          job.split.failed = true;
-        }
         await this.#failed(job, "table does not exist", true);
-        return;
+        continue;
       }
       let counted = 0;
       const onBytes = (bytes: number) => {
         this.#progress.bytes += bytes - counted;
         counted = bytes;
       };
-      const split = job.split;
-      const dataDir = this.#opts.dataDir;
-      if (part && split) {
-        split.sealed.push(await exportTablePart(client, job.oid, part, job.stageDir, onBytes));
-        split.bytes += counted;
-        // The worker that finishes the last part joins them.
-        if (split.sealed.length < split.parts.length) return;
-        counted = split.bytes;
-        exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
-      } else {
-        exp = await exportTable(client, job.oid, snapshot.lsn, dataDir, job.stageDir, onBytes);
+      try {
+        const copy = await copyTable(
+          client,
+          job.oid,
+          snapshot.lsn,
+          this.#opts.dataDir,
+          job.stageDir,
+          onBytes,
+          rel,
+          { checkName: false },
+        );
+        copied.push({ job, copy, bytes: () => counted });
+      } catch (error) {
+        // Not name-checked, and the transaction is over: export them again.
+        for (const c of copied) await c.copy.abort();
+        if (this.#stopping) return { ok: false, retry: [] };
+        await this.#failed(job, message(error), false, error);
+        return { ok: false, retry: [...copied.map((c) => c.job), ...live.slice(i + 1)] };
       }
-      if (job.stale) {
-        await exp.abort();
-        return;
+    }
+    let moved: Set<number>;
+    try {
+      moved = await namesMoved(
+        client,
+        copied.map((c) => ({ oid: c.job.oid, schema: c.copy.schema })),
+      );
+    } catch (error) {
+      for (const c of copied) {
+        await c.copy.abort();
+        if (!this.#stopping) await this.#failed(c.job, message(error), false, error);
       }
-      const done = exp;
-      const csvBytes = counted;
-      this.#failures.delete(job.oid);
-      this.#host.exportSealed(job.oid, {
-        ops: job.ops,
-        boundary: snapshot.lsn,
-        rows: done.rows,
-        byteSize: done.byteSize,
-        sha256: done.sha256,
-        place: (tableDir, batchTs) => done.place(tableDir, batchTs),
-        publish: () => done.publish(),
-        abort: () => done.abort(),
-        onRegistered: (path) => {
-          this.#running.delete(job.oid);
-          const table = `${job.schema}.${job.table}`;
-          this.#opts.metrics?.fileRegistered(table, "full_reload", done.byteSize, csvBytes);
-          this.#progress.done++;
-          this.#progress.doneSize += job.size;
-          this.#progress.rows += done.rows;
-          this.#logProgress(Date.now());
-          this.#opts.logger.info("export registered", {
-            table,
-            path,
-            rows: done.rows,
-            bytes: done.byteSize,
-            lsn: formatLsn(snapshot.lsn),
-            parts: job.split?.parts.length ?? 1,
-            ms: Math.round(performance.now() - started),
-          });
+      return { ok: false, retry: [] };
+    }
+    for (const c of copied) {
+      if (moved.has(c.job.oid)) {
+        await c.copy.abort();
+        await this.#failed(
+          c.job,
+          `table ${
+            qualifiedName(c.copy.schema)
+          } was renamed or dropped during the export; it is exported again`,
+          false,
+        );
+        continue;
+      }
+      const { job } = c;
+      const csvBytes = c.bytes();
+      // The worker goes on while the file is finished and fsynced: the
+      // fsyncs of several files overlap.
+      const sealing: Promise<void> = c.copy.seal().then(
+        (done) => this.#handOver(job, done, snapshot, csvBytes, started),
+        async (error) => {
+          if (this.#stopping) return;
+          await this.#failed(job, message(error), false, error);
         },
-      });
+      ).catch((error) => {
+        this.#opts.logger.error("export failed", { error: String(error?.message) });
+      }).finally(() => sealings.delete(sealing));
+      sealings.add(sealing);
+    }
+    return { ok: true, retry: [] };
+  }
+
+  /**
+   * Exports one part of a split table in the worker's snapshot transaction
+   * (the worker that finishes the last part joins them); false when a
+   * statement failed, which ends that transaction.
+   */
+  async #runPart(
+    client: pg.Client,
+    job: Job & { split: NonNullable<Job["split"]> },
+    snapshot: ExportedSnapshot,
+    part: ExportPart,
+  ): Promise<boolean> {
+    const started = performance.now();
+    const split = job.split;
+    let exp: StagedExport | null = null;
+    try {
+      if (split.failed || job.stale) return true;
+      if (await describeRelation(client, job.oid, snapshot.lsn) === null) {
+        // Gone before the snapshot: nothing to export, ever.
+        if (split.failed) return true;
+        split.failed = true;
+        await this.#failed(job, "table does not exist", true);
+        return true;
+      }
+      let counted = 0;
+      const onBytes = (bytes: number) => {
+        this.#progress.bytes += bytes - counted;
+        counted = bytes;
+      };
+      const dataDir = this.#opts.dataDir;
+      split.sealed.push(await exportTablePart(client, job.oid, part, job.stageDir, onBytes));
+      split.bytes += counted;
+      if (split.sealed.length < split.parts.length) return true;
+      exp = await joinParts(client, job.oid, snapshot.lsn, dataDir, job.stageDir, split.sealed);
+      await this.#handOver(job, exp, snapshot, split.bytes, started);
+      return true;
     } catch (error) {
       await exp?.abort().catch(() => {});
-      if (job.split) {
-        // Report a split table's failure once; its other parts stop at their next check.
-        if (job.split.failed) return;
-        job.split.failed = true;
-      }
-      if (this.#stopping) return;
+      // Report a split table's failure once; its other parts stop at their next check.
+      if (split.failed) return false;
+      split.failed = true;
+      if (this.#stopping) return false;
+      // A later poll starts the table again with a fresh snapshot.
       await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
-      // The snapshot is gone with this worker's transaction; a later poll
-      // starts the table again with a fresh one.
-      throw error;
+      return false;
     }
+  }
+
+  /** Hands a sealed export to the stream loop, which registers it at its boundary. */
+  async #handOver(
+    job: Job,
+    done: StagedExport,
+    snapshot: ExportedSnapshot,
+    csvBytes: number,
+    started: number,
+  ): Promise<void> {
+    if (job.stale) {
+      await done.abort();
+      return;
+    }
+    this.#failures.delete(job.oid);
+    this.#host.exportSealed(job.oid, {
+      ops: job.ops,
+      boundary: snapshot.lsn,
+      rows: done.rows,
+      byteSize: done.byteSize,
+      sha256: done.sha256,
+      place: (tableDir, batchTs, batch) => done.place(tableDir, batchTs, null, batch),
+      publish: (batch) => done.publish(batch),
+      abort: () => done.abort(),
+      onRegistered: (path) => {
+        this.#running.delete(job.oid);
+        const table = `${job.schema}.${job.table}`;
+        this.#opts.metrics?.fileRegistered(table, "full_reload", done.byteSize, csvBytes);
+        this.#progress.done++;
+        this.#progress.doneSize += job.size;
+        this.#progress.rows += done.rows;
+        this.#logProgress(Date.now());
+        this.#opts.logger.info("export registered", {
+          table,
+          path,
+          rows: done.rows,
+          bytes: done.byteSize,
+          lsn: formatLsn(snapshot.lsn),
+          parts: job.split?.parts.length ?? 1,
+          ms: Math.round(performance.now() - started),
+        });
+      },
+    });
   }
 
   /** Records a failed job; it is retried with backoff unless `final`. */
   async #failed(job: Job, message: string, final: boolean, cause?: unknown): Promise<void> {
     if (this.#running.get(job.oid) === job) this.#running.delete(job.oid);
-    await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
+    // A split table's own folder; a whole-table export removed its temp file itself.
+    if (job.split) await Deno.remove(job.stageDir, { recursive: true }).catch(() => {});
     if (job.stale) return;
     const f = this.#failures.get(job.oid) ?? { count: 0, retryAt: 0 };
     f.count++;

@@ -41,6 +41,9 @@ import type {
 } from "../registry/registry.ts";
 import type { ReplicationStream } from "../source/replication_stream.ts";
 import { batchTimestamp } from "../write/table_dir.ts";
+import { eachLimited } from "../write/each_limited.ts";
+import { syncGroup } from "../write/group_sync.ts";
+import { WriterPool } from "../write/writer_pool.ts";
 import { ddlEventFromRow } from "./ddl_events.ts";
 import { DdlHandler, type DdlHost } from "./ddl_handler.ts";
 import { ExportHandover, type HandoverHost, type TableName } from "./export_handover.ts";
@@ -61,6 +64,16 @@ export interface PipelineOptions {
   dataDir: string;
   protocol: PgoutputProtocol;
   limits: { maxRows: number; maxBytes: number; intervalMs: number };
+  /**
+   * Open batch files (file descriptors and deflate contexts) at most; more
+   * tables with large batches take turns (`writer_pool.ts`).
+   */
+  maxOpenFiles: number;
+  /**
+   * Bytes of CSV that open batches may hold in memory together; beyond it the
+   * largest move to their files.
+   */
+  memoryBudget: number;
   /** The slot's confirmed_flush_lsn at start: everything before it is done. */
   startLsn: Lsn;
   /** What the registry holds per relation, keyed by OID. */
@@ -87,6 +100,8 @@ const STATUS_INTERVAL_MS = 10_000;
 const XLOGDATA = 0x77;
 const XLOGDATA_HEADER = 1 + 8 + 8 + 8;
 const IDLE_CHECKPOINT_INTERVAL_MS = 10_000;
+/** Batches completed (compressed and written) at once by a flush. */
+const FINISH_CONCURRENCY = 8;
 
 /** Counters the pipeline exposes (status, metrics, tests). */
 export interface PipelineStats {
@@ -123,6 +138,9 @@ export class StreamPipeline {
   /** The newest folder name per table dir, so names only grow. */
   #lastBatchTs = new Map<string, string>();
   #batches = new Map<number, TableBatch>();
+  #pool: WriterPool;
+  /** Memory the open batches' buffers hold, by their last count. */
+  #batchMemory = 0;
   /** Exports under way: what they hold, their boundaries, their registration. */
   #handover: ExportHandover;
   #txn: Txn | null = null;
@@ -135,6 +153,10 @@ export class StreamPipeline {
   #durable: Lsn;
   #lastStatusAt = 0;
   #lastIdleSaveAt = 0;
+  #lastIdleCheckAt = 0;
+  #pendingShownAt = 0;
+  /** The row count last shown per open batch (cdc_table_pending_changes). */
+  #pendingShown = new WeakMap<TableBatch, number>();
   #stopping = false;
   /** Captured DDL: its folders, and the exports it calls for. */
   #ddl: DdlHandler;
@@ -156,6 +178,7 @@ export class StreamPipeline {
     // carry an xid; put the replay decoder into that state once.
     if (options.protocol >= 2) this.#replayDecoder.decode(Uint8Array.of(0x53, 0, 0, 0, 0, 1));
     this.#spool = new TransactionSpool(join(options.dataDir, ".spool"));
+    this.#pool = new WriterPool(options.maxOpenFiles);
     this.#handover = new ExportHandover(
       this.#handoverHost(),
       registry,
@@ -232,17 +255,17 @@ export class StreamPipeline {
   /** Aborts open batches and held files without registering them (after a failure). */
   async discard(): Promise<void> {
     await this.#dropHeld();
-    for (const batch of this.#batches.values()) await batch.abort().catch(() => {});
+    for (const batch of this.#batches.values()) await batch.abort(this.#pool).catch(() => {});
     this.#batches.clear();
+    this.#batchMemory = 0;
     await this.#spool.close().catch(() => {});
   }
 
   /** Held work belongs after an export that is not registered: it is sent again after a restart. */
   async #dropHeld(): Promise<void> {
-    for (const [oid, batch] of this.#batches) {
+    for (const batch of [...this.#batches.values()]) {
       if (!batch.held) continue;
-      await batch.abort().catch(() => {});
-      this.#batches.delete(oid);
+      await this.#dropBatch(batch).catch(() => {});
     }
     await this.#handover.dropAll();
   }
@@ -258,8 +281,8 @@ export class StreamPipeline {
       openBatch: (oid) => this.#batches.get(oid),
       close: (oids) => this.#close(oids, "reload"),
       dropBatch: async (oid) => {
-        await this.#batches.get(oid)?.abort();
-        this.#batches.delete(oid);
+        const batch = this.#batches.get(oid);
+        if (batch) await this.#dropBatch(batch);
       },
       processed: () =>
         this.#txn
@@ -462,8 +485,49 @@ export class StreamPipeline {
     encodeChangeRow(batch.encoder, rel, msg, txn, seq);
     batch.noteRow(pos);
     this.stats.rowsWritten++;
-    if (batch.drainDue || this.#limitReached(batch)) return this.#afterRow(batch);
+    if (batch.memoryBytes !== batch.accountedBytes) this.#account(batch);
+    if (
+      batch.drainDue || this.#limitReached(batch) || this.#batchMemory > this.#opts.memoryBudget
+    ) {
+      return this.#afterRow(batch);
+    }
     return undefined;
+  }
+
+  /** Brings the budget's count of `batch`'s memory up to date. */
+  #account(batch: TableBatch): void {
+    const now = batch.memoryBytes;
+    this.#batchMemory += now - batch.accountedBytes;
+    batch.accountedBytes = now;
+  }
+
+  /** Forgets a closed batch in the budget. */
+  #unaccount(batch: TableBatch): void {
+    this.#batchMemory -= batch.accountedBytes;
+    batch.accountedBytes = 0;
+  }
+
+  /** Removes an open batch and its files without registering it. */
+  async #dropBatch(batch: TableBatch): Promise<void> {
+    this.#batches.delete(batch.relation.key);
+    this.#unaccount(batch);
+    await batch.abort(this.#pool);
+  }
+
+  /**
+   * Over the memory budget: moves the largest in-memory buffers to their
+   * files until the batches hold at most three quarters of it. Sorting all
+   * batches is O(n log n), but each run frees a quarter of the budget, so it
+   * is rare.
+   */
+  async #relieveMemory(): Promise<void> {
+    const target = this.#opts.memoryBudget * 0.75;
+    const largest = [...this.#batches.values()].sort((a, b) => b.memoryBytes - a.memoryBytes);
+    for (const batch of largest) {
+      if (this.#batchMemory <= target) break;
+      await batch.spill(this.#pool);
+      this.#account(batch);
+    }
   }
 
   /** Whether an open batch (not held for an export) reached its row or byte limit. */
@@ -474,7 +538,9 @@ export class StreamPipeline {
 
   /** Hands encoded rows to gzip, and flushes the batch at its size limits. */
   async #afterRow(batch: TableBatch): Promise<void> {
-    await batch.maybeDrain();
+    await batch.maybeDrain(this.#pool);
+    this.#account(batch);
+    if (this.#batchMemory > this.#opts.memoryBudget) await this.#relieveMemory();
     if (this.#limitReached(batch)) {
       const reason = batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes";
       await this.#flush([batch.relation.key], reason);
@@ -527,9 +593,11 @@ export class StreamPipeline {
     // batch, which holds the checkpoint back on its own. (Taking the whole
     // checkpoint here chained each new batch to the oldest open one, so under
     // steady writes to several tables the slot never advanced.)
-    const batch = await TableBatch.open(rel, batchTs, this.#opts.dataDir, this.#lastCommitEnd);
+    const batch = new TableBatch(rel, batchTs, this.#opts.dataDir, this.#lastCommitEnd);
     batch.schema = schema;
     batch.held = held;
+    // At the end of the map: it is in opening order (see #flushDue).
+    this.#batches.delete(rel.key);
     this.#batches.set(rel.key, batch);
     return batch;
   }
@@ -556,13 +624,17 @@ export class StreamPipeline {
   /** Seals a held batch and keeps it, unregistered, until the export is registered. */
   async #holdBatch(batch: TableBatch): Promise<void> {
     const oid = batch.relation.key;
-    this.#batches.delete(oid);
     if (batch.rows === 0) {
-      await batch.abort();
+      await this.#dropBatch(batch);
       return;
     }
+    this.#batches.delete(oid);
+    this.#unaccount(batch);
+    const file = await this.#finish(batch);
+    const { files, dirs } = batch.durablePaths();
+    await syncGroup(files, dirs);
     this.#handover.held.add(oid, {
-      file: await this.#seal(batch),
+      file,
       first: batch.first!,
       last: batch.last!,
       safeBefore: batch.safeBefore,
@@ -572,11 +644,17 @@ export class StreamPipeline {
     });
   }
 
-  /** Seals a batch's file and writes its schema.yml; returns its `file_log` row. */
-  async #seal(batch: TableBatch): Promise<FileRecord> {
-    const sealed = await batch.seal();
+  /**
+   * Completes a batch's file and writes its schema.yml, not yet fsynced;
+   * returns its `file_log` row.
+   */
+  async #finish(batch: TableBatch): Promise<FileRecord> {
     const schema = batch.schema ?? await this.#schemas.describe(batch.relation);
-    await batch.writeSchema(schema, this.#previousName(batch.relation.key, batch.relation));
+    const sealed = await batch.finish(
+      this.#pool,
+      schema,
+      this.#previousName(batch.relation.key, batch.relation),
+    );
     return batch.fileRecord(sealed);
   }
 
@@ -610,15 +688,16 @@ export class StreamPipeline {
   #flushDue(shuttingDown: boolean): Promise<void> | undefined {
     if (this.#batches.size === 0) return undefined;
     const now = Date.now();
-    const { maxRows, maxBytes, intervalMs } = this.#opts.limits;
+    const { intervalMs } = this.#opts.limits;
     let due: number[] | null = null;
     let reason: FlushReason | null = null;
     for (const [key, batch] of this.#batches) {
-      // Cheap test first: this runs at every commit.
-      if (
-        !shuttingDown && now - batch.openedAt < intervalMs && batch.rows < maxRows &&
-        batch.bytes < maxBytes
-      ) continue;
+      // This runs at every commit. Batches sit in the map in the order they
+      // were opened (#batchFor), and the row and byte limits are checked as
+      // rows arrive: from the first batch too young to be due on, none is.
+      // (A batch released by an export over its limits waits for its next
+      // row or its interval.)
+      if (!shuttingDown && now - batch.openedAt < intervalMs) break;
       if (batch.held) continue;
       const r = flushDecision(
         { rows: batch.rows, bytes: batch.bytes, ageMs: now - batch.openedAt, shuttingDown },
@@ -647,17 +726,34 @@ export class StreamPipeline {
   async #flush(keys: number[], reason: FlushReason | "schema" | "reload" | "ddl"): Promise<void> {
     const started = performance.now();
     const batches = keys.map((k) => this.#batches.get(k)!).filter((b) => b && !b.held);
-    const files: FileRecord[] = [];
-    const states: TableStateUpdate[] = [];
     const written: TableBatch[] = [];
     for (const batch of batches) {
+      if (batch.rows === 0) await this.#dropBatch(batch);
+      else written.push(batch);
+    }
+    // Batches with a file first, one at a time (each may need a pool slot);
+    // the ones still in memory then compress side by side, each with a
+    // short-lived file of its own.
+    written.sort((a, b) => Number(b.spilled) - Number(a.spilled));
+    const files: FileRecord[] = new Array(written.length);
+    const firstInMemory = written.findIndex((b) => !b.spilled);
+    const spilledCount = firstInMemory === -1 ? written.length : firstInMemory;
+    for (let i = 0; i < spilledCount; i++) files[i] = await this.#finish(written[i]);
+    await eachLimited(written.slice(spilledCount), FINISH_CONCURRENCY, async (batch, i) => {
+      files[spilledCount + i] = await this.#finish(batch);
+    });
+    const durableFiles: string[] = [];
+    const durableDirs: string[] = [];
+    for (const batch of written) {
       this.#batches.delete(batch.relation.key);
-      if (batch.rows === 0) {
-        await batch.abort();
-        continue;
-      }
-      written.push(batch);
-      files.push(await this.#seal(batch));
+      this.#unaccount(batch);
+      const { files, dirs } = batch.durablePaths();
+      durableFiles.push(...files);
+      durableDirs.push(...dirs);
+    }
+    await syncGroup(durableFiles, durableDirs);
+    const states: TableStateUpdate[] = [];
+    for (const batch of written) {
       states.push({
         oid: batch.relation.key,
         schema: batch.relation.schema,
@@ -669,7 +765,7 @@ export class StreamPipeline {
     }
     const checkpoint = this.#checkpoint();
     await this.#registry.commitFlush(files, states, checkpoint);
-    for (const batch of written) await batch.publish();
+    await eachLimited(written, FINISH_CONCURRENCY, (batch) => batch.publish());
     for (const batch of written) noteRegistered(this.#life(batch.relation.key), batch.last!);
     const seconds = (performance.now() - started) / 1000;
     for (const [i, b] of written.entries()) {
@@ -711,13 +807,37 @@ export class StreamPipeline {
 
   /** With nothing open, moves the checkpoint to the newest known position. */
   async #advanceIdle(force: boolean): Promise<void> {
+    // #checkpoint() visits every open batch: not at every tick (a tick can
+    // follow every frame), only when a save could follow, at most once a second.
+    const now = Date.now();
+    if (!force) {
+      if (now - this.#lastIdleSaveAt < IDLE_CHECKPOINT_INTERVAL_MS) return;
+      if (now - this.#lastIdleCheckAt < 1000) return;
+      this.#lastIdleCheckAt = now;
+    }
     const cp = this.#checkpoint();
     if (cp <= this.#durable) return;
-    if (!force && Date.now() - this.#lastIdleSaveAt < IDLE_CHECKPOINT_INTERVAL_MS) return;
     this.#lastIdleSaveAt = Date.now();
     await this.#registry.saveCheckpoint(cp);
     this.#durable = cp;
     this.#sendStatus(false);
+  }
+
+  /**
+   * Sets cdc_table_pending_changes of the open batches whose row count
+   * changed since it was last set, at most once a second: statuses go out
+   * after every flush, and a gauge set per open batch each time would cost
+   * O(tables) per flush.
+   */
+  #showPending(m: StreamMetrics): void {
+    const now = Date.now();
+    if (now - this.#pendingShownAt < 1000) return;
+    this.#pendingShownAt = now;
+    for (const b of this.#batches.values()) {
+      if (this.#pendingShown.get(b) === b.rows) continue;
+      this.#pendingShown.set(b, b.rows);
+      m.tablePending.set({ table: `${b.relation.schema}.${b.relation.table}` }, b.rows);
+    }
   }
 
   #sendStatus(_force: boolean): void {
@@ -729,9 +849,7 @@ export class StreamPipeline {
         { kind: "received" },
         Number(maxLsn(this.#lastCommitEnd, this.#lastWalEnd)),
       );
-      for (const b of this.#batches.values()) {
-        m.tablePending.set({ table: `${b.relation.schema}.${b.relation.table}` }, b.rows);
-      }
+      this.#showPending(m);
     }
     this.#lastStatusAt = Date.now();
   }

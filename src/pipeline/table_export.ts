@@ -21,6 +21,7 @@ import {
   writeFileAtomic,
 } from "../write/atomic_file.ts";
 import { createHash } from "node:crypto";
+import type { DurableBatch } from "../write/durable_batch.ts";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 
@@ -48,18 +49,31 @@ export interface StagedExport {
   /**
    * Moves the file, still under its temp name, into `<dataDir>/<tableDir>/<batchTs>/`
    * with the folder's schema.yml; returns its path relative to the data dir.
+   * With `batch`, the directory fsyncs are left to it (one per directory
+   * for many exports): flush it before the registry commit.
    */
-  place(tableDir: string, batchTs: string, previousName?: string | null): Promise<string>;
-  /** Renames the placed file to its final name; call after the registry commit. */
-  publish(): Promise<void>;
+  place(
+    tableDir: string,
+    batchTs: string,
+    previousName?: string | null,
+    batch?: DurableBatch,
+  ): Promise<string>;
+  /**
+   * Renames the placed file to its final name; call after the registry
+   * commit. With `batch`, its directory fsync is left to it.
+   */
+  publish(batch?: DurableBatch): Promise<void>;
   /** Removes the file wherever it is and the staging folder. */
   abort(): Promise<void>;
 }
 
-/** Builds the {@linkcode StagedExport} of a sealed file at `stagedPath` in `stageDir`. */
+/**
+ * Builds the {@linkcode StagedExport} of a sealed file at `stagedPath`;
+ * `stageDir`, when given, is the export's own staging folder, removed with it.
+ */
 function stagedExport(
   dataDir: string,
-  stageDir: string,
+  stageDir: string | null,
   stagedPath: string,
   schema: TableSchema,
   rows: number,
@@ -72,30 +86,40 @@ function stagedExport(
     rows,
     byteSize: sealed.byteSize,
     sha256: sealed.sha256,
-    async place(tableDir, batchTs, previousName) {
+    async place(tableDir, batchTs, previousName, batch) {
       const dir = join(dataDir, tableDir, batchTs);
-      await ensureDir(dir);
       const temp = join(dir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
-      await Deno.rename(at, temp);
-      at = temp;
-      finalPath = join(dir, FULL_RELOAD_FILE);
-      await syncDir(dir);
-      await syncDir(stageDir);
-      await writeFileAtomic(
-        join(dir, "schema.yml"),
-        new TextEncoder().encode(renderSchemaYml({ ...schema, previousName })),
-      );
+      const yml = new TextEncoder().encode(renderSchemaYml({ ...schema, previousName }));
+      // The staging folder needs no fsync: it is emptied at start, and what
+      // counts is the file's new entry in its folder.
+      if (batch) {
+        await batch.mkdir(dir, dataDir);
+        await batch.rename(at, temp);
+        at = temp;
+        finalPath = join(dir, FULL_RELOAD_FILE);
+        await batch.writeFile(join(dir, "schema.yml"), yml);
+      } else {
+        await ensureDir(dir);
+        await Deno.rename(at, temp);
+        at = temp;
+        finalPath = join(dir, FULL_RELOAD_FILE);
+        await syncDir(dir);
+        await writeFileAtomic(join(dir, "schema.yml"), yml);
+      }
       return `${tableDir}/${batchTs}/${FULL_RELOAD_FILE}`;
     },
-    async publish() {
+    async publish(batch) {
       if (finalPath === null) throw new RangeError("Cannot publish an export before placing it");
-      await Deno.rename(at, finalPath);
-      await syncDir(dirname(finalPath));
-      await Deno.remove(stageDir, { recursive: true }).catch(() => {});
+      if (batch) await batch.rename(at, finalPath);
+      else {
+        await Deno.rename(at, finalPath);
+        await syncDir(dirname(finalPath));
+      }
+      if (stageDir !== null) await Deno.remove(stageDir, { recursive: true }).catch(() => {});
     },
     async abort() {
       await Deno.remove(at).catch(() => {});
-      await Deno.remove(stageDir, { recursive: true }).catch(() => {});
+      if (stageDir !== null) await Deno.remove(stageDir, { recursive: true }).catch(() => {});
     },
   };
 }
@@ -110,47 +134,102 @@ export async function describeTable(
   oid: number,
   validFromLsn: Lsn,
 ): Promise<TableSchema> {
+  const described = await describeRelation(client, oid, validFromLsn);
+  if (described === null) throw new Error(`table with oid ${oid} no longer exists`);
+  return described.schema;
+}
+
+/**
+ * {@linkcode describeTable} plus the relation's kind, in one round trip;
+ * null when no relation has that OID in the transaction's snapshot.
+ */
+export async function describeRelation(
+  client: pg.Client,
+  oid: number,
+  validFromLsn: Lsn,
+): Promise<DescribedRelation | null> {
+  return (await describeRelations(client, [oid], validFromLsn)).get(oid) ?? null;
+}
+
+/** A relation as {@linkcode describeRelations} finds it. */
+export interface DescribedRelation {
+  schema: TableSchema;
+  relkind: string;
+}
+
+/**
+ * Describes many relations in one query (see {@linkcode describeTable}),
+ * keyed by OID; an OID with no relation in the snapshot is left out. An
+ * export of thousands of small tables pays per round trip.
+ */
+export async function describeRelations(
+  client: pg.Client,
+  oids: number[],
+  validFromLsn: Lsn,
+): Promise<Map<number, DescribedRelation>> {
   const rel = await client.query(
-    `SELECT n.nspname AS schema, c.relname AS table, c.relreplident AS ident
-     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1`,
-    [oid],
+    `SELECT c.oid::int8 AS oid, n.nspname AS schema, c.relname AS table,
+            c.relreplident AS ident, c.relkind,
+            COALESCE((
+              SELECT json_agg(json_build_object(
+                       'name', a.attname, 'attnum', a.attnum,
+                       'type', format_type(a.atttypid, a.atttypmod),
+                       'type_oid', a.atttypid::int8, 'typmod', a.atttypmod,
+                       'not_null', a.attnotnull, 'default', pg_get_expr(d.adbin, d.adrelid),
+                       'is_pk', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
+                                          AND i.indisprimary AND a.attnum = ANY(i.indkey)),
+                       'is_identity', EXISTS (SELECT 1 FROM pg_index i
+                                              WHERE i.indrelid = a.attrelid
+                                                AND ((c.relreplident = 'd' AND i.indisprimary)
+                                                  OR (c.relreplident = 'i' AND i.indisreplident))
+                                                AND a.attnum = ANY(i.indkey)))
+                       ORDER BY a.attnum)
+              FROM pg_attribute a
+              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.attgenerated = ''), '[]'::json) AS cols
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = ANY($1::oid[])`,
+    [oids],
   );
-  if (rel.rowCount === 0) throw new Error(`table with oid ${oid} no longer exists`);
-  const { schema, table, ident } = rel.rows[0];
-  const cols = await client.query(
-    `SELECT a.attname AS name, a.attnum, format_type(a.atttypid, a.atttypmod) AS type,
-            a.atttypid::int8 AS type_oid, a.atttypmod AS typmod, a.attnotnull AS not_null,
-            pg_get_expr(d.adbin, d.adrelid) AS default,
-            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary
-                      AND a.attnum = ANY(i.indkey)) AS is_pk,
-            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid
-                      AND ((c.relreplident = 'd' AND i.indisprimary)
-                        OR (c.relreplident = 'i' AND i.indisreplident))
-                      AND a.attnum = ANY(i.indkey)) AS is_identity
-     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-     ORDER BY a.attnum`,
-    [oid],
-  );
-  return {
-    schema,
-    table,
-    relationOid: oid,
-    validFromLsn: formatLsn(validFromLsn),
-    replicaIdentity: IDENTITY[ident] ?? "default",
-    primaryKey: cols.rows.filter((c) => c.is_pk).map((c) => c.name),
-    columns: cols.rows.map((c) => ({
-      name: c.name,
-      type: c.type,
-      typeOid: Number(c.type_oid),
-      typeModifier: Number(c.typmod),
-      nullable: !c.not_null,
-      isKey: ident === "f" || c.is_identity,
-      attnum: Number(c.attnum),
-      default: c.default,
-    })),
-  };
+  const out = new Map<number, DescribedRelation>();
+  for (const row of rel.rows) {
+    const { schema, table, ident, relkind } = row;
+    const oid = Number(row.oid);
+    const cols: {
+      name: string;
+      attnum: number;
+      type: string;
+      type_oid: number;
+      typmod: number;
+      not_null: boolean;
+      default: string | null;
+      is_pk: boolean;
+      is_identity: boolean;
+    }[] = typeof row.cols === "string" ? JSON.parse(row.cols) : row.cols;
+    out.set(oid, {
+      relkind,
+      schema: {
+        schema,
+        table,
+        relationOid: oid,
+        validFromLsn: formatLsn(validFromLsn),
+        replicaIdentity: IDENTITY[ident] ?? "default",
+        primaryKey: cols.filter((c) => c.is_pk).map((c) => c.name),
+        columns: cols.map((c) => ({
+          name: c.name,
+          type: c.type,
+          typeOid: Number(c.type_oid),
+          typeModifier: Number(c.typmod),
+          nullable: !c.not_null,
+          isKey: ident === "f" || c.is_identity,
+          attnum: Number(c.attnum),
+          default: c.default,
+        })),
+      },
+    });
+  }
+  return out;
 }
 
 /** A block range of a heap table, exported as one gzip member of a split export. */
@@ -194,8 +273,9 @@ async function copyInto(
 
 /**
  * Exports table `oid` through `client`, which must be inside the snapshot
- * transaction, into the staging folder `stageDir`. `onBytes` is called with
- * the number of CSV bytes read so far.
+ * transaction, into the staging folder `stageDir` (shared with other
+ * exports; it must exist). `onBytes` is called with the number of CSV bytes
+ * read so far.
  */
 export async function exportTable(
   client: pg.Client,
@@ -204,20 +284,110 @@ export async function exportTable(
   dataDir: string,
   stageDir: string,
   onBytes: (csvBytes: number) => void = () => {},
+  described?: DescribedRelation,
 ): Promise<StagedExport> {
-  const schema = await describeTable(client, oid, snapshotLsn);
-  const kind = await client.query("SELECT relkind FROM pg_class WHERE oid = $1", [oid]);
-  const only = kind.rows[0].relkind === "p" ? "" : "ONLY ";
-  await ensureDir(stageDir);
-  const tempPath = join(stageDir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
-  const writer = await GzipFileWriter.create(join(stageDir, FULL_RELOAD_FILE), { tempPath });
+  const copied = await copyTable(client, oid, snapshotLsn, dataDir, stageDir, onBytes, described);
+  return await copied.seal();
+}
+
+/** A table's rows copied into a gzip temp file that is not sealed yet. */
+export interface CopiedTable {
+  rows: number;
+  schema: TableSchema;
+  /** Finishes and fsyncs the file; needs no database connection. */
+  seal(): Promise<StagedExport>;
+  /** Removes the unsealed file. */
+  abort(): Promise<void>;
+}
+
+/**
+ * {@linkcode exportTable} up to the seal: the database work is done when it
+ * returns, so the caller may go on to the next table on the same
+ * connection while the file is finished and fsynced.
+ */
+export async function copyTable(
+  client: pg.Client,
+  oid: number,
+  snapshotLsn: Lsn,
+  dataDir: string,
+  stageDir: string,
+  onBytes: (csvBytes: number) => void = () => {},
+  described?: DescribedRelation,
+  options: { checkName?: boolean } = {},
+): Promise<CopiedTable> {
+  const rel = described ?? await describeRelation(client, oid, snapshotLsn);
+  if (rel === null) throw new Error(`table with oid ${oid} no longer exists`);
+  const { schema } = rel;
+  const only = rel.relkind === "p" ? "" : "ONLY ";
+  // Many exports share the staging folder (which must exist): a folder per
+  // table would cost a mkdir and an rmdir each. It is emptied at start.
+  const name = `${oid}.${FULL_RELOAD_FILE}`;
+  const tempPath = join(stageDir, `${TEMP_PREFIX}${name}`);
+  const writer = await GzipFileWriter.create(join(stageDir, name), { tempPath });
+  let rows: number;
   try {
-    const rows = await copyInto(client, schema, only, "", true, writer, onBytes);
-    const sealed = await writer.seal();
-    return stagedExport(dataDir, stageDir, tempPath, schema, rows, sealed);
+    rows = await copyInto(client, schema, only, "", true, writer, onBytes);
+    if (options.checkName !== false) await assertNameMeans(client, schema, oid);
   } catch (error) {
     await writer.abort().catch(() => {});
     throw error;
+  }
+  return {
+    rows,
+    schema,
+    abort: () => writer.abort().catch(() => {}),
+    async seal() {
+      try {
+        const sealed = await writer.seal();
+        return stagedExport(dataDir, null, tempPath, schema, rows, sealed);
+      } catch (error) {
+        await writer.abort().catch(() => {});
+        throw error;
+      }
+    },
+  };
+}
+
+/**
+ * Of `tables` (each exported by COPY in this transaction, which holds its
+ * lock), the ones whose name no longer means their relation: see
+ * {@linkcode assertNameMeans}. One query for all of them.
+ */
+export async function namesMoved(
+  client: pg.Client,
+  tables: { oid: number; schema: TableSchema }[],
+): Promise<Set<number>> {
+  const res = await client.query(
+    `SELECT u.i::int AS i, to_regclass(u.name)::oid::int8 AS oid
+     FROM unnest($1::text[]) WITH ORDINALITY AS u(name, i)`,
+    [tables.map((t) => qualifiedName(t.schema))],
+  );
+  const moved = new Set<number>();
+  for (const r of res.rows) {
+    const t = tables[r.i - 1];
+    if (r.oid === null || Number(r.oid) !== t.oid) moved.add(t.oid);
+  }
+  return moved;
+}
+
+/**
+ * Throws unless the table's name (as the snapshot knows it) still means
+ * relation `oid`. COPY finds its table by name in the current catalog, so a
+ * table renamed after the snapshot, and another one renamed onto its name,
+ * would export the wrong rows. COPY's lock on what it read keeps that name
+ * in place until the transaction ends, so one check after it suffices.
+ */
+async function assertNameMeans(client: pg.Client, schema: TableSchema, oid: number) {
+  const res = await client.query("SELECT to_regclass($1)::oid::int8 AS oid", [
+    qualifiedName(schema),
+  ]);
+  const now = res.rows[0]?.oid;
+  if (now === null || Number(now) !== oid) {
+    throw new Error(
+      `table ${
+        qualifiedName(schema)
+      } was renamed or dropped during the export; it is exported again`,
+    );
   }
 }
 
@@ -244,6 +414,7 @@ export async function exportTablePart(
     const where = ` WHERE ctid >= '(${part.from},0)'::tid` +
       (part.to === null ? "" : ` AND ctid < '(${part.to},0)'::tid`);
     const rows = await copyInto(client, schema, "ONLY ", where, part.index === 0, writer, onBytes);
+    await assertNameMeans(client, schema, oid);
     await writer.seal();
     return { index: part.index, tempPath, rows };
   } catch (error) {

@@ -15,6 +15,7 @@
 import type pg from "pg";
 import { CdcError } from "../errors.ts";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
+import { STATUS_QUERIES } from "./status_queries.ts";
 
 /** One table's gap as `status` and `verify` report it. */
 export interface HistoryGap {
@@ -52,11 +53,7 @@ export class HistoryGapLog {
   /** Whether the registry holds files or a checkpoint for the slot (false before migrations). */
   async hasHistory(): Promise<boolean> {
     if (!(await this.#exists("checkpoint")) || !(await this.#exists("file_log"))) return false;
-    const res = await this.client.query(
-      `SELECT EXISTS (SELECT 1 FROM cdc_registry.checkpoint WHERE slot_name = $1)
-           OR EXISTS (SELECT 1 FROM cdc_registry.file_log WHERE slot_name = $1) AS ok`,
-      [this.slot],
-    );
+    const res = await this.client.query(STATUS_QUERIES.hasHistory, [this.slot]);
     return Boolean(res.rows[0].ok);
   }
 
@@ -73,11 +70,7 @@ export class HistoryGapLog {
    */
   async pending(): Promise<{ count: number; openedAtLsn: Lsn | null }> {
     if (!(await this.#exists("history_gap"))) return { count: 0, openedAtLsn: null };
-    const res = await this.client.query(
-      `SELECT count(*) AS n, max(opened_at_lsn)::text AS opened_at FROM cdc_registry.history_gap
-       WHERE slot_name = $1 AND to_lsn IS NULL`,
-      [this.slot],
-    );
+    const res = await this.client.query(STATUS_QUERIES.openGaps, [this.slot]);
     const r = res.rows[0];
     return { count: Number(r.n), openedAtLsn: r.opened_at ? parseLsn(r.opened_at) : null };
   }
@@ -160,19 +153,7 @@ export class HistoryGapLog {
   /** Every gap of the slot, oldest first (empty before migration 4). */
   async list(): Promise<HistoryGap[]> {
     if (!(await this.#exists("history_gap"))) return [];
-    const res = await this.client.query(
-      `SELECT g.id, g.schema_name, g.table_name, g.from_lsn::text AS from_lsn,
-              g.to_lsn::text AS to_lsn, g.reason, g.created_at,
-              (SELECT min(f.start_lsn) FROM cdc_registry.file_log f
-               WHERE f.slot_name = g.slot_name AND f.schema_name = g.schema_name
-                 AND f.table_name = g.table_name AND f.file_type = 'full_reload'
-                 AND f.start_lsn >= g.to_lsn)::text AS resumes_at,
-              coalesce(s.mode = 'dropped', false) AS dropped
-       FROM cdc_registry.history_gap g
-       LEFT JOIN cdc_registry.table_state s USING (slot_name, schema_name, table_name)
-       WHERE g.slot_name = $1 ORDER BY g.id`,
-      [this.slot],
-    );
+    const res = await this.client.query(STATUS_QUERIES.gaps, [this.slot]);
     return res.rows.map((r) => ({
       id: Number(r.id),
       schema: r.schema_name,

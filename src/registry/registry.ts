@@ -11,6 +11,7 @@ import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
 import type { PublishedTable, SourceIdentity } from "../source/source_catalog.ts";
 import { appliedMigrations, MIGRATIONS } from "./migrations.ts";
 import { HistoryGapLog } from "./history_gap.ts";
+import { STATUS_QUERIES, type StatusQueryName, statusQueryParams } from "./status_queries.ts";
 
 /** Position of the last registered row of a table: (commit LSN, seq). */
 export interface TablePosition {
@@ -442,10 +443,13 @@ export class Registry {
          WHERE NOT EXISTS (SELECT 1 FROM cdc_registry.table_state s WHERE s.slot_name = $1
                              AND s.relation_oid = p.oid
                              AND (s.reload_lsn IS NOT NULL OR s.mode = 'dropped'))
+           -- Two anti-joins, not one with OR: each hashes, so thousands of
+           -- tables cost one pass instead of one scan per table.
            AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations o WHERE o.slot_name = $1
-                             AND o.state IN ('requested', 'exporting')
-                             AND (o.relation_oid = p.oid OR (o.relation_oid IS NULL
-                               AND o.schema_name = p.schema AND o.table_name = p.tab)))`,
+                             AND o.state IN ('requested', 'exporting') AND o.relation_oid = p.oid)
+           AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations o WHERE o.slot_name = $1
+                             AND o.state IN ('requested', 'exporting') AND o.relation_oid IS NULL
+                             AND o.schema_name = p.schema AND o.table_name = p.tab)`,
         [
           this.slot,
           published.map((p) => p.schema),
@@ -473,17 +477,25 @@ export class Registry {
            FROM unnest($1::int8[], $3::oid[]) AS u(id, oid) WHERE o.id = u.id`,
           [ops.map((o) => o.id), formatLsn(lsn), ops.map(oidOf)],
         );
-        for (const [oid, t] of tables) {
-          await c.query(
-            `INSERT INTO cdc_registry.table_state (slot_name, relation_oid, schema_name, table_name,
-               table_dir, mode)
-             VALUES ($1, $2, $3, $4, $5, 'reloading')
-             ON CONFLICT (slot_name, relation_oid) DO UPDATE SET
-               mode = CASE WHEN table_state.mode = 'dropped' THEN 'dropped' ELSE 'reloading' END,
-               updated_at = now()`,
-            [this.slot, oid, t.schema, t.table, t.tableDir],
-          );
-        }
+        if (tables.size === 0) return;
+        const rows = [...tables];
+        // One statement for every table: thousands of tables start in one round trip.
+        await c.query(
+          `INSERT INTO cdc_registry.table_state (slot_name, relation_oid, schema_name, table_name,
+             table_dir, mode)
+           SELECT $1, u.oid, u.schema, u.tab, u.dir, 'reloading'
+           FROM unnest($2::oid[], $3::text[], $4::text[], $5::text[]) AS u(oid, schema, tab, dir)
+           ON CONFLICT (slot_name, relation_oid) DO UPDATE SET
+             mode = CASE WHEN table_state.mode = 'dropped' THEN 'dropped' ELSE 'reloading' END,
+             updated_at = now()`,
+          [
+            this.slot,
+            rows.map(([oid]) => oid),
+            rows.map(([, t]) => t.schema),
+            rows.map(([, t]) => t.table),
+            rows.map(([, t]) => t.tableDir),
+          ],
+        );
       }, "Cannot start the export")
     );
   }
@@ -492,23 +504,41 @@ export class Registry {
    * Records a finished export with the files held back for it, the table's
    * new state, the operations done and the checkpoint, in one transaction.
    */
-  async finishReload(
+  finishReload(
     ops: ReloadRequest[],
     files: FileRecord[],
     state: TableStateUpdate,
     checkpoint: Lsn,
   ): Promise<void> {
+    return this.finishReloads([{ ops, files, state }], checkpoint);
+  }
+
+  /**
+   * Records many finished exports (each with its held files, new table
+   * state and operations) and the checkpoint in one transaction of four
+   * statements, however many exports: all of them are registered, or none.
+   */
+  async finishReloads(exports: FinishedExport[], checkpoint: Lsn): Promise<void> {
+    const files = exports.flatMap((e) => e.files);
     if (files.length > 0 && this.#beforeRegister) await this.#beforeRegister(files);
     return await this.#exclusive(() =>
       this.#transaction(async (c) => {
-        await this.#insertFiles(files);
-        await this.#upsertStates([state]);
-        const full = files.find((f) => f.fileType === "full_reload");
+        await this.#insertFiles(exports.flatMap((e) => e.files));
+        await this.#upsertStates(exports.map((e) => e.state));
+        const ids: number[] = [];
+        const lsns: (string | null)[] = [];
+        for (const e of exports) {
+          const full = e.files.find((f) => f.fileType === "full_reload");
+          for (const op of e.ops) {
+            ids.push(op.id);
+            lsns.push(full ? formatLsn(full.startLsn) : null);
+          }
+        }
         await c.query(
-          `UPDATE cdc_registry.reload_operations SET state = 'done', finished_at = now(),
-             consistent_lsn = COALESCE($2::pg_lsn, consistent_lsn)
-           WHERE id = ANY($1::bigint[])`,
-          [ops.map((o) => o.id), full ? formatLsn(full.startLsn) : null],
+          `UPDATE cdc_registry.reload_operations o SET state = 'done', finished_at = now(),
+             consistent_lsn = COALESCE(u.lsn, o.consistent_lsn)
+           FROM unnest($1::bigint[], $2::pg_lsn[]) AS u(id, lsn) WHERE o.id = u.id`,
+          [ids, lsns],
         );
         await this.#saveCheckpoint(checkpoint);
       }, "Cannot register the export")
@@ -631,13 +661,7 @@ export class Registry {
 
   /** Every slot this registry knows, with the source database that owns it (when recorded). */
   async slots(): Promise<{ slot: string; database: string | null }[]> {
-    const res = await this.#read(
-      `SELECT s.slot_name, o.database_name FROM (
-         SELECT slot_name FROM cdc_registry.checkpoint
-         UNION SELECT slot_name FROM cdc_registry.table_state
-         UNION SELECT slot_name FROM cdc_registry.slot_owner) s
-       LEFT JOIN cdc_registry.slot_owner o USING (slot_name) ORDER BY 1`,
-    );
+    const res = await this.#read(STATUS_QUERIES.slots);
     return res.rows.map((r) => ({ slot: r.slot_name, database: r.database_name ?? null }));
   }
 
@@ -748,30 +772,88 @@ export class Registry {
     return new Set(res.rows.map((r) => r.path as string));
   }
 
-  /** Every file row of this slot, in id order (for verify). */
-  async fileRows(): Promise<RegisteredFile[]> {
+  /**
+   * The file rows of this slot in id order (for verify): every one, or with
+   * `range` those with `after < id <= upTo` (an index range scan).
+   */
+  async fileRows(range?: { after: number; upTo: number }): Promise<RegisteredFile[]> {
     const res = await this.#read(
-      `SELECT id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts, path,
-              file_type, start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq,
-              end_seq, row_count, byte_size, sha256
-       FROM cdc_registry.file_log WHERE slot_name = $1 ORDER BY id`,
+      `SELECT ${FILE_COLUMNS} FROM cdc_registry.file_log
+       WHERE slot_name = $1 AND ($2::int8 IS NULL OR (id > $2::int8 AND id <= $3::int8))
+       ORDER BY id`,
+      [this.slot, range?.after ?? null, range?.upTo ?? null],
+    );
+    return res.rows.map(registeredFile);
+  }
+
+  /** The newest file id of this slot, 0 when it has none. */
+  async newestFileId(): Promise<number> {
+    const res = await this.#read(
+      "SELECT coalesce(max(id), 0)::int8 AS id FROM cdc_registry.file_log WHERE slot_name = $1",
       [this.slot],
     );
-    return res.rows.map((r) => ({
-      id: Number(r.id),
-      oid: r.oid === null ? null : Number(r.oid),
-      schema: r.schema_name,
-      table: r.table_name,
-      tableDir: r.table_dir,
-      batchTs: r.batch_ts,
-      path: r.path,
-      fileType: r.file_type,
-      start: { lsn: parseLsn(r.start_lsn), seq: Number(r.start_seq ?? 0) },
-      end: { lsn: parseLsn(r.end_lsn), seq: Number(r.end_seq ?? 0) },
-      rowCount: Number(r.row_count),
-      byteSize: Number(r.byte_size),
-      sha256: r.sha256,
-    }));
+    return Number(res.rows[0].id);
+  }
+
+  /** When file `id` of this slot was registered, or null when the slot has no such file. */
+  async fileRegisteredAt(id: number): Promise<Date | null> {
+    const res = await this.#read(
+      "SELECT created_at FROM cdc_registry.file_log WHERE slot_name = $1 AND id = $2::int8",
+      [this.slot, id],
+    );
+    return res.rows[0]?.created_at ?? null;
+  }
+
+  /**
+   * The first file of this slot registered after `time` (null when none),
+   * and whether `time` is still in the future for the registry's clock.
+   */
+  async firstFileAfter(time: Date): Promise<{ id: number | null; future: boolean }> {
+    const res = await this.#read(
+      `SELECT (SELECT id FROM cdc_registry.file_log WHERE slot_name = $1 AND created_at > $2
+               ORDER BY created_at, id LIMIT 1) AS id, $2::timestamptz > now() AS future`,
+      [this.slot, time],
+    );
+    const r = res.rows[0];
+    return { id: r.id === null ? null : Number(r.id), future: Boolean(r.future) };
+  }
+
+  /**
+   * For each relation (and each name, for files without one) in `files`, the
+   * files before id `mark` that its newer files continue: the newest file,
+   * the newest streaming file and the newest full_reload at or before the
+   * mark. One index probe each.
+   */
+  async filesBefore(mark: number, files: RegisteredFile[]): Promise<RegisteredFile[]> {
+    const oids = [...new Set(files.filter((f) => f.oid !== null).map((f) => f.oid!))];
+    const names = [
+      ...new Map(
+        files.filter((f) => f.oid === null).map((f) => [tableKey(f.schema, f.table), f]),
+      ).values(),
+    ];
+    const probe = (where: string) =>
+      ["NULL", "'streaming'", "'full_reload'"].map((type) =>
+        `(SELECT ${FILE_COLUMNS} FROM cdc_registry.file_log f
+          WHERE f.slot_name = $1 AND ${where} AND f.id <= $2::int8
+            AND (${type}::text IS NULL OR f.file_type = ${type})
+          ORDER BY f.start_lsn DESC, f.id DESC LIMIT 1)`
+      ).join(" UNION ");
+    const res = await this.#read(
+      `SELECT DISTINCT ON (id) * FROM (
+         SELECT b.* FROM unnest($3::oid[]) AS r(oid),
+           LATERAL (${probe("f.relation_oid = r.oid")}) b
+         UNION ALL
+         SELECT b.* FROM unnest($4::text[], $5::text[]) AS n(schema_name, table_name),
+           LATERAL (${
+        probe(
+          "f.schema_name = n.schema_name AND f.table_name = n.table_name AND " +
+            "f.relation_oid IS NULL",
+        )
+      }) b) x
+       ORDER BY id`,
+      [this.slot, mark, oids, names.map((n) => n.schema), names.map((n) => n.table)],
+    );
+    return res.rows.map(registeredFile);
   }
 
   /** Whether a relation has a registered full_reload or streaming file. */
@@ -852,49 +934,13 @@ export class Registry {
 
   /** The rows `status` shows for this slot: checkpoint, tables with file totals, reloads. */
   async statusRows(failedShown: number): Promise<StatusRows> {
-    const cols = `id, schema_name, table_name, state, requested_at, started_at,
-      finished_at, consistent_lsn::text AS consistent_lsn, error, waiting_for, reason`;
-    const checkpoint = await this.#read(
-      `SELECT checkpoint_lsn::text AS lsn, updated_at,
-              extract(epoch FROM now() - updated_at)::float8 AS age
-       FROM cdc_registry.checkpoint WHERE slot_name = $1`,
-      [this.slot],
-    );
-    const tables = await this.#read(
-      `WITH files AS (
-         SELECT schema_name, table_name, count(*) AS files, sum(row_count) AS rows,
-                sum(byte_size) AS bytes
-         FROM cdc_registry.file_log WHERE slot_name = $1 GROUP BY 1, 2),
-       state AS (SELECT * FROM cdc_registry.table_state WHERE slot_name = $1)
-       SELECT schema_name, table_name, coalesce(s.mode, 'streaming') AS mode, s.last_batch_ts,
-              s.last_lsn::text AS last_lsn, s.last_seq, s.reload_lsn::text AS reload_lsn,
-              coalesce(f.files, 0) AS files, coalesce(f.rows, 0) AS rows,
-              coalesce(f.bytes, 0) AS bytes
-       FROM state s FULL JOIN files f USING (schema_name, table_name)
-       ORDER BY schema_name, table_name`,
-      [this.slot],
-    );
-    const lastReloads = await this.#read(
-      `SELECT DISTINCT ON (schema_name, table_name) ${cols}
-       FROM cdc_registry.reload_operations WHERE slot_name = $1
-       ORDER BY schema_name, table_name, id DESC`,
-      [this.slot],
-    );
-    const pending = await this.#read(
-      `SELECT ${cols} FROM cdc_registry.reload_operations
-       WHERE slot_name = $1 AND state IN ('requested', 'exporting') ORDER BY id`,
-      [this.slot],
-    );
-    // Failures not followed by a successful reload of the same table.
-    const failed = await this.#read(
-      `SELECT ${cols} FROM cdc_registry.reload_operations o
-       WHERE slot_name = $1 AND state = 'failed'
-         AND NOT EXISTS (SELECT 1 FROM cdc_registry.reload_operations d
-                         WHERE d.slot_name = o.slot_name AND d.schema_name = o.schema_name
-                           AND d.table_name = o.table_name AND d.state = 'done' AND d.id > o.id)
-       ORDER BY id DESC LIMIT ${Math.max(0, Math.floor(failedShown))}`,
-      [this.slot],
-    );
+    const q = (name: StatusQueryName) =>
+      this.#read(STATUS_QUERIES[name], statusQueryParams(name, this.slot, failedShown));
+    const checkpoint = await q("checkpoint");
+    const tables = await q("tables");
+    const lastReloads = await q("lastReloads");
+    const pending = await q("pendingReloads");
+    const failed = await q("failedReloads");
     return {
       checkpoint: checkpoint.rows[0] ?? null,
       tables: tables.rows,
@@ -955,6 +1001,36 @@ export class Registry {
       error: r.error ?? null,
     }));
   }
+}
+
+const FILE_COLUMNS = `id, relation_oid::int8 AS oid, schema_name, table_name, table_dir, batch_ts,
+  path, file_type, start_lsn::text AS start_lsn, end_lsn::text AS end_lsn, start_seq, end_seq,
+  row_count, byte_size, sha256`;
+
+function registeredFile(r: Record<string, unknown>): RegisteredFile {
+  return {
+    id: Number(r.id),
+    oid: r.oid === null ? null : Number(r.oid),
+    schema: r.schema_name as string,
+    table: r.table_name as string,
+    tableDir: r.table_dir as string,
+    batchTs: r.batch_ts as string,
+    path: r.path as string,
+    fileType: r.file_type as RegisteredFile["fileType"],
+    start: { lsn: parseLsn(r.start_lsn as string), seq: Number(r.start_seq ?? 0) },
+    end: { lsn: parseLsn(r.end_lsn as string), seq: Number(r.end_seq ?? 0) },
+    rowCount: Number(r.row_count),
+    byteSize: Number(r.byte_size),
+    sha256: r.sha256 as string,
+  };
+}
+
+/** One finished export for {@linkcode Registry.finishReloads}. */
+export interface FinishedExport {
+  ops: ReloadRequest[];
+  /** The full_reload and the files held back for it. */
+  files: FileRecord[];
+  state: TableStateUpdate;
 }
 
 /** A file_log row as verify reads it. */

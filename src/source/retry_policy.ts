@@ -21,12 +21,24 @@ export interface FailureClass {
   reason: string;
   /** What an operator can do about it; one short sentence. */
   fix: string;
+  /** A short stable name for `cdc_errors_total{type}` (local resource faults only). */
+  type?: string;
 }
 
-type Rule = { transient: boolean; reason: string; fix: string };
+type Rule = { transient: boolean; reason: string; fix: string; type?: string };
 
-const t = (reason: string, fix: string): Rule => ({ transient: true, reason, fix });
-const p = (reason: string, fix: string): Rule => ({ transient: false, reason, fix });
+const t = (reason: string, fix: string, type?: string): Rule => ({
+  transient: true,
+  reason,
+  fix,
+  ...(type ? { type } : {}),
+});
+const p = (reason: string, fix: string, type?: string): Rule => ({
+  transient: false,
+  reason,
+  fix,
+  ...(type ? { type } : {}),
+});
 
 const CONNECTION_LOST = t(
   "connection to PostgreSQL lost",
@@ -51,6 +63,17 @@ const CONNECTIONS_FULL = t(
 const DISK_FULL = t(
   "no space left on device",
   "free space in the data dir (or on the server's disk)",
+  "disk_full",
+);
+const TOO_MANY_FILES = t(
+  "too many open files",
+  "raise the open-file limit (LimitNOFILE= in the systemd unit, ulimit -n) or lower --max-open-files",
+  "too_many_open_files",
+);
+const NOT_A_DIRECTORY = t(
+  "a file is where the data dir needs a directory",
+  "move away the file named in the error; only cdc-egress may write in the data dir",
+  "not_a_directory",
 );
 
 /** SQLSTATE codes with a fixed verdict. */
@@ -120,11 +143,26 @@ const SYSTEM_CODES: Record<string, Rule> = {
   EAI_AGAIN: t("host name lookup failed for now", "check DNS"),
   ENOTFOUND: t("host name not found", "check DNS and the host in the URL"),
   ENOSPC: DISK_FULL,
-  EDQUOT: t("disk quota exceeded", "free space in the data dir or raise the quota"),
-  EIO: t("I/O error in the data dir", "check the disk of the data dir"),
-  EACCES: p("permission denied in the data dir", "fix the data dir's owner and mode"),
-  EPERM: p("operation not permitted in the data dir", "fix the data dir's owner and mode"),
-  EROFS: p("the data dir is on a read-only filesystem", "mount it read-write"),
+  EDQUOT: t("disk quota exceeded", "free space in the data dir or raise the quota", "disk_quota"),
+  EIO: t("I/O error in the data dir", "check the disk of the data dir", "io_error"),
+  EMFILE: TOO_MANY_FILES,
+  ENFILE: t(
+    "the system's open-file table is full",
+    "raise fs.file-max, or lower --max-open-files",
+    "too_many_open_files",
+  ),
+  ENOTDIR: NOT_A_DIRECTORY,
+  EACCES: p(
+    "permission denied in the data dir",
+    "fix the data dir's owner and mode",
+    "permission_denied",
+  ),
+  EPERM: p(
+    "operation not permitted in the data dir",
+    "fix the data dir's owner and mode",
+    "permission_denied",
+  ),
+  EROFS: p("the data dir is on a read-only filesystem", "mount it read-write", "read_only"),
 };
 
 /** Deno's error classes that carry no code. */
@@ -136,6 +174,7 @@ const DENO_CLASSES: [string, Rule][] = [
   ["TimedOut", SYSTEM_CODES.ETIMEDOUT],
   ["NotConnected", CONNECTION_LOST],
   ["PermissionDenied", SYSTEM_CODES.EACCES],
+  ["NotADirectory", NOT_A_DIRECTORY],
   ["NotCapable", p("the binary lacks a permission", "rebuild it with the current settings")],
 ];
 
@@ -153,6 +192,8 @@ const MESSAGES: [RegExp, Rule][] = [
   [/terminating connection due to administrator command/i, SQLSTATES["57P01"]],
   [/canceling statement due to statement timeout/i, SQLSTATES["57014"]],
   [/no space left on device|os error 28\b/i, DISK_FULL],
+  [/too many open files|os error 24\b/i, TOO_MANY_FILES],
+  [/not a directory|os error 20\b/i, NOT_A_DIRECTORY],
   [
     /query read timeout/i,
     t(

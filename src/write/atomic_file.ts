@@ -59,6 +59,16 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/** Fsyncs the file at `path` (through a new descriptor: Linux syncs the inode). */
+export async function syncFile(path: string): Promise<void> {
+  const handle = await Deno.open(path, { read: true });
+  try {
+    await handle.sync();
+  } finally {
+    handle.close();
+  }
+}
+
 /**
  * Writes `bytes` to `path` atomically: temp file (mode 0600) in the same
  * directory, fsync, rename over `path`, fsync of the directory. Readers see

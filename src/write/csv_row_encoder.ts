@@ -92,6 +92,22 @@ export class CsvRowEncoder {
     return this.#len;
   }
 
+  /** Bytes allocated for the buffer (what the encoder holds in memory). */
+  get capacity(): number {
+    return this.#buf.length;
+  }
+
+  /**
+   * Shrinks the buffer back to the initial size when what it holds fits:
+   * for an encoder that stays idle for long after a burst.
+   */
+  compact(): void {
+    if (this.#buf.length <= this.#initialCapacity || this.#len > this.#initialCapacity) return;
+    const buf = new Uint8Array(this.#initialCapacity);
+    buf.set(this.#buf.subarray(0, this.#len));
+    this.#buf = buf;
+  }
+
   /** Rows completed with {@linkcode endRow} since the encoder was created. */
   get rowCount(): number {
     return this.#rows;

@@ -14,10 +14,12 @@
 import { createGzip, type Gzip } from "node:zlib";
 import { createHash, type Hash } from "node:crypto";
 import { basename, dirname } from "node:path";
-import { FILE_MODE, syncDir, TEMP_PREFIX, tempPathFor, writeAll } from "./atomic_file.ts";
+import { FILE_MODE, syncDir, syncFile, TEMP_PREFIX, tempPathFor, writeAll } from "./atomic_file.ts";
 
 /** Input is fed to deflate in pieces of at least this size (small writes are coalesced). */
 const FEED_SIZE = 64 * 1024;
+
+const EMPTY = new Uint8Array(0);
 
 /** Options for {@linkcode GzipFileWriter.create}. */
 export interface GzipFileWriterOptions {
@@ -53,6 +55,16 @@ export interface SealedFile extends CommittedFile {
 
 type State = "open" | "sealing" | "sealed" | "published" | "aborted";
 
+/** Options for {@linkcode GzipFileWriter.seal} and {@linkcode GzipFileWriter.publish}. */
+export interface SyncOptions {
+  /**
+   * Whether to fsync (default true). With `false` the caller makes the file
+   * and its directory durable itself, e.g. many files at once with
+   * {@linkcode syncGroup} from `group_sync.ts`.
+   */
+  sync?: boolean;
+}
+
 /**
  * One gzip file under construction.
  *
@@ -74,6 +86,14 @@ type State = "open" | "sealing" | "sealed" | "published" | "aborted";
  * written to the file. Compression runs on the calling thread; the file
  * writes in between let the event loop run other work.
  *
+ * {@linkcode suspend} gives back the file descriptor and the deflate context
+ * of a file that stays open for a long time (a pool of writers does that for
+ * thousands of tables): it ends the current gzip member and closes the file.
+ * The next write reopens it and starts a new member. Concatenated gzip
+ * members are one valid gzip file (RFC 1952 §2.2); `gzip -d`, zlib, DuckDB,
+ * Python's gzip and PostgreSQL's `COPY FROM PROGRAM 'gzip -dc'` read it
+ * whole.
+ *
  * @example
  * ```ts
  * const out = await GzipFileWriter.create("data/public.t/20261124T170500.123Z/streaming.csv.gz");
@@ -89,17 +109,19 @@ type State = "open" | "sealing" | "sealed" | "published" | "aborted";
 export class GzipFileWriter {
   readonly #path: string;
   readonly #tempPath: string;
-  readonly #file: Deno.FsFile;
-  readonly #gzip: Gzip;
+  readonly #level: number;
+  /** Null while suspended. */
+  #file: Deno.FsFile | null;
+  /** Null while suspended. */
+  #gzip: Gzip | null;
   readonly #hash: Hash = createHash("sha256");
   /** Compressed output not yet written to the file. */
   #output: Uint8Array[] = [];
   #compressedBytes = 0;
   #uncompressedBytes = 0;
-  #pending = new Uint8Array(FEED_SIZE);
+  #pending: Uint8Array = EMPTY;
   #pendingLength = 0;
   #state: State = "open";
-  #fileClosed = false;
   #error: unknown = undefined;
   #sealed: SealedFile | null = null;
   /** Serializes writes so that un-awaited calls still keep their order. */
@@ -109,17 +131,23 @@ export class GzipFileWriter {
     this.#path = path;
     this.#tempPath = tempPath;
     this.#file = file;
-    this.#gzip = createGzip({ level, chunkSize: FEED_SIZE });
-    this.#gzip.on("data", (chunk: Uint8Array) => {
+    this.#level = level;
+    this.#gzip = this.#newGzip();
+  }
+
+  #newGzip(): Gzip {
+    const gzip = createGzip({ level: this.#level, chunkSize: FEED_SIZE });
+    gzip.on("data", (chunk: Uint8Array) => {
       this.#output.push(chunk);
       this.#compressedBytes += chunk.length;
       this.#hash.update(chunk);
     });
     // Without a listener an 'error' event would crash the process; the
     // failing write's callback reports it to the caller.
-    this.#gzip.on("error", (error: unknown) => {
+    gzip.on("error", (error: unknown) => {
       this.#error ??= error;
     });
+    return gzip;
   }
 
   /** Opens the temp file for `finalPath`, whose directory must exist. */
@@ -159,6 +187,11 @@ export class GzipFileWriter {
     return this.#tempPath;
   }
 
+  /** Whether {@linkcode suspend} closed the file (the next write reopens it). */
+  get suspended(): boolean {
+    return this.#file === null;
+  }
+
   /** Bytes accepted by {@linkcode write} so far. */
   get uncompressedBytes(): number {
     return this.#uncompressedBytes;
@@ -189,32 +222,55 @@ export class GzipFileWriter {
   }
 
   /**
+   * Ends the current gzip member and closes the file, releasing its file
+   * descriptor and deflate context; the next {@linkcode write} (or
+   * {@linkcode resume}) reopens it. A no-op while suspended.
+   */
+  suspend(): Promise<void> {
+    try {
+      this.#checkState("open", "suspend");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const result = this.#tail.then(() => this.#endMember());
+    this.#tail = result.catch(() => {});
+    return result;
+  }
+
+  /** Reopens a suspended file for more writes; a no-op when it is open. */
+  resume(): Promise<void> {
+    try {
+      this.#checkState("open", "resume");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const result = this.#tail.then(() => this.#reopen());
+    this.#tail = result.catch(() => {});
+    return result;
+  }
+
+  /**
    * Finishes the gzip stream and fsyncs the temp file, which is then
    * complete; {@linkcode publish} gives it its final name. After a failure
-   * only {@linkcode abort} is left.
+   * only {@linkcode abort} is left. With `{ sync: false }` nothing is
+   * fsynced: the caller must make the temp file and its directory durable
+   * before it registers the file.
    */
-  async seal(): Promise<SealedFile> {
+  async seal(options: SyncOptions = {}): Promise<SealedFile> {
     this.#checkState("open", "seal");
     this.#state = "sealing";
     try {
       await this.#tail;
       this.#throwIfFailed();
-      if (this.#pendingLength > 0) {
-        await this.#feed(this.#pending.subarray(0, this.#pendingLength));
-        this.#pendingLength = 0;
+      // A suspended file is complete already (its last member ended).
+      if (this.#file !== null) await this.#endMember(options.sync ?? true);
+      else if (options.sync ?? true) await syncFile(this.#tempPath);
+      if (options.sync ?? true) {
+        // The temp file's directory entry must be durable before anyone
+        // registers the file: recovery renames a registered temp file into
+        // place, which needs the entry to have survived a power loss.
+        await syncDir(dirname(this.#tempPath));
       }
-      await new Promise<void>((resolve, reject) => {
-        this.#gzip.once("end", resolve);
-        this.#gzip.once("error", reject);
-        this.#gzip.end();
-      });
-      await this.#flushOutput();
-      await this.#file.sync();
-      this.#closeFile();
-      // The temp file's directory entry must be durable before anyone
-      // registers the file: recovery renames a registered temp file into
-      // place, which needs the entry to have survived a power loss.
-      await syncDir(dirname(this.#tempPath));
     } catch (error) {
       this.#error ??= error;
       throw error;
@@ -234,13 +290,15 @@ export class GzipFileWriter {
    * Renames the sealed file to its final name and fsyncs the directory.
    * If the rename fails the file stays sealed under its temp name (retry or
    * {@linkcode abort}); if only the directory fsync fails the file is already
-   * in place and the error is still reported.
+   * in place and the error is still reported. `{ sync: false }` skips the
+   * directory fsync, for registered files whose temp name crash recovery
+   * renames into place anyway.
    */
-  async publish(): Promise<void> {
+  async publish(options: SyncOptions = {}): Promise<void> {
     this.#checkState("sealed", "publish");
     await Deno.rename(this.#tempPath, this.#path);
     this.#state = "published";
-    await syncDir(dirname(this.#path));
+    if (options.sync ?? true) await syncDir(dirname(this.#path));
   }
 
   /**
@@ -262,7 +320,8 @@ export class GzipFileWriter {
     if (this.#state === "published" || this.#state === "aborted") return;
     this.#state = "aborted";
     await this.#tail;
-    this.#gzip.destroy();
+    this.#gzip?.destroy();
+    this.#gzip = null;
     this.#closeFile();
     this.#output = [];
     try {
@@ -274,6 +333,8 @@ export class GzipFileWriter {
 
   async #append(chunk: Uint8Array): Promise<void> {
     this.#throwIfFailed();
+    if (this.#file === null) await this.#reopen();
+    if (this.#pending.length === 0) this.#pending = new Uint8Array(FEED_SIZE);
     let offset = 0;
     if (this.#pendingLength > 0) {
       const take = Math.min(FEED_SIZE - this.#pendingLength, chunk.length);
@@ -293,13 +354,47 @@ export class GzipFileWriter {
     }
   }
 
+  /** Feeds what is pending, ends the gzip member, writes it out and closes the file. */
+  async #endMember(sync = false): Promise<void> {
+    this.#throwIfFailed();
+    if (this.#file === null) return;
+    try {
+      if (this.#pendingLength > 0) {
+        await this.#feed(this.#pending.subarray(0, this.#pendingLength));
+        this.#pendingLength = 0;
+      }
+      const gzip = this.#gzip!;
+      await new Promise<void>((resolve, reject) => {
+        gzip.once("end", resolve);
+        gzip.once("error", reject);
+        gzip.end();
+      });
+      await this.#flushOutput();
+      if (sync) await this.#file.sync();
+    } catch (error) {
+      this.#error ??= error;
+      throw error;
+    }
+    this.#gzip = null;
+    this.#pending = EMPTY;
+    this.#closeFile();
+  }
+
+  async #reopen(): Promise<void> {
+    this.#throwIfFailed();
+    if (this.#file !== null) return;
+    this.#file = await Deno.open(this.#tempPath, { write: true, append: true });
+    this.#gzip = this.#newGzip();
+  }
+
   /** Deflates `input` and writes the output produced so far to the file. */
   async #feed(input: Uint8Array): Promise<void> {
     try {
+      const gzip = this.#gzip!;
       await new Promise<void>((resolve, reject) => {
         // The callback runs once zlib has consumed `input`; the 'data' events
         // for its output have fired by then, so #output holds it.
-        this.#gzip.write(input, (error?: Error | null) => error ? reject(error) : resolve());
+        gzip.write(input, (error?: Error | null) => error ? reject(error) : resolve());
       });
       await this.#flushOutput();
     } catch (error) {
@@ -313,7 +408,7 @@ export class GzipFileWriter {
     if (chunks.length === 0) return;
     this.#output = [];
     if (chunks.length === 1) {
-      await writeAll(this.#file, chunks[0]);
+      await writeAll(this.#file!, chunks[0]);
       return;
     }
     let total = 0;
@@ -324,13 +419,14 @@ export class GzipFileWriter {
       joined.set(c, at);
       at += c.length;
     }
-    await writeAll(this.#file, joined);
+    await writeAll(this.#file!, joined);
   }
 
   #closeFile(): void {
-    if (this.#fileClosed) return;
-    this.#fileClosed = true;
-    this.#file.close();
+    const file = this.#file;
+    if (file === null) return;
+    this.#file = null;
+    file.close();
   }
 
   #checkState(expected: State, action: string): void {

@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { testMajors } from "../../scripts/embedded_postgres.ts";
-import { CsvRecordCounter } from "../../src/commands/verify.ts";
+import { CsvRecordCounter } from "../../src/verify/csv_record_counter.ts";
 import { type CsvField, parseCsv } from "../../src/replay/csv_reader.ts";
 import { type CliResult, runCli, waitFor } from "../harness/cli.ts";
 import { layoutSuffix, type StreamEnv, streamEnv } from "../harness/stream_env.ts";

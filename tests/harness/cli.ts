@@ -16,12 +16,34 @@ export interface CliResult {
   stderr: string;
 }
 
-function command(args: string[], env: Record<string, string>, piped: boolean) {
+/** How to run a CLI process. */
+export interface CliOptions {
+  /** Run under `ulimit -n` of this (soft and hard), as under systemd's LimitNOFILE=. */
+  fdLimit?: number;
+}
+
+function command(
+  args: string[],
+  env: Record<string, string>,
+  piped: boolean,
+  options: CliOptions = {},
+) {
   const fullEnv = { CDC_LOG_FORMAT: "json", NO_COLOR: "1", ...env };
   // Exactly the flags `deno task build` would compile in for these settings.
   const flags = permissionFlagsFor(args, { ...Deno.env.toObject(), ...fullEnv });
+  const argv = ["run", "--config", CONFIG, ...flags, MAIN, ...args];
+  if (options.fdLimit !== undefined) {
+    // exec keeps the pid: the child is the CLI itself.
+    return new Deno.Command("bash", {
+      args: ["-c", `ulimit -n ${options.fdLimit} && exec "$0" "$@"`, Deno.execPath(), ...argv],
+      env: fullEnv,
+      stdout: "piped",
+      stderr: "piped",
+      stdin: piped ? "piped" : "null",
+    });
+  }
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--config", CONFIG, ...flags, MAIN, ...args],
+    args: argv,
     env: fullEnv,
     stdout: "piped",
     stderr: "piped",
@@ -43,8 +65,8 @@ export class CliProcess {
   stdout = "";
   #done: Promise<Deno.CommandStatus>;
 
-  constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = command(args, env, false).spawn();
+  constructor(args: string[], env: Record<string, string> = {}, options: CliOptions = {}) {
+    this.child = command(args, env, false, options).spawn();
     const collect = async (stream: ReadableStream<Uint8Array>, into: "stderr" | "stdout") => {
       for await (const chunk of stream.pipeThrough(new TextDecoderStream())) this[into] += chunk;
     };

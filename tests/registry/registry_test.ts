@@ -1,14 +1,14 @@
 /**
  * Registry sessions against a real cluster: the session settings of each
  * kind of connection (`connect()`), the per-slot uniqueness of file_log paths
- * (migration 6), and the takeover of a slot lock whose holder is dead.
+ * (migration 6), the file totals status reads (migration 7), and the takeover of a slot lock whose holder is dead.
  */
 
 import assert from "node:assert/strict";
 // @ts-types="npm:@types/pg@8.23.1"
 import pg from "pg";
 import { startCluster, testMajors } from "../../scripts/embedded_postgres.ts";
-import { applyMigrations, BOTH_SIDES } from "../../src/registry/migrations.ts";
+import { applyMigrations, BOTH_SIDES, MIGRATIONS } from "../../src/registry/migrations.ts";
 import { Registry, REGISTRY_APPLICATION_NAME } from "../../src/registry/registry.ts";
 import { connect } from "../../src/source/connect.ts";
 
@@ -70,6 +70,74 @@ for (const version of testMajors()) {
       await assert.rejects(insert("slot_a"), /file_log_slot_path_key/);
       // Applying again changes nothing.
       assert.deepEqual(await applyMigrations(db, BOTH_SIDES), []);
+    } finally {
+      await db.end();
+    }
+  });
+
+  Deno.test(`migration 7 fills file_totals from existing files and keeps it on insert, update, delete (PG ${version})`, async () => {
+    await using cluster = await startCluster({ version });
+    const db = await connect(cluster.url());
+    try {
+      // A registry at migration 6 with files, as a deployment upgrading has.
+      await db.query("CREATE SCHEMA cdc_registry");
+      await db.query(`CREATE TABLE cdc_registry.schema_migrations (version integer NOT NULL,
+        name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+        side text NOT NULL DEFAULT 'both')`);
+      for (const m of MIGRATIONS.filter((m) => m.version <= 6)) {
+        await db.query((m.source ?? "") + (m.sql ?? ""));
+        await db.query(
+          "INSERT INTO cdc_registry.schema_migrations (version, name) VALUES ($1, $2)",
+          [
+            m.version,
+            m.name,
+          ],
+        );
+      }
+      const insert = (slot: string, table: string, from: number, to: number) =>
+        db.query(
+          `INSERT INTO cdc_registry.file_log (slot_name, schema_name, table_name, table_dir,
+             batch_ts, path, file_type, start_lsn, end_lsn, row_count, byte_size, sha256)
+           SELECT $1, 'public', $2, 'public.' || $2, '20260101T000000.000Z',
+                  'public.' || $2 || '/' || g || '/streaming.csv.gz', 'streaming',
+                  '0/1', '0/2', g, 10 * g, 'x'
+           FROM generate_series($3::int, $4::int) g`,
+          [slot, table, from, to],
+        );
+      await insert("a", "t", 1, 10);
+      await insert("a", "u", 1, 3);
+      await insert("b", "t", 1, 2);
+      assert.deepEqual(await applyMigrations(db, BOTH_SIDES), [7]);
+      // file_totals equals the aggregate over file_log, whatever happened to file_log.
+      const check = async () => {
+        const totals = await db.query(
+          `SELECT slot_name, table_name, file_count::int, row_count::int, byte_size::int
+           FROM cdc_registry.file_totals ORDER BY 1, 2`,
+        );
+        const expected = await db.query(
+          `SELECT slot_name, table_name, count(*)::int AS file_count, sum(row_count)::int AS row_count,
+                  sum(byte_size)::int AS byte_size
+           FROM cdc_registry.file_log GROUP BY 1, 2 ORDER BY 1, 2`,
+        );
+        assert.deepEqual(totals.rows, expected.rows);
+        return totals.rows.length;
+      };
+      assert.equal(await check(), 3);
+      await insert("a", "t", 11, 20);
+      await insert("b", "v", 1, 1);
+      assert.equal(await check(), 4);
+      await db.query("UPDATE cdc_registry.file_log SET table_name = 'w' WHERE table_name = 'u'");
+      await db.query(
+        "UPDATE cdc_registry.file_log SET row_count = row_count + 1 WHERE slot_name = 'b'",
+      );
+      assert.equal(await check(), 4);
+      await db.query("DELETE FROM cdc_registry.file_log WHERE slot_name = 'b'");
+      assert.equal(await check(), 2);
+      // A failed insert (a duplicate path) leaves no trace in the totals.
+      await assert.rejects(insert("a", "t", 5, 25), /file_log_slot_path_key/);
+      assert.equal(await check(), 2);
+      await db.query("TRUNCATE cdc_registry.file_log");
+      assert.equal(await check(), 0);
     } finally {
       await db.end();
     }

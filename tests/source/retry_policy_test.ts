@@ -211,3 +211,25 @@ Deno.test("retryDelayMs() doubles from 0.5 s up to the cap", () => {
   ]);
   assert.equal(retryDelayMs(3, 2000), 2000);
 });
+
+Deno.test("classifyFailure() names local file faults with a type and a fix", () => {
+  const emfile = classifyFailure(
+    new Error("Too many open files (os error 24): open '/data/public.t997/x'"),
+  );
+  assert.deepEqual([emfile.transient, emfile.type, emfile.reason], [
+    true,
+    "too_many_open_files",
+    "too many open files",
+  ]);
+  assert.match(emfile.fix, /LimitNOFILE.*--max-open-files/);
+  assert.equal(classifyFailure(systemError("EMFILE")).type, "too_many_open_files");
+  const notDir = classifyFailure(
+    Object.assign(new Error("Not a directory (os error 20): mkdir '/data/public.t/x'"), {
+      name: "NotADirectory",
+    }),
+  );
+  assert.deepEqual([notDir.transient, notDir.type], [true, "not_a_directory"]);
+  assert.equal(classifyFailure(systemError("ENOSPC")).type, "disk_full");
+  // Server-side faults keep no type: the stream counts them by their CdcError code.
+  assert.equal(classifyFailure(serverError("57P01", "terminating connection")).type, undefined);
+});

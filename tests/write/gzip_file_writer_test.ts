@@ -339,3 +339,61 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("GzipFileWriter.suspend ends a gzip member; later writes add members and the file reads whole", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const input = sampleCsv(400_000);
+    const path = join(dir, "streaming.csv.gz");
+    const out = await GzipFileWriter.create(path);
+    const cuts = [0, 10, 150_000, 150_001, 399_000, input.length];
+    for (let i = 1; i < cuts.length; i++) {
+      await out.write(input.slice(cuts[i - 1], cuts[i]));
+      await out.suspend();
+      assert.equal(out.suspended, true);
+      // Suspending twice is harmless; resume reopens.
+      await out.suspend();
+      if (i % 2 === 0) await out.resume();
+    }
+    const sealed = await out.seal();
+    await out.publish();
+    const bytes = await Deno.readFile(path);
+    assert.equal(sealed.byteSize, bytes.length);
+    assert.equal(sealed.sha256, sha256Hex(bytes));
+    assert.equal(sealed.uncompressedBytes, input.length);
+    assert.deepEqual(new Uint8Array(gunzipSync(bytes)), input);
+    // The gzip command reads every member too.
+    const gz = await new Deno.Command("gzip", { args: ["-dc", path], stdout: "piped" }).output();
+    assert.ok(gz.success);
+    assert.deepEqual(gz.stdout, input);
+    // Five members: the gzip magic appears at each member's start.
+    let members = 0;
+    for (let i = 0; i + 2 < bytes.length; i++) {
+      if (bytes[i] === 0x1f && bytes[i + 1] === 0x8b && bytes[i + 2] === 8) members++;
+    }
+    assert.ok(members >= 5, `expected at least 5 members, found ${members}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("GzipFileWriter.seal without sync leaves a complete file; abort after suspend removes it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const input = sampleCsv(10_000);
+    const a = await GzipFileWriter.create(join(dir, "a.csv.gz"));
+    await a.write(input);
+    await a.suspend();
+    const sealed = await a.seal({ sync: false });
+    assert.deepEqual(new Uint8Array(gunzipSync(await Deno.readFile(sealed.tempPath))), input);
+    await a.publish({ sync: false });
+    assert.deepEqual(await listDir(dir), ["a.csv.gz"]);
+    const b = await GzipFileWriter.create(join(dir, "b.csv.gz"));
+    await b.write(input);
+    await b.suspend();
+    await b.abort();
+    assert.deepEqual(await listDir(dir), ["a.csv.gz"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

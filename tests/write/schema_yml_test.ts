@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import { parse } from "yaml";
-import { renderSchemaYml, type TableSchema } from "../../src/write/schema_yml.ts";
+import {
+  renderSchemaYml,
+  renderWithLibrary,
+  type TableSchema,
+} from "../../src/write/schema_yml.ts";
 
 const ORDERS: TableSchema = {
   schema: "public",
@@ -137,4 +141,52 @@ Deno.test("renderSchemaYml quotes names so that any characters read back exactly
   assert.doesNotMatch(yml, /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\ufeff]/);
   // No line folding of long names.
   assert.ok(yml.includes(`"${"x".repeat(300)}"`));
+});
+
+Deno.test("renderSchemaYml() writes what the YAML library writes, for any names", () => {
+  // Its fast path (plain ASCII strings) must not change a byte of the output.
+  let seed = 0x5eed;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x80000000;
+  };
+  const alphabet = ["a", "Z", "0", " ", "_", ".", "-", "'", "#", ":", "[", "{", "!", "&", "*", "%"];
+  const rare = ['"', "\\", "\n", "é", "☃", "\u0001", "\u2028", "\ud83d\ude00", "\ud800"];
+  const text = () => {
+    const n = Math.floor(random() * 12);
+    let out = "";
+    for (let i = 0; i < n; i++) {
+      out += random() < 0.05
+        ? rare[Math.floor(random() * rare.length)]
+        : alphabet[Math.floor(random() * alphabet.length)];
+    }
+    return out;
+  };
+  let plain = 0;
+  for (let i = 0; i < 2000; i++) {
+    const columns = Array.from({ length: Math.floor(random() * 4) }, (_, k) => ({
+      name: text(),
+      type: random() < 0.5 ? "integer" : text(),
+      typeOid: Math.floor(random() * 100000),
+      typeModifier: random() < 0.5 ? -1 : Math.floor(random() * 1000),
+      nullable: random() < 0.5,
+      isKey: random() < 0.5,
+      ...(random() < 0.5 ? { attnum: k + 1 } : {}),
+      ...(random() < 0.3 ? { default: text() } : {}),
+    }));
+    const schema: TableSchema = {
+      schema: text(),
+      table: text(),
+      relationOid: Math.floor(random() * 1e9),
+      ...(random() < 0.2 ? { previousName: text() } : {}),
+      validFromLsn: "0/16B3748",
+      replicaIdentity: (["default", "nothing", "full", "index"] as const)[Math.floor(random() * 4)],
+      primaryKey: columns.filter(() => random() < 0.4).map((c) => c.name),
+      columns,
+    };
+    const fast = renderSchemaYml(schema);
+    assert.equal(fast, renderWithLibrary(schema), JSON.stringify(schema));
+    if (!/\\/.test(fast)) plain++;
+  }
+  assert.ok(plain > 500, `only ${plain} schemas took the plain path`);
 });
