@@ -59,11 +59,15 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
-/** Fsyncs the file at `path` (through a new descriptor: Linux syncs the inode). */
+/**
+ * Makes the data of the file at `path` durable, through a new descriptor
+ * (Linux syncs the inode, not the descriptor). fdatasync: it also flushes
+ * the size, all that reading the file back needs.
+ */
 export async function syncFile(path: string): Promise<void> {
   const handle = await Deno.open(path, { read: true });
   try {
-    await handle.sync();
+    await handle.syncData();
   } finally {
     handle.close();
   }

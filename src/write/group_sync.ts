@@ -11,7 +11,7 @@ import { syncDir, syncFile } from "./atomic_file.ts";
 import { eachLimited } from "./each_limited.ts";
 
 /** How many fsyncs run at once. */
-const SYNC_CONCURRENCY = 16;
+const SYNC_CONCURRENCY = 32;
 
 /**
  * Fsyncs `files`, then each distinct directory in `dirs`. Files first: a
