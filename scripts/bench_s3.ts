@@ -9,7 +9,8 @@
  *   in transactions of 5,000) caught up into registered files, from process
  *   start until the slot's confirmed_flush_lsn passes the backlog's end.
  *
- * Target: S3 at most 1.3x local for each. s3rver writes into a temp dir on
+ * The export runs local first, the backlog S3 first. Target: S3 at most
+ * 1.3x local for each. s3rver writes into a temp dir on
  * the same disk, so the ratio shows what the upload path adds (HTTP, MD5,
  * intents, the registry round trips), not a network.
  *
@@ -170,7 +171,8 @@ export async function benchS3(o: BenchS3Options): Promise<Record<string, unknown
         [slot, end],
       )).rows[0]?.ok === true;
     const backlogS: Record<string, number> = {};
-    for (const [name, env] of Object.entries(sides)) {
+    // The other order than the export's, so neither side always runs first.
+    for (const [name, env] of Object.entries(sides).reverse()) {
       o.log(`s3: backlog into ${name}`);
       backlogS[name] = await timedStream(env, caughtUp(env.CDC_SLOT), o.timeoutS);
     }

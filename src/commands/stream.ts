@@ -42,6 +42,9 @@ import { SpoolUploader } from "../storage/spool_uploader.ts";
 import { cleanSpool, recoverUploads } from "../storage/upload_recovery.ts";
 import { checkStorageLocation } from "../storage/storage_location.ts";
 
+/** How long `stream`, asked to stop, keeps retrying uploads to object storage. */
+const STOP_GRACE_MS = 10_000;
+
 /** Makes sure the data dir exists, is a directory and is writable. */
 export async function prepareDataDir(dataDir: string): Promise<string> {
   const dir = resolve(dataDir);
@@ -195,6 +198,28 @@ export async function streamCommand(config: Config): Promise<void> {
     metrics,
     logger,
   });
+  const storageMetrics = s3 ? new StorageMetrics(metrics.registry) : null;
+  let lastRetryLog = 0;
+  // In stream, S3 calls are retried until they work: the pipeline holds
+  // (reads no WAL, acknowledges nothing) meanwhile.
+  const store = s3
+    ? openObjectStore(config, {
+      maxAttempts: Infinity,
+      onRetry: (op, n, error, delayMs) => {
+        storageMetrics!.retries.inc({ op: op.split(" ")[0] });
+        storageMetrics!.storageUp.set(0);
+        monitor.setStorageUp(false);
+        if (Date.now() - lastRetryLog < 10_000 && n > 1) return;
+        lastRetryLog = Date.now();
+        logger.warn("object storage request failed; retrying", {
+          op,
+          attempt: n,
+          retry_in_ms: delayMs,
+          error: redactAll(errorLine(error), config),
+        });
+      },
+    })
+    : null;
   let server: ObserveServer | null = null;
   let current: StreamPipeline | null = null;
   let stopping = false;
@@ -202,6 +227,9 @@ export async function streamCommand(config: Config): Promise<void> {
   const onSignal = () => {
     logger.info("stopping: flushing open batches");
     stopping = true;
+    // Uploads still failing after this are given up: their files stay
+    // unregistered and unacknowledged, and come again after a restart.
+    store?.giveUpAfter(STOP_GRACE_MS);
     current?.stop();
     wakeBackoff?.();
   };
@@ -230,28 +258,6 @@ export async function streamCommand(config: Config): Promise<void> {
     }
   }, 1000);
   let streamingSince = 0;
-  const storageMetrics = s3 ? new StorageMetrics(metrics.registry) : null;
-  let lastRetryLog = 0;
-  // In stream, S3 calls are retried until they work: the pipeline holds
-  // (reads no WAL, acknowledges nothing) meanwhile.
-  const store = s3
-    ? openObjectStore(config, {
-      maxAttempts: Infinity,
-      onRetry: (op, n, error, delayMs) => {
-        storageMetrics!.retries.inc({ op: op.split(" ")[0] });
-        storageMetrics!.storageUp.set(0);
-        monitor.setStorageUp(false);
-        if (Date.now() - lastRetryLog < 10_000 && n > 1) return;
-        lastRetryLog = Date.now();
-        logger.warn("object storage request failed; retrying", {
-          op,
-          attempt: n,
-          retry_in_ms: delayMs,
-          error: redactAll(errorLine(error), config),
-        });
-      },
-    })
-    : null;
   try {
     while (!stopping) {
       const startedAt = Date.now();

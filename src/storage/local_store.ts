@@ -85,5 +85,8 @@ export class LocalStore implements ObjectStore {
     await Deno.stat(this.#root);
   }
 
+  /** Local calls are not retried. */
+  giveUpAfter(_ms: number): void {}
+
   close(): void {}
 }

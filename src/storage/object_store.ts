@@ -47,6 +47,11 @@ export interface ObjectStore {
   abortMultipart(key: string, uploadId: string): Promise<void>;
   /** Checks that the store can be reached and read (and written when `write`). */
   check(write: boolean): Promise<void>;
+  /**
+   * Stops retrying `ms` from now: a call still failing then throws (a
+   * process asked to stop must not wait for S3 forever).
+   */
+  giveUpAfter(ms: number): void;
   /** Releases connections. */
   close(): void;
 }

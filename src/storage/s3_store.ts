@@ -57,6 +57,9 @@ export interface S3StoreOptions {
   onUploaded?: (bytes: number, seconds: number) => void;
 }
 
+/** Parts of one multipart upload in flight at once. */
+const PART_CONCURRENCY = 3;
+
 /** One S3 call's failure that a retry cannot fix, as one clear line. */
 function permanentError(op: string, where: string, error: unknown): CdcError {
   const e = error as { name?: string; message?: string; Code?: string };
@@ -130,6 +133,13 @@ export class S3Store implements ObjectStore {
     return rel === undefined ? `bucket "${this.#opts.location.bucket}"${at}` : `${this.url}/${rel}`;
   }
 
+  /** After this time (ms since the epoch) failing calls are not retried; see giveUpAfter. */
+  #deadline = Infinity;
+
+  giveUpAfter(ms: number): void {
+    this.#deadline = Math.min(this.#deadline, Date.now() + ms);
+  }
+
   /** Runs `fn` until it succeeds, a permanent error occurs or attempts run out. */
   async #retry<T>(op: string, rel: string | undefined, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0;; attempt++) {
@@ -138,7 +148,7 @@ export class S3Store implements ObjectStore {
       } catch (error) {
         if (error instanceof CdcError) throw error;
         if (!isTransientS3Error(error)) throw permanentError(op, this.#where(rel), error);
-        if (attempt + 1 >= this.#opts.maxAttempts) {
+        if (attempt + 1 >= this.#opts.maxAttempts || Date.now() >= this.#deadline) {
           throw new CdcError(
             "storage",
             `Cannot ${op} ${this.#where(rel)}: ${
@@ -147,7 +157,7 @@ export class S3Store implements ObjectStore {
             { cause: error },
           );
         }
-        const delay = s3RetryDelayMs(attempt);
+        const delay = Math.max(0, Math.min(s3RetryDelayMs(attempt), this.#deadline - Date.now()));
         this.#opts.onRetry?.(op, attempt + 1, error, delay);
         await new Promise((r) => setTimeout(r, delay));
       }
@@ -205,19 +215,33 @@ export class S3Store implements ObjectStore {
     );
     const UploadId = created.UploadId!;
     await options.onMultipart?.(UploadId);
-    const parts: { PartNumber: number; ETag: string }[] = [];
+    const partSize = this.#opts.partSize;
+    const count = Math.ceil(size / partSize);
+    const parts: { PartNumber: number; ETag: string }[] = new Array(count);
     const file = await Deno.open(localPath, { read: true });
-    try {
-      const partSize = this.#opts.partSize;
-      for (let offset = 0, n = 1; offset < size; offset += partSize, n++) {
-        const length = Math.min(partSize, size - offset);
-        const body = new Uint8Array(length);
+    // Reading and hashing one part overlaps the upload of others; memory
+    // stays at PART_CONCURRENCY parts.
+    let next = 0;
+    let reading = Promise.resolve();
+    const readPart = (n: number): Promise<Uint8Array> => {
+      const offset = (n - 1) * partSize;
+      const body = new Uint8Array(Math.min(partSize, size - offset));
+      const read = reading.then(async () => {
         await file.seek(offset, Deno.SeekMode.Start);
-        for (let got = 0; got < length;) {
+        for (let got = 0; got < body.length;) {
           const r = await file.read(body.subarray(got));
           if (r === null) throw new Error(`"${localPath}" is shorter than ${size} bytes`);
           got += r;
         }
+      });
+      reading = read.catch(() => {});
+      return read.then(() => body);
+    };
+    let failed = false;
+    const worker = async () => {
+      while (!failed && next < count) {
+        const n = ++next;
+        const body = await readPart(n);
         const md5 = createHash("md5").update(body).digest();
         const res = await this.#retry(`upload part ${n} of`, rel, async () => {
           const r = await this.#client.send(
@@ -227,7 +251,7 @@ export class S3Store implements ObjectStore {
               UploadId,
               PartNumber: n,
               Body: body,
-              ContentLength: length,
+              ContentLength: body.length,
               ContentMD5: md5.toString("base64"),
             }),
           );
@@ -238,8 +262,16 @@ export class S3Store implements ObjectStore {
           }
           return r;
         });
-        parts.push({ PartNumber: n, ETag: res.ETag! });
+        parts[n - 1] = { PartNumber: n, ETag: res.ETag! };
       }
+    };
+    const guarded = () =>
+      worker().catch((error) => {
+        failed = true;
+        throw error;
+      });
+    try {
+      await Promise.all(Array.from({ length: Math.min(PART_CONCURRENCY, count) }, guarded));
     } finally {
       file.close();
     }

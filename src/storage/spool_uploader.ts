@@ -31,6 +31,7 @@ import type { Logger } from "../log.ts";
 import type { StorageMetrics } from "../observe/storage_metrics.ts";
 import type { FileRecord, Registry } from "../registry/registry.ts";
 import { TEMP_PREFIX } from "../write/atomic_file.ts";
+import { eachLimited } from "../write/each_limited.ts";
 import type { ObjectStore } from "./object_store.ts";
 
 /** Names a folder's registered files can have (see table_batch, table_export, ddl_folder). */
@@ -39,8 +40,14 @@ export const DATA_FILE_NAMES = ["streaming.csv.gz", "full_reload.csv.gz", "ddl.s
 /** Side file of every folder. */
 const SCHEMA_FILE = "schema.yml";
 
-/** Uploads in flight at once. */
-const CONCURRENCY = 4;
+/**
+ * Uploads in flight at once: many small files (a flush of thousands of
+ * tables is mostly small files and their schema.yml, where latency is what
+ * counts), few large ones (each holds up to a part or three in memory).
+ */
+const SMALL_CONCURRENCY = 16;
+const LARGE_CONCURRENCY = 2;
+const SMALL_BYTES = 1024 * 1024;
 
 interface Upload {
   key: string;
@@ -80,20 +87,19 @@ export class SpoolUploader {
     const uploads = await this.#plan(files);
     if (uploads.length === 0) return;
     await this.#registry.addUploadIntents(uploads.map((u) => u.key));
-    let next = 0;
-    const worker = async () => {
-      while (next < uploads.length) {
-        const u = uploads[next++];
-        const started = performance.now();
-        await this.#store.putFile(u.key, u.local, {
-          sha256: u.sha256,
-          onMultipart: (id) => this.#registry.setUploadId(u.key, id),
-        });
-        this.#metrics?.uploadSeconds.observe((performance.now() - started) / 1000);
-        this.#metrics?.uploadedBytes.inc(u.size);
-      }
+    const upload = async (u: Upload) => {
+      const started = performance.now();
+      await this.#store.putFile(u.key, u.local, {
+        sha256: u.sha256,
+        onMultipart: (id) => this.#registry.setUploadId(u.key, id),
+      });
+      this.#metrics?.uploadSeconds.observe((performance.now() - started) / 1000);
+      this.#metrics?.uploadedBytes.inc(u.size);
     };
-    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, uploads.length) }, worker));
+    await Promise.all([
+      eachLimited(uploads.filter((u) => u.size < SMALL_BYTES), SMALL_CONCURRENCY, upload),
+      eachLimited(uploads.filter((u) => u.size >= SMALL_BYTES), LARGE_CONCURRENCY, upload),
+    ]);
     this.#metrics?.storageUp.set(1);
     for (const f of files) this.#evict.add(f.path);
     this.#spoolBytes += uploads.reduce((n, u) => n + u.size, 0);

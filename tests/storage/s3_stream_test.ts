@@ -13,6 +13,13 @@ import { runCli, waitFor } from "../harness/cli.ts";
 import { liveRows } from "../harness/replay_check.ts";
 import { type StreamEnv, streamEnv } from "../harness/stream_env.ts";
 import { FaultProxy } from "../harness/fault_proxy.ts";
+import { S3_TEST_CREDENTIALS } from "../harness/s3_server.ts";
+import { join } from "node:path";
+import { Logger } from "../../src/log.ts";
+import type { Lsn } from "../../src/lsn.ts";
+import { Registry } from "../../src/registry/registry.ts";
+import { S3Store } from "../../src/storage/s3_store.ts";
+import { SpoolUploader } from "../../src/storage/spool_uploader.ts";
 
 /** Registered paths of the slot, and the bucket's keys under the data prefix. */
 async function bucketMatchesRegistry(w: StreamEnv): Promise<void> {
@@ -326,11 +333,110 @@ for (const major of testMajors()) {
       proxy.up();
       await w.caughtUp();
       await waitFor("/readyz 200 again", async () => (await ready()) === 200);
-      assert.equal(await p.stop(), 0, p.stderr);
+
+      // Asked to stop during an outage, it gives up the upload after a grace
+      // period: exit 1 with one line, nothing registered or acknowledged.
+      const held = { files: await files(), lsn: await confirmed() };
+      proxy.down();
+      const seen = p.stderr.length;
+      await fill(w, "t", 5000, 100);
+      await waitFor(
+        "a retry",
+        () => p.stderr.slice(seen).includes("object storage request failed"),
+      );
+      const stopAt = Date.now();
+      const code = await p.stop("SIGTERM");
+      assert.equal(code, 1, p.stderr.slice(-2000));
+      assert(Date.now() - stopAt < 30_000, `stopped after ${Date.now() - stopAt} ms`);
+      assert.match(p.stderr, /"msg":"stopping: flushing open batches"/);
+      assert.deepEqual({ files: await files(), lsn: await confirmed() }, held);
+      proxy.up();
+      const again = w.stream({ CDC_S3_ENDPOINT: proxy.endpoint });
+      await w.caughtUp();
+      assert.equal(await again.stop(), 0, again.stderr);
       await bucketMatchesRegistry(w);
       await w.assertReplayEquals("public", "t");
     } finally {
       proxy.stop();
     }
   });
+}
+
+Deno.test("SpoolUploader never uploads a registered key again", async () => {
+  await using w = await streamEnv(testMajors()[0] as PgMajor, {}, { s3: true });
+  const proxy = FaultProxy.start(w.s3!.port);
+  try {
+    await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    await fill(w, "t", 1, 50);
+    await w.init();
+    const p = w.stream();
+    await w.caughtUp();
+    assert.equal(await p.stop(), 0, p.stderr);
+    const row = (await w.registry.query(
+      `SELECT path, byte_size::int AS size, sha256 FROM cdc_registry.file_log
+       WHERE file_type = 'full_reload'`,
+    )).rows[0];
+    // Bytes of another content where the spool would hold the file at registration.
+    const dir = join(w.spoolDir!, row.path.replace(/\/[^/]+$/, ""));
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(join(dir, ".tmp-full_reload.csv.gz"), "other bytes");
+    await Deno.writeTextFile(join(dir, "schema.yml"), "other: schema\n");
+    const store = new S3Store({
+      location: { bucket: "cdc", prefix: "data" },
+      endpoint: proxy.endpoint,
+      forcePathStyle: true,
+      partSize: 16 << 20,
+      timeoutMs: 5000,
+      maxAttempts: 3,
+    });
+    const registry = new Registry(w.registry, "cdc_egress");
+    const uploader = new SpoolUploader(
+      store,
+      registry,
+      w.spoolDir!,
+      new Logger({ level: "error" }),
+    );
+    const before = proxy.seen.length;
+    await withS3Credentials(() =>
+      uploader.beforeRegister([{
+        schema: "public",
+        table: "t",
+        tableDir: "public.t",
+        relationOid: 1,
+        batchTs: row.path.split("/")[1],
+        path: row.path,
+        fileType: "full_reload",
+        startLsn: 0n as Lsn,
+        endLsn: 0n as Lsn,
+        startSeq: null,
+        endSeq: null,
+        rowCount: 0,
+        byteSize: 11,
+        sha256: "0".repeat(64),
+        hasDdl: false,
+      }])
+    );
+    store.close();
+    assert.deepEqual(proxy.seen.slice(before), [], "no request for a registered key");
+    const objects = await w.s3!.objects("cdc", "data/");
+    assert.equal(objects.get(`data/${row.path}`), row.size, "the object is unchanged");
+    assert.equal(
+      (await w.registry.query("SELECT count(*)::int AS n FROM cdc_registry.upload_intent")).rows[0]
+        .n,
+      0,
+    );
+  } finally {
+    proxy.stop();
+  }
+});
+
+async function withS3Credentials<T>(fn: () => Promise<T>): Promise<T> {
+  const keys = Object.keys(S3_TEST_CREDENTIALS) as (keyof typeof S3_TEST_CREDENTIALS)[];
+  const before = keys.map((k) => [k, Deno.env.get(k)] as const);
+  for (const k of keys) Deno.env.set(k, S3_TEST_CREDENTIALS[k]);
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of before) v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+  }
 }
