@@ -105,7 +105,7 @@ export async function replayInto(
     let lsn = 0n;
     let chars = 0;
     let header = true;
-    for await (const batch of csvGzRows(join(dataDir, file.path))) {
+    for await (const batch of csvGzRows(join(dataDir, file.path), 2_000)) {
       for (const row of batch) {
         if (header) {
           header = false;
@@ -133,5 +133,6 @@ export async function replayInto(
     files++;
     await sink.fileDone(file, position, shape);
   }
+  if (sink.settle) rows += await sink.settle();
   return { shape, position, files, rows };
 }
