@@ -49,7 +49,7 @@ export class BaseRowFilter extends Transform {
 
   /** `keyCols`: positions of the key columns in a row, in key order. */
   constructor(keyCols: number[], keys: TouchedKeys) {
-    super({ highWaterMark: 1 << 20 });
+    super({ highWaterMark: 1 << 18 });
     this.#keyCols = keyCols;
     this.#lastKey = Math.max(...keyCols);
     this.#keys = keys;

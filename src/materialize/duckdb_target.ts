@@ -254,8 +254,8 @@ async function exists(path: string): Promise<boolean> {
 
 class DuckdbTableSink implements TableSink {
   /** DuckDB joins a delta by scanning the table: fewer, larger deltas. */
-  readonly runSize = 50_000;
-  readonly runChars = 32 << 20;
+  readonly runSize = 25_000;
+  readonly runChars = 16 << 20;
   readonly #target: DuckdbTarget;
   readonly #conn: DuckConnection;
   readonly #slot: string;
@@ -270,6 +270,17 @@ class DuckdbTableSink implements TableSink {
   #position: ReplayPosition | null = null;
   #shape: TableShape | null;
   #extra: Record<string, unknown>;
+  /**
+   * A rebuild of a keyed table loads its full_reload last: changes apply to
+   * the build table while it holds only the rows they wrote (cheap joins),
+   * their keys go to `temp._cdc_touched`, and the full_reload's rows of
+   * those keys are left out (an anti-join) when it is loaded.
+   */
+  #deferring = false;
+  #deferred: { path: string; shape: TableShape } | null = null;
+  /** A TRUNCATE came before the full_reload was loaded: none of its rows stay. */
+  #baseGone = false;
+  #deferredRows = 0;
 
   constructor(
     target: DuckdbTarget,
@@ -389,21 +400,68 @@ class DuckdbTableSink implements TableSink {
     this.#typeNames = this.#types.map((t) => t.type);
     const cols = shape.columns.map((c, i) => `${ident(c.name)} ${this.#types[i].type}`);
     await this.#run(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
+    this.#baseGone = false;
+    this.#deferred = null;
+    this.#deferring = shape.keyed;
+    await this.#run("DROP TABLE IF EXISTS temp._cdc_touched");
+    if (this.#deferring) {
+      const keys = shape.columns.filter((c) => c.isKey).map((_c, k) => `k${k} VARCHAR`);
+      await this.#run(`CREATE TEMP TABLE _cdc_touched (${keys.join(", ")})`);
+    }
   }
 
   async loadFullReload(path: string, shape: TableShape): Promise<number> {
-    const names = shape.columns.map((_c, i) => `c${i}`);
-    const rows = await this.#run(
-      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-       SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-       FROM read_csv(${literal(path)}, compression = 'gzip', ${
-        csvOptions(names, true, this.#longLines)
-      })`,
-    );
-    return Number(rows[0]?.[0] ?? 0);
+    if (this.#deferring) {
+      this.#deferred = { path, shape };
+      return 0;
+    }
+    return await this.#loadBase(path, shape);
+  }
+
+  async #loadBase(path: string, shape: TableShape): Promise<number> {
+    await this.#begin();
+    let rows = 0;
+    if (!this.#baseGone) {
+      const names = shape.columns.map((_c, i) => `c${i}`);
+      const keys = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+      const where = this.#deferring
+        ? `WHERE NOT EXISTS (SELECT 1 FROM temp._cdc_touched k WHERE ${
+          keys.map((c, k) => `k.k${k} = c${c}`).join(" AND ")
+        })`
+        : "";
+      const r = await this.#run(
+        `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+         SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
+         FROM read_csv(${literal(path)}, compression = 'gzip', ${
+          csvOptions(names, true, this.#longLines)
+        }) ${where}`,
+      );
+      rows = Number(r[0]?.[0] ?? 0);
+    }
+    if (this.#deferring) {
+      this.#deferring = false;
+      await this.#run("DROP TABLE temp._cdc_touched");
+    }
+    return rows;
+  }
+
+  /** Loads a deferred full_reload now (before anything that needs its rows). */
+  async #settle(): Promise<void> {
+    const d = this.#deferred;
+    if (!d) return;
+    this.#deferred = null;
+    this.#deferredRows = await this.#loadBase(d.path, d.shape);
+  }
+
+  async settle(): Promise<number> {
+    await this.#settle();
+    const n = this.#deferredRows;
+    this.#deferredRows = 0;
+    return n;
   }
 
   async reshape(from: TableShape, to: TableShape): Promise<void> {
+    await this.#settle();
     await this.#begin();
     const map = columnMapping(from, to);
     const q = this.#qualified;
@@ -453,6 +511,10 @@ class DuckdbTableSink implements TableSink {
   }
 
   async apply(delta: Delta, shape: TableShape): Promise<void> {
+    // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
+    if (this.#deferred && (delta.rows.some((r) => r.base) || delta.removals.length > 0)) {
+      await this.#settle();
+    }
     await this.#begin();
     const file = await Deno.open(this.#stagePath, {
       write: true,
@@ -485,6 +547,18 @@ class DuckdbTableSink implements TableSink {
         this.#dialect(shape),
       )
     ) await this.#run(sql);
+    if (this.#deferred) {
+      if (delta.truncate) {
+        this.#baseGone = true;
+        await this.#run("DELETE FROM temp._cdc_touched");
+      }
+      const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
+      await this.#run(
+        `INSERT INTO temp._cdc_touched SELECT ${
+          keys.join(", ")
+        } FROM temp._cdc_stage WHERE _kind IN ('K', 'U')`,
+      );
+    }
     await this.#run("DROP TABLE temp._cdc_stage");
   }
 
@@ -519,6 +593,7 @@ class DuckdbTableSink implements TableSink {
   }
 
   async finish(): Promise<void> {
+    await this.#settle();
     if (!this.#rebuild) {
       if (this.#inTx) await this.abort();
       return;

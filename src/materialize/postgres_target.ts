@@ -130,11 +130,14 @@ export class PostgresTarget implements MaterializeTarget {
 
 class PostgresTableSink implements TableSink {
   /**
-   * Small deltas: PostgreSQL applies a delta through the key index (or as
-   * plain COPY before the full_reload), so size gains little, while every
-   * folded change is held in memory until its delta is applied.
+   * Small deltas: PostgreSQL applies a delta through the key index, or as
+   * rows of one open COPY before the full_reload, so size gains little,
+   * while every folded change stays in memory until its delta is applied
+   * (a rebuild's are small enough to die in V8's young generation).
    */
-  readonly runSize = 10_000;
+  get runSize(): number {
+    return this.#rebuild ? 2_000 : 10_000;
+  }
   readonly runChars = 8 << 20;
   readonly #target: PostgresTarget;
   readonly #client: pg.Client;
@@ -278,13 +281,13 @@ class PostgresTableSink implements TableSink {
       const copy = this.#client.query(
         copyFrom(`COPY ${this.#qualified} (${cols}) FROM STDIN (FORMAT csv, HEADER true)`),
       );
-      const read = createReadStream(path, { highWaterMark: 1 << 20 });
-      const gunzip = createGunzip({ chunkSize: 1 << 18 });
+      const read = createReadStream(path, { highWaterMark: 1 << 18 });
+      const gunzip = createGunzip({ chunkSize: 1 << 16 });
       if (touched && touched.size > 0) {
         const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
         const filter = new BaseRowFilter(keyCols, touched);
         await pipeline(read, gunzip, filter, copy);
-        rows = filter.rowsRead;
+        rows = filter.rowsKept;
       } else {
         await pipeline(read, gunzip, copy);
         rows = (copy as unknown as { rowCount: number }).rowCount ?? 0;
