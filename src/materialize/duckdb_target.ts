@@ -17,6 +17,7 @@ import { createGzip } from "node:zlib";
 import { once } from "node:events";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
 import type { Delta } from "../replay/change_folder.ts";
+import type { CsvField } from "../replay/csv_reader.ts";
 import { columnMapping, type TableShape } from "../replay/folder_schema.ts";
 import type { PlanFile } from "../replay/replay_plan.ts";
 import type { ReplayPosition } from "../replay/replay_sink.ts";
@@ -24,6 +25,7 @@ import { CdcError } from "../errors.ts";
 import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
+import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
 import {
   buildPrefix,
   LongLines,
@@ -253,8 +255,14 @@ async function exists(path: string): Promise<boolean> {
 }
 
 class DuckdbTableSink implements TableSink {
-  /** DuckDB joins a delta by scanning the table: fewer, larger deltas. */
-  readonly runSize = 25_000;
+  /**
+   * DuckDB joins a delta by scanning the table: fewer, larger deltas. A
+   * rebuild appends its deltas to one staging file per streaming file, so
+   * small ones cost nothing there and die young in V8's heap.
+   */
+  get runSize(): number {
+    return this.#rebuild ? 2_000 : 25_000;
+  }
   readonly runChars = 16 << 20;
   readonly #target: DuckdbTarget;
   readonly #conn: DuckConnection;
@@ -281,6 +289,10 @@ class DuckdbTableSink implements TableSink {
   /** A TRUNCATE came before the full_reload was loaded: none of its rows stay. */
   #baseGone = false;
   #deferredRows = 0;
+  /** Keys written before the full_reload is loaded (for keys touched again). */
+  #touched: TouchedKeys | null = null;
+  /** The staging file that deltas before the full_reload append to. */
+  #pending: Deno.FsFile | null = null;
 
   constructor(
     target: DuckdbTarget,
@@ -403,6 +415,7 @@ class DuckdbTableSink implements TableSink {
     this.#baseGone = false;
     this.#deferred = null;
     this.#deferring = shape.keyed;
+    this.#touched = shape.keyed ? new TouchedKeys(shape) : null;
     await this.#run("DROP TABLE IF EXISTS temp._cdc_touched");
     if (this.#deferring) {
       const keys = shape.columns.filter((c) => c.isKey).map((_c, k) => `k${k} VARCHAR`);
@@ -419,6 +432,8 @@ class DuckdbTableSink implements TableSink {
   }
 
   async #loadBase(path: string, shape: TableShape): Promise<number> {
+    await this.#flush(shape);
+    this.#touched = null;
     await this.#begin();
     let rows = 0;
     if (!this.#baseGone) {
@@ -511,10 +526,91 @@ class DuckdbTableSink implements TableSink {
   }
 
   async apply(delta: Delta, shape: TableShape): Promise<void> {
-    // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
-    if (this.#deferred && (delta.rows.some((r) => r.base) || delta.removals.length > 0)) {
+    if (this.#deferred) {
+      // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
+      const direct = this.#touched!.bytes < TOUCHED_KEYS_BYTES &&
+        delta.rows.every((r) => r.base === null) && delta.removals.length === 0;
+      if (direct) return await this.#applyBeforeBase(delta, shape);
       await this.#settle();
     }
+    await this.#applyInPlace(delta, shape);
+  }
+
+  /**
+   * Applies a keyed delta while the full_reload is not loaded: the build
+   * table holds just the rows of touched keys. Keys touched before are
+   * deleted first; the delta's keys and rows are appended to the staging
+   * file, which is loaded once per streaming file ({@linkcode #flush}).
+   */
+  async #applyBeforeBase(delta: Delta, shape: TableShape): Promise<void> {
+    await this.#begin();
+    const touched = this.#touched!;
+    if (delta.truncate) {
+      await this.#flush(shape);
+      await this.#run(`DELETE FROM ${this.#qualified}`);
+      await this.#run("DELETE FROM temp._cdc_touched");
+      this.#baseGone = true;
+      touched.clear();
+    }
+    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    const keyOf = (values: CsvField[]) => keyCols.map((i) => values[i] ?? null);
+    const again = delta.deleteKeys.filter((k) => touched.has(k));
+    for (const r of delta.rows) {
+      const k = keyOf(r.values);
+      if (touched.has(k)) again.push(k);
+    }
+    if (again.length > 0) {
+      await this.#flush(shape);
+      await this.#applyInPlace(
+        { truncate: false, deleteKeys: again, removals: [], rows: [], changes: 0 },
+        shape,
+      );
+    }
+    for (const k of delta.deleteKeys) touched.add(k);
+    for (const r of delta.rows) touched.add(keyOf(r.values));
+    if (!this.#pending) {
+      this.#pending = await Deno.open(this.#stagePath, {
+        write: true,
+        create: true,
+        truncate: true,
+        mode: 0o600,
+      });
+    }
+    const file = this.#pending;
+    await encodeStage({ ...delta, truncate: false }, shape, async (c) => {
+      let off = 0;
+      while (off < c.length) off += await file.write(c.subarray(off));
+    });
+  }
+
+  /** Loads the staged rows of keys not touched before into the build table, and their keys. */
+  async #flush(shape: TableShape): Promise<void> {
+    const file = this.#pending;
+    if (!file) return;
+    this.#pending = null;
+    file.close();
+    await this.#stage(shape);
+    const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
+    await this.#run(
+      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+       SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
+       FROM temp._cdc_stage WHERE _kind = 'U'`,
+    );
+    await this.#run(`INSERT INTO temp._cdc_touched SELECT ${keys.join(", ")} FROM temp._cdc_stage`);
+    await this.#run("DROP TABLE temp._cdc_stage");
+  }
+
+  /** Reads the staging file into `temp._cdc_stage`. */
+  async #stage(shape: TableShape): Promise<void> {
+    await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
+    await this.#run(
+      `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
+        csvOptions(stageColumns(shape), false, this.#longLines)
+      })`,
+    );
+  }
+
+  async #applyInPlace(delta: Delta, shape: TableShape): Promise<void> {
     await this.#begin();
     const file = await Deno.open(this.#stagePath, {
       write: true,
@@ -530,13 +626,7 @@ class DuckdbTableSink implements TableSink {
     } finally {
       file.close();
     }
-    const names = stageColumns(shape);
-    await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
-    await this.#run(
-      `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
-        csvOptions(names, false, this.#longLines)
-      })`,
-    );
+    await this.#stage(shape);
     for (
       const sql of deltaStatements(
         delta,
@@ -547,18 +637,6 @@ class DuckdbTableSink implements TableSink {
         this.#dialect(shape),
       )
     ) await this.#run(sql);
-    if (this.#deferred) {
-      if (delta.truncate) {
-        this.#baseGone = true;
-        await this.#run("DELETE FROM temp._cdc_touched");
-      }
-      const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
-      await this.#run(
-        `INSERT INTO temp._cdc_touched SELECT ${
-          keys.join(", ")
-        } FROM temp._cdc_stage WHERE _kind IN ('K', 'U')`,
-      );
-    }
     await this.#run("DROP TABLE temp._cdc_stage");
   }
 
@@ -581,6 +659,7 @@ class DuckdbTableSink implements TableSink {
   }
 
   async fileDone(file: PlanFile, position: ReplayPosition, shape: TableShape): Promise<void> {
+    await this.#flush(shape);
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
@@ -608,6 +687,8 @@ class DuckdbTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
+    this.#pending?.close();
+    this.#pending = null;
     if (this.#inTx) {
       this.#inTx = false;
       await this.#conn.run("ROLLBACK").catch(() => {});

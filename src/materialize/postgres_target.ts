@@ -25,7 +25,7 @@ import { quoteIdent } from "../source/table_selection.ts";
 import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
 import { BaseRowFilter } from "./base_row_filter.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
-import { TouchedKeys } from "./touched_keys.ts";
+import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
 import {
   buildPrefix,
   type MaterializeTarget,
@@ -35,12 +35,6 @@ import {
   type TableProgress,
   type TableSink,
 } from "./materialize_target.ts";
-
-/**
- * Memory for the keys a rebuild's changes touch before its full_reload is
- * loaded; beyond it the full_reload is loaded and the rest applied in place.
- */
-const TOUCHED_KEYS_BYTES = 64 << 20;
 
 function randomSuffix(): string {
   return crypto.getRandomValues(new Uint32Array(2)).reduce(

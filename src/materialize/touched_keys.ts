@@ -10,6 +10,12 @@
 import type { CsvField } from "../replay/csv_reader.ts";
 import type { TableShape } from "../replay/folder_schema.ts";
 
+/**
+ * Memory for the keys a rebuild's changes touch before its full_reload is
+ * loaded; beyond it the full_reload is loaded and the rest applied in place.
+ */
+export const TOUCHED_KEYS_BYTES = 64 << 20;
+
 const INTEGER_TYPES = new Set(["smallint", "integer", "bigint"]);
 /** Integers PostgreSQL prints canonically and a double holds exactly. */
 const SAFE_INTEGER = /^-?[1-9][0-9]{0,14}$|^0$/;
