@@ -46,7 +46,11 @@
  * merge), and `psql \copy ... FROM PROGRAM 'gzip -dc ...'` of the full_reload
  * into a table with the same primary key. Ours: `cdc-egress materialize` into
  * a fresh DuckDB file and into a fresh PostgreSQL database (process wall
- * time, peak RSS sampled from /proc). Runs only when named in `--only`.
+ * time, peak RSS sampled from /proc). The four run one after the other in
+ * each of 3 rounds (`--repeat N` for N) on the same files; medians are
+ * reported, and every round checks the targets against the source (md5 of
+ * the PostgreSQL target's rows; count and sums of the DuckDB one). Runs
+ * only when named in `--only`.
  *
  * With `--repeat N` the sides run alternately N times: backlog reports the
  * best run by ratio, export and bigtxn the median run by ratio. Each prints

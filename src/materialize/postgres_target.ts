@@ -515,9 +515,10 @@ class PostgresTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
+    // End an open COPY (its rows go with the rollback) so that the connection can roll back.
     const copy = this.#copy;
     this.#copy = null;
-    copy?.destroy();
+    await copy?.end().catch(() => {});
     if (this.#inTx) {
       this.#inTx = false;
       await this.#q("ROLLBACK").catch(() => {});
@@ -551,9 +552,5 @@ class OpenCopy {
   async end(): Promise<void> {
     this.#stream.end();
     await this.#done;
-  }
-
-  destroy(): void {
-    this.#stream.destroy();
   }
 }
