@@ -73,8 +73,11 @@ function csvOptions(names: string[], header: boolean, longLines = false): string
 }
 
 const WIDEN = /cdc-egress: widen column (\d+)/;
-/** DuckDB's error for a row longer than max_line_size. */
-const LONG_LINE = /Maximum line size/i;
+/**
+ * DuckDB's errors for a row longer than max_line_size (in a gzip file its
+ * parallel reader reports that it cannot read the file).
+ */
+const LONG_LINE = /Maximum line size|Parallel CSV Reader currently does not support a full read/i;
 
 /** What the DuckDB database behind a target is for. */
 export type DuckdbRole = "duckdb" | "csv" | "parquet";
@@ -293,6 +296,7 @@ class DuckdbTableSink implements TableSink {
   #touched: TouchedKeys | null = null;
   /** The staging file that deltas before the full_reload append to. */
   #pending: Deno.FsFile | null = null;
+  #pendingBytes = 0;
 
   constructor(
     target: DuckdbTarget,
@@ -444,12 +448,14 @@ class DuckdbTableSink implements TableSink {
           keys.map((c, k) => `k.k${k} = c${c}`).join(" AND ")
         })`
         : "";
-      const r = await this.#run(
-        `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-         SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-         FROM read_csv(${literal(path)}, compression = 'gzip', ${
-          csvOptions(names, true, this.#longLines)
-        }) ${where}`,
+      const r = await this.#reading(() =>
+        this.#run(
+          `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+           SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
+           FROM read_csv(${literal(path)}, compression = 'gzip', ${
+            csvOptions(names, true, this.#longLines)
+          }) ${where}`,
+        )
       );
       rows = Number(r[0]?.[0] ?? 0);
     }
@@ -580,7 +586,10 @@ class DuckdbTableSink implements TableSink {
     await encodeStage({ ...delta, truncate: false }, shape, async (c) => {
       let off = 0;
       while (off < c.length) off += await file.write(c.subarray(off));
+      this.#pendingBytes += c.length;
     });
+    // A staging file stays about as large as one delta of many-MB rows could make it.
+    if (this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
   }
 
   /** Loads the staged rows of keys not touched before into the build table, and their keys. */
@@ -588,6 +597,7 @@ class DuckdbTableSink implements TableSink {
     const file = this.#pending;
     if (!file) return;
     this.#pending = null;
+    this.#pendingBytes = 0;
     file.close();
     await this.#stage(shape);
     const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
@@ -603,11 +613,27 @@ class DuckdbTableSink implements TableSink {
   /** Reads the staging file into `temp._cdc_stage`. */
   async #stage(shape: TableShape): Promise<void> {
     await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
-    await this.#run(
-      `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
-        csvOptions(stageColumns(shape), false, this.#longLines)
-      })`,
+    await this.#reading(() =>
+      this.#run(
+        `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
+          csvOptions(stageColumns(shape), false, this.#longLines)
+        })`,
+      )
     );
+  }
+
+  /**
+   * Runs a read_csv statement; for a table with long rows on one thread, as
+   * two readers' 32 MiB buffers would not fit the memory limit.
+   */
+  async #reading<T>(read: () => Promise<T>): Promise<T> {
+    if (!this.#longLines) return await read();
+    await this.#conn.run("SET threads = 1");
+    try {
+      return await read();
+    } finally {
+      await this.#conn.run("RESET threads");
+    }
   }
 
   async #applyInPlace(delta: Delta, shape: TableShape): Promise<void> {

@@ -288,8 +288,9 @@ class PostgresTableSink implements TableSink {
       }
     }
     if (this.#index === null) await this.#createIndex(shape);
-    // Statistics, so that applying deltas joins through the index.
-    await this.#q(`ANALYZE ${this.#qualified}`);
+    // Keyed deltas go through the index by plan settings (see #applyInPlace); a
+    // keyless table's deltas join on statistics.
+    if (!shape.keyed) await this.#q(`ANALYZE ${this.#qualified}`);
     return Math.max(rows, 0);
   }
 
@@ -408,21 +409,21 @@ class PostgresTableSink implements TableSink {
     if (delta.rows.length === 0) return;
     // Rows go into one COPY that stays open across deltas until another statement comes.
     if (!this.#copy) this.#copy = new OpenCopy(this.#client, this.#qualified, shape);
-    const csv = new CsvRowEncoder({ initialCapacity: 1 << 16 });
+    const copy = this.#copy;
     const n = shape.columns.length;
     for (const r of delta.rows) {
       touched.add(keyOf(r.values));
-      for (let i = 0; i < n; i++) csv.fieldText(r.values[i] ?? null);
-      csv.endRow();
-      if (csv.byteLength >= 1 << 16) await this.#copy.write(csv.takeChunk());
+      for (let i = 0; i < n; i++) copy.csv.fieldText(r.values[i] ?? null);
+      copy.csv.endRow();
+      if (copy.csv.byteLength >= 1 << 18) await copy.write(copy.csv.takeChunk());
     }
-    if (csv.byteLength > 0) await this.#copy.write(csv.takeChunk());
   }
 
   async #endCopy(): Promise<void> {
     const copy = this.#copy;
     if (!copy) return;
     this.#copy = null;
+    if (copy.csv.byteLength > 0) await copy.write(copy.csv.takeChunk());
     await copy.end();
   }
 
@@ -532,6 +533,8 @@ class PostgresTableSink implements TableSink {
 
 /** A COPY FROM STDIN kept open: written to with backpressure, ended before the next statement. */
 class OpenCopy {
+  /** Rows not written yet (written in chunks of 256 KiB). */
+  readonly csv = new CsvRowEncoder({ initialCapacity: 1 << 18 });
   readonly #stream: Writable;
   readonly #done: Promise<void>;
 
