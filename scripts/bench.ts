@@ -46,7 +46,11 @@
  * merge), and `psql \copy ... FROM PROGRAM 'gzip -dc ...'` of the full_reload
  * into a table with the same primary key. Ours: `cdc-egress materialize` into
  * a fresh DuckDB file and into a fresh PostgreSQL database (process wall
- * time, peak RSS sampled from /proc). Runs only when named in `--only`.
+ * time, peak RSS sampled from /proc). The four run one after the other in
+ * each of 3 rounds (`--repeat N` for N) on the same files; medians are
+ * reported, and every round checks the targets against the source (md5 of
+ * the PostgreSQL target's rows; count and sums of the DuckDB one). Runs
+ * only when named in `--only`.
  *
  * **wide**: `--tables` one-row tables (default 10000), no baseline: `init`
  * time; the initial export rate (tables/s between the "export started" and
@@ -125,7 +129,7 @@ const { values: args } = parseArgs({
     interval: { type: "string", default: "1s" },
     pg: { type: "string", default: "18" },
     clients: { type: "string", default: "1" },
-    repeat: { type: "string", default: "1" },
+    repeat: { type: "string" },
     "cpu-prof": { type: "string" },
     keep: { type: "boolean", default: false },
     timeout: { type: "string", default: "600" },
@@ -161,7 +165,8 @@ if (args.help) {
   --interval DUR  CDC_BATCH_INTERVAL for the stream run (default 1s)
   --pg N          PostgreSQL major version of the embedded cluster (default 18)
   --clients N     pgbench clients while generating (default 1)
-  --repeat N      run both sides N times on the same data (backlog: best run; others: median)
+  --repeat N      run both sides N times on the same data (backlog: best run; others: median;
+                  materialize: 3 interleaved rounds unless given)
   --export-rows N rows in the export benchmark's table (default 2000000)
   --export-workers N  CDC_EXPORT_WORKERS for the export benchmark (default 1)
   --bigtxn-rows N rows in the bigtxn benchmark's one transaction (default 2000000)
@@ -181,7 +186,7 @@ if (args.help) {
 
 const changesWanted = positiveInt("--changes", args.changes!);
 const clients = positiveInt("--clients", args.clients!);
-const repeat = positiveInt("--repeat", args.repeat!);
+const repeat = positiveInt("--repeat", args.repeat ?? "1");
 const version = Number(args.pg) as PgMajor;
 if (![14, 15, 16, 17, 18].includes(version)) fail(`--pg ${args.pg}: expected 14 to 18`);
 
@@ -1289,6 +1294,39 @@ async function bigTxnOnce(
 }
 
 const MAT_TABLE = "bench_mat";
+
+/** One round of the materialize benchmark. */
+interface MatRound {
+  loadBefore: number;
+  duckdbReadCsvSeconds: number;
+  oursDuckdbSeconds: number;
+  duckdbRatio: number;
+  oursDuckdbPeakRssMb: number;
+  duckdbEqual: boolean;
+  psqlCopySeconds: number;
+  oursPostgresSeconds: number;
+  postgresRatio: number;
+  oursPostgresPeakRssMb: number;
+  postgresEqual: boolean;
+}
+
+/** Count and sums of the materialized table in a DuckDB file, as text (compared with the source's). */
+async function duckdbSums(path: string): Promise<Record<string, string>> {
+  const { DuckDBInstance } = await import("@duckdb/node-api");
+  const inst = await DuckDBInstance.create(path);
+  const conn = await inst.connect();
+  try {
+    const r = await conn.runAndReadAll(
+      `SELECT count(*)::VARCHAR, sum(id)::VARCHAR, sum(n)::VARCHAR, sum(x)::VARCHAR,
+              sum(length(t))::VARCHAR FROM public.${MAT_TABLE}`,
+    );
+    const [n, ids, ns, xs, ts] = r.getRows()[0] as string[];
+    return { n, ids, ns, xs, ts };
+  } finally {
+    conn.closeSync();
+    inst.closeSync();
+  }
+}
 const MAT_TARGET_RATIO = 2;
 
 /** Runs the CLI to completion, sampling its peak RSS; returns wall seconds. */
@@ -1414,77 +1452,115 @@ async function benchMaterialize(): Promise<Record<string, unknown>> {
         "SELECT sum(row_count)::bigint AS n FROM cdc_registry.file_log WHERE file_type = 'streaming'",
       );
 
-      // Baseline 1: DuckDB's own read_csv of the same files (the recipe's options).
-      log("materialize baseline: DuckDB read_csv of the full_reload and the streaming files");
       const { DuckDBInstance } = await import("@duckdb/node-api");
       const lit = (p: string) => `'${p.replaceAll("'", "''")}'`;
       const opts = "header = true, quote = '\"', escape = '\"', allow_quoted_nulls = false";
-      const duckStart = performance.now();
-      const inst = await DuckDBInstance.create(join(work, "baseline.duckdb"));
-      const conn = await inst.connect();
-      await conn.run(`CREATE TABLE full_reload AS SELECT * FROM read_csv(${lit(full)}, ${opts})`);
-      await conn.run(
-        `CREATE TABLE changes AS SELECT * FROM read_csv([${
-          streaming.map(lit).join(", ")
-        }], ${opts})`,
-      );
-      conn.closeSync();
-      inst.closeSync();
-      const duckSeconds = (performance.now() - duckStart) / 1000;
-
-      // Baseline 2: psql \copy of the full_reload into a table of the same columns.
-      log("materialize baseline: psql \\copy of the full_reload");
-      await db.query("CREATE DATABASE bench_copy");
-      await db.query("CREATE DATABASE bench_target");
       const copyUrl = cluster.url("bench_copy");
-      await exec(psql, [
-        "-X",
-        "-q",
-        copyUrl,
-        "-c",
-        `CREATE TABLE ${MAT_TABLE} (id bigint PRIMARY KEY,
-        n integer, t text, ts timestamptz, x numeric(12,2))`,
-      ]);
-      const copyStart = performance.now();
-      await exec("bash", [
-        "-c",
-        `"$PSQL" -X -q "$URL" -c "\\copy ${MAT_TABLE} FROM PROGRAM 'gzip -dc $FILE' (FORMAT csv, HEADER)"`,
-      ], { PSQL: psql, URL: copyUrl, FILE: full });
-      const copySeconds = (performance.now() - copyStart) / 1000;
+      await db.query("CREATE DATABASE bench_copy");
+      const copyTable = `CREATE TABLE ${MAT_TABLE} (id bigint PRIMARY KEY,
+        n integer, t text, ts timestamptz, x numeric(12,2))`;
+      const sourceSum = (await db.query(
+        `SELECT count(*)::int AS n, md5(string_agg(b::text, ',' ORDER BY id)) AS md5
+         FROM ${MAT_TABLE} b`,
+      )).rows[0];
+      const sourceDuck = (await db.query(
+        `SELECT count(*)::bigint::text AS n, sum(id)::text AS ids, sum(n)::text AS ns,
+                sum(x)::text AS xs, sum(length(t))::text AS ts FROM ${MAT_TABLE}`,
+      )).rows[0];
 
-      // Ours.
-      log("materialize ours: --to duckdb:");
-      const duckOurs = await timedCli(
-        ["materialize", "--to", `duckdb:${join(work, "ours.duckdb")}`],
-        env,
-      );
-      log("materialize ours: --to postgres://");
-      const pgOurs = await timedCli(["materialize", "--to", cluster.url("bench_target")], env);
-      const check = await db.query(`SELECT count(*)::int AS n FROM ${MAT_TABLE}`);
-      const target = new pg.Client({ connectionString: cluster.url("bench_target") });
-      await target.connect();
-      const got = await target.query(`SELECT count(*)::int AS n FROM public.${MAT_TABLE}`);
-      await target.end();
+      // Each round runs the four sides one after the other on the same files
+      // (fresh target each time): the medians of the rounds are reported.
+      const rounds = args.repeat === undefined ? 3 : repeat;
+      const runs: MatRound[] = [];
+      for (let round = 1; round <= rounds; round++) {
+        const load = await loadAverage();
+        log(`materialize round ${round}/${rounds} (load average ${load})`);
+        // Baseline 1: DuckDB's own read_csv of the same files (the recipe's options).
+        const basePath = join(work, "baseline.duckdb");
+        await Deno.remove(basePath).catch(() => {});
+        const duckStart = performance.now();
+        const inst = await DuckDBInstance.create(basePath);
+        const conn = await inst.connect();
+        await conn.run(`CREATE TABLE full_reload AS SELECT * FROM read_csv(${lit(full)}, ${opts})`);
+        await conn.run(
+          `CREATE TABLE changes AS SELECT * FROM read_csv([${
+            streaming.map(lit).join(", ")
+          }], ${opts})`,
+        );
+        conn.closeSync();
+        inst.closeSync();
+        const duckSeconds = (performance.now() - duckStart) / 1000;
+
+        // Ours into DuckDB.
+        const oursPath = join(work, "ours.duckdb");
+        await Deno.remove(oursPath).catch(() => {});
+        const duckOurs = await timedCli(["materialize", "--to", `duckdb:${oursPath}`], env);
+        const duckCheck = await duckdbSums(oursPath);
+
+        // Baseline 2: psql \copy of the full_reload into a table with the same primary key.
+        await exec(psql, ["-X", "-q", copyUrl, "-c", `DROP TABLE IF EXISTS ${MAT_TABLE}`]);
+        await exec(psql, ["-X", "-q", copyUrl, "-c", copyTable]);
+        const copyStart = performance.now();
+        await exec("bash", [
+          "-c",
+          `"$PSQL" -X -q "$URL" -c "\\copy ${MAT_TABLE} FROM PROGRAM 'gzip -dc $FILE' (FORMAT csv, HEADER)"`,
+        ], { PSQL: psql, URL: copyUrl, FILE: full });
+        const copySeconds = (performance.now() - copyStart) / 1000;
+
+        // Ours into a fresh PostgreSQL database.
+        await db.query("DROP DATABASE IF EXISTS bench_target");
+        await db.query("CREATE DATABASE bench_target");
+        const pgOurs = await timedCli(["materialize", "--to", cluster.url("bench_target")], env);
+        const target = new pg.Client({ connectionString: cluster.url("bench_target") });
+        await target.connect();
+        const got = (await target.query(
+          `SELECT count(*)::int AS n, md5(string_agg(b::text, ',' ORDER BY id)) AS md5
+           FROM public.${MAT_TABLE} b`,
+        )).rows[0];
+        await target.end();
+        const run: MatRound = {
+          loadBefore: load,
+          duckdbReadCsvSeconds: duckSeconds,
+          oursDuckdbSeconds: duckOurs.seconds,
+          duckdbRatio: duckOurs.seconds / duckSeconds,
+          oursDuckdbPeakRssMb: duckOurs.peakRssMb,
+          duckdbEqual: JSON.stringify(duckCheck) === JSON.stringify(sourceDuck),
+          psqlCopySeconds: copySeconds,
+          oursPostgresSeconds: pgOurs.seconds,
+          postgresRatio: pgOurs.seconds / copySeconds,
+          oursPostgresPeakRssMb: pgOurs.peakRssMb,
+          postgresEqual: got.n === sourceSum.n && got.md5 === sourceSum.md5,
+        };
+        log(
+          `round ${round}: read_csv ${duckSeconds.toFixed(2)} s, ours duckdb ${
+            duckOurs.seconds.toFixed(2)
+          } s (${duckOurs.peakRssMb.toFixed(0)} MB); \\copy ${
+            copySeconds.toFixed(2)
+          } s, ours postgres ${pgOurs.seconds.toFixed(2)} s (${pgOurs.peakRssMb.toFixed(0)} MB)`,
+        );
+        runs.push(run);
+      }
+      const med = (key: (r: MatRound) => number) => key(median(runs, key));
       const result = {
         fullReloadRows: rows,
         streamedChanges: Number(streamedRows.rows[0].n),
         streamingFiles: streaming.length,
-        duckdbReadCsvSeconds: duckSeconds,
-        oursDuckdbSeconds: duckOurs.seconds,
-        duckdbRatio: duckOurs.seconds / duckSeconds,
-        oursDuckdbPeakRssMb: duckOurs.peakRssMb,
-        psqlCopySeconds: copySeconds,
-        oursPostgresSeconds: pgOurs.seconds,
-        postgresRatio: pgOurs.seconds / copySeconds,
-        oursPostgresPeakRssMb: pgOurs.peakRssMb,
-        sourceRows: check.rows[0].n,
-        targetRows: got.rows[0].n,
+        rounds: runs,
+        duckdbReadCsvSeconds: med((r) => r.duckdbReadCsvSeconds),
+        oursDuckdbSeconds: med((r) => r.oursDuckdbSeconds),
+        duckdbRatio: med((r) => r.oursDuckdbSeconds) / med((r) => r.duckdbReadCsvSeconds),
+        oursDuckdbPeakRssMb: Math.max(...runs.map((r) => r.oursDuckdbPeakRssMb)),
+        psqlCopySeconds: med((r) => r.psqlCopySeconds),
+        oursPostgresSeconds: med((r) => r.oursPostgresSeconds),
+        postgresRatio: med((r) => r.oursPostgresSeconds) / med((r) => r.psqlCopySeconds),
+        oursPostgresPeakRssMb: Math.max(...runs.map((r) => r.oursPostgresPeakRssMb)),
+        equal: runs.every((r) => r.duckdbEqual && r.postgresEqual),
       };
       console.log(
-        `\nmaterialize: ${rows}-row full_reload + ${result.streamedChanges} changes in ${streaming.length} file(s)`,
+        `\nmaterialize: ${rows}-row full_reload + ${result.streamedChanges} changes in ${streaming.length} file(s), medians of ${rounds} interleaved round(s) (peak RSS: the highest)`,
       );
-      printRow("DuckDB read_csv of the files s", duckSeconds.toFixed(2));
-      printRow("ours --to duckdb: s", duckOurs.seconds.toFixed(2));
+      printRow("DuckDB read_csv of the files s", result.duckdbReadCsvSeconds.toFixed(2));
+      printRow("ours --to duckdb: s", result.oursDuckdbSeconds.toFixed(2));
       printRow(
         "  ratio",
         result.duckdbRatio.toFixed(2),
@@ -1493,12 +1569,12 @@ async function benchMaterialize(): Promise<Record<string, unknown>> {
       );
       printRow(
         "  peak RSS MB",
-        duckOurs.peakRssMb.toFixed(0),
+        result.oursDuckdbPeakRssMb.toFixed(0),
         `<= ${TARGET_RSS_MB}`,
-        duckOurs.peakRssMb <= TARGET_RSS_MB,
+        result.oursDuckdbPeakRssMb <= TARGET_RSS_MB,
       );
-      printRow("psql \\copy of the full_reload s", copySeconds.toFixed(2));
-      printRow("ours --to postgres:// s", pgOurs.seconds.toFixed(2));
+      printRow("psql \\copy of the full_reload s", result.psqlCopySeconds.toFixed(2));
+      printRow("ours --to postgres:// s", result.oursPostgresSeconds.toFixed(2));
       printRow(
         "  ratio",
         result.postgresRatio.toFixed(2),
@@ -1507,15 +1583,15 @@ async function benchMaterialize(): Promise<Record<string, unknown>> {
       );
       printRow(
         "  peak RSS MB",
-        pgOurs.peakRssMb.toFixed(0),
+        result.oursPostgresPeakRssMb.toFixed(0),
         `<= ${TARGET_RSS_MB}`,
-        pgOurs.peakRssMb <= TARGET_RSS_MB,
+        result.oursPostgresPeakRssMb <= TARGET_RSS_MB,
       );
       printRow(
-        "rows: source / postgres target",
-        `${result.sourceRows} / ${result.targetRows}`,
+        "targets equal the source",
+        runs.map((r) => (r.postgresEqual && r.duckdbEqual ? "yes" : "NO")).join(" "),
         "",
-        result.sourceRows === result.targetRows,
+        result.equal,
       );
       return result;
     } finally {

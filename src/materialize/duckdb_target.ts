@@ -17,6 +17,7 @@ import { createGzip } from "node:zlib";
 import { once } from "node:events";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
 import type { Delta } from "../replay/change_folder.ts";
+import type { CsvField } from "../replay/csv_reader.ts";
 import { columnMapping, type TableShape } from "../replay/folder_schema.ts";
 import type { PlanFile } from "../replay/replay_plan.ts";
 import type { ReplayPosition } from "../replay/replay_sink.ts";
@@ -24,6 +25,7 @@ import { CdcError } from "../errors.ts";
 import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
+import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
 import {
   buildPrefix,
   LongLines,
@@ -71,8 +73,11 @@ function csvOptions(names: string[], header: boolean, longLines = false): string
 }
 
 const WIDEN = /cdc-egress: widen column (\d+)/;
-/** DuckDB's error for a row longer than max_line_size. */
-const LONG_LINE = /Maximum line size/i;
+/**
+ * DuckDB's errors for a row longer than max_line_size (in a gzip file its
+ * parallel reader reports that it cannot read the file).
+ */
+const LONG_LINE = /Maximum line size|Parallel CSV Reader currently does not support a full read/i;
 
 /** What the DuckDB database behind a target is for. */
 export type DuckdbRole = "duckdb" | "csv" | "parquet";
@@ -253,9 +258,15 @@ async function exists(path: string): Promise<boolean> {
 }
 
 class DuckdbTableSink implements TableSink {
-  /** DuckDB joins a delta by scanning the table: fewer, larger deltas. */
-  readonly runSize = 50_000;
-  readonly runChars = 32 << 20;
+  /**
+   * DuckDB joins a delta by scanning the table: fewer, larger deltas. A
+   * rebuild appends its deltas to one staging file per streaming file, so
+   * small ones cost nothing there and die young in V8's heap.
+   */
+  get runSize(): number {
+    return this.#rebuild ? 2_000 : 25_000;
+  }
+  readonly runChars = 16 << 20;
   readonly #target: DuckdbTarget;
   readonly #conn: DuckConnection;
   readonly #slot: string;
@@ -270,6 +281,22 @@ class DuckdbTableSink implements TableSink {
   #position: ReplayPosition | null = null;
   #shape: TableShape | null;
   #extra: Record<string, unknown>;
+  /**
+   * A rebuild of a keyed table loads its full_reload last: changes apply to
+   * the build table while it holds only the rows they wrote (cheap joins),
+   * their keys go to `temp._cdc_touched`, and the full_reload's rows of
+   * those keys are left out (an anti-join) when it is loaded.
+   */
+  #deferring = false;
+  #deferred: { path: string; shape: TableShape } | null = null;
+  /** A TRUNCATE came before the full_reload was loaded: none of its rows stay. */
+  #baseGone = false;
+  #deferredRows = 0;
+  /** Keys written before the full_reload is loaded (for keys touched again). */
+  #touched: TouchedKeys | null = null;
+  /** The staging file that deltas before the full_reload append to. */
+  #pending: Deno.FsFile | null = null;
+  #pendingBytes = 0;
 
   constructor(
     target: DuckdbTarget,
@@ -389,21 +416,73 @@ class DuckdbTableSink implements TableSink {
     this.#typeNames = this.#types.map((t) => t.type);
     const cols = shape.columns.map((c, i) => `${ident(c.name)} ${this.#types[i].type}`);
     await this.#run(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
+    this.#baseGone = false;
+    this.#deferred = null;
+    this.#deferring = shape.keyed;
+    this.#touched = shape.keyed ? new TouchedKeys(shape) : null;
+    await this.#run("DROP TABLE IF EXISTS temp._cdc_touched");
+    if (this.#deferring) {
+      const keys = shape.columns.filter((c) => c.isKey).map((_c, k) => `k${k} VARCHAR`);
+      await this.#run(`CREATE TEMP TABLE _cdc_touched (${keys.join(", ")})`);
+    }
   }
 
   async loadFullReload(path: string, shape: TableShape): Promise<number> {
-    const names = shape.columns.map((_c, i) => `c${i}`);
-    const rows = await this.#run(
-      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-       SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-       FROM read_csv(${literal(path)}, compression = 'gzip', ${
-        csvOptions(names, true, this.#longLines)
-      })`,
-    );
-    return Number(rows[0]?.[0] ?? 0);
+    if (this.#deferring) {
+      this.#deferred = { path, shape };
+      return 0;
+    }
+    return await this.#loadBase(path, shape);
+  }
+
+  async #loadBase(path: string, shape: TableShape): Promise<number> {
+    await this.#flush(shape);
+    this.#touched = null;
+    await this.#begin();
+    let rows = 0;
+    if (!this.#baseGone) {
+      const names = shape.columns.map((_c, i) => `c${i}`);
+      const keys = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+      const where = this.#deferring
+        ? `WHERE NOT EXISTS (SELECT 1 FROM temp._cdc_touched k WHERE ${
+          keys.map((c, k) => `k.k${k} = c${c}`).join(" AND ")
+        })`
+        : "";
+      const r = await this.#reading(() =>
+        this.#run(
+          `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+           SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
+           FROM read_csv(${literal(path)}, compression = 'gzip', ${
+            csvOptions(names, true, this.#longLines)
+          }) ${where}`,
+        )
+      );
+      rows = Number(r[0]?.[0] ?? 0);
+    }
+    if (this.#deferring) {
+      this.#deferring = false;
+      await this.#run("DROP TABLE temp._cdc_touched");
+    }
+    return rows;
+  }
+
+  /** Loads a deferred full_reload now (before anything that needs its rows). */
+  async #settle(): Promise<void> {
+    const d = this.#deferred;
+    if (!d) return;
+    this.#deferred = null;
+    this.#deferredRows = await this.#loadBase(d.path, d.shape);
+  }
+
+  async settle(): Promise<number> {
+    await this.#settle();
+    const n = this.#deferredRows;
+    this.#deferredRows = 0;
+    return n;
   }
 
   async reshape(from: TableShape, to: TableShape): Promise<void> {
+    await this.#settle();
     await this.#begin();
     const map = columnMapping(from, to);
     const q = this.#qualified;
@@ -453,6 +532,111 @@ class DuckdbTableSink implements TableSink {
   }
 
   async apply(delta: Delta, shape: TableShape): Promise<void> {
+    if (this.#deferred) {
+      // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
+      const direct = this.#touched!.bytes < TOUCHED_KEYS_BYTES &&
+        delta.rows.every((r) => r.base === null) && delta.removals.length === 0;
+      if (direct) return await this.#applyBeforeBase(delta, shape);
+      await this.#settle();
+    }
+    await this.#applyInPlace(delta, shape);
+  }
+
+  /**
+   * Applies a keyed delta while the full_reload is not loaded: the build
+   * table holds just the rows of touched keys. Keys touched before are
+   * deleted first; the delta's keys and rows are appended to the staging
+   * file, which is loaded once per streaming file ({@linkcode #flush}).
+   */
+  async #applyBeforeBase(delta: Delta, shape: TableShape): Promise<void> {
+    await this.#begin();
+    const touched = this.#touched!;
+    if (delta.truncate) {
+      await this.#flush(shape);
+      await this.#run(`DELETE FROM ${this.#qualified}`);
+      await this.#run("DELETE FROM temp._cdc_touched");
+      this.#baseGone = true;
+      touched.clear();
+    }
+    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    const keyOf = (values: CsvField[]) => keyCols.map((i) => values[i] ?? null);
+    const again = delta.deleteKeys.filter((k) => touched.has(k));
+    for (const r of delta.rows) {
+      const k = keyOf(r.values);
+      if (touched.has(k)) again.push(k);
+    }
+    if (again.length > 0) {
+      await this.#flush(shape);
+      await this.#applyInPlace(
+        { truncate: false, deleteKeys: again, removals: [], rows: [], changes: 0 },
+        shape,
+      );
+    }
+    for (const k of delta.deleteKeys) touched.add(k);
+    for (const r of delta.rows) touched.add(keyOf(r.values));
+    if (!this.#pending) {
+      this.#pending = await Deno.open(this.#stagePath, {
+        write: true,
+        create: true,
+        truncate: true,
+        mode: 0o600,
+      });
+    }
+    const file = this.#pending;
+    await encodeStage({ ...delta, truncate: false }, shape, async (c) => {
+      let off = 0;
+      while (off < c.length) off += await file.write(c.subarray(off));
+      this.#pendingBytes += c.length;
+    });
+    // A staging file stays about as large as one delta of many-MB rows could make it.
+    if (this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
+  }
+
+  /** Loads the staged rows of keys not touched before into the build table, and their keys. */
+  async #flush(shape: TableShape): Promise<void> {
+    const file = this.#pending;
+    if (!file) return;
+    this.#pending = null;
+    this.#pendingBytes = 0;
+    file.close();
+    await this.#stage(shape);
+    const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
+    await this.#run(
+      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+       SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
+       FROM temp._cdc_stage WHERE _kind = 'U'`,
+    );
+    await this.#run(`INSERT INTO temp._cdc_touched SELECT ${keys.join(", ")} FROM temp._cdc_stage`);
+    await this.#run("DROP TABLE temp._cdc_stage");
+  }
+
+  /** Reads the staging file into `temp._cdc_stage`. */
+  async #stage(shape: TableShape): Promise<void> {
+    await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
+    await this.#reading(() =>
+      this.#run(
+        `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
+          csvOptions(stageColumns(shape), false, this.#longLines)
+        })`,
+      )
+    );
+  }
+
+  /**
+   * Runs a read_csv statement; for a table with long rows on one thread, as
+   * two readers' 32 MiB buffers would not fit the memory limit.
+   */
+  async #reading<T>(read: () => Promise<T>): Promise<T> {
+    if (!this.#longLines) return await read();
+    await this.#conn.run("SET threads = 1");
+    try {
+      return await read();
+    } finally {
+      await this.#conn.run("RESET threads");
+    }
+  }
+
+  async #applyInPlace(delta: Delta, shape: TableShape): Promise<void> {
     await this.#begin();
     const file = await Deno.open(this.#stagePath, {
       write: true,
@@ -468,13 +652,7 @@ class DuckdbTableSink implements TableSink {
     } finally {
       file.close();
     }
-    const names = stageColumns(shape);
-    await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
-    await this.#run(
-      `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
-        csvOptions(names, false, this.#longLines)
-      })`,
-    );
+    await this.#stage(shape);
     for (
       const sql of deltaStatements(
         delta,
@@ -507,6 +685,7 @@ class DuckdbTableSink implements TableSink {
   }
 
   async fileDone(file: PlanFile, position: ReplayPosition, shape: TableShape): Promise<void> {
+    await this.#flush(shape);
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
@@ -519,6 +698,7 @@ class DuckdbTableSink implements TableSink {
   }
 
   async finish(): Promise<void> {
+    await this.#settle();
     if (!this.#rebuild) {
       if (this.#inTx) await this.abort();
       return;
@@ -533,6 +713,8 @@ class DuckdbTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
+    this.#pending?.close();
+    this.#pending = null;
     if (this.#inTx) {
       this.#inTx = false;
       await this.#conn.run("ROLLBACK").catch(() => {});

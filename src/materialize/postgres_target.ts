@@ -7,8 +7,9 @@
  */
 
 import { createReadStream } from "node:fs";
-import { pipeline } from "node:stream/promises";
-import { Readable } from "node:stream";
+import { once } from "node:events";
+import { finished, pipeline } from "node:stream/promises";
+import { Readable, type Writable } from "node:stream";
 import { createGunzip } from "node:zlib";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
@@ -16,11 +17,15 @@ import { from as copyFrom } from "pg-copy-streams";
 import { CdcError } from "../errors.ts";
 import { formatLsn, parseLsn } from "../lsn.ts";
 import type { Delta } from "../replay/change_folder.ts";
+import type { CsvField } from "../replay/csv_reader.ts";
 import { columnMapping, type TableShape } from "../replay/folder_schema.ts";
 import type { PlanFile } from "../replay/replay_plan.ts";
 import type { ReplayPosition } from "../replay/replay_sink.ts";
 import { quoteIdent } from "../source/table_selection.ts";
+import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
+import { BaseRowFilter } from "./base_row_filter.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
+import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
 import {
   buildPrefix,
   type MaterializeTarget,
@@ -118,6 +123,16 @@ export class PostgresTarget implements MaterializeTarget {
 }
 
 class PostgresTableSink implements TableSink {
+  /**
+   * Small deltas: PostgreSQL applies a delta through the key index, or as
+   * rows of one open COPY before the full_reload, so size gains little,
+   * while every folded change stays in memory until its delta is applied
+   * (a rebuild's are small enough to die in V8's young generation).
+   */
+  get runSize(): number {
+    return this.#rebuild ? 2_000 : 10_000;
+  }
+  readonly runChars = 8 << 20;
   readonly #target: PostgresTarget;
   readonly #client: pg.Client;
   readonly #slot: string;
@@ -131,6 +146,19 @@ class PostgresTableSink implements TableSink {
   #fullReloadPath: string;
   #position: ReplayPosition | null = null;
   #shape: TableShape | null;
+  /**
+   * A rebuild of a keyed table loads its full_reload last: changes go into
+   * the empty build table first (most as plain COPY), their keys are
+   * remembered, and the full_reload's rows of those keys are left out.
+   */
+  #deferred: { path: string; shape: TableShape } | null = null;
+  #touched: TouchedKeys | null = null;
+  /** A TRUNCATE came before the full_reload was loaded: none of its rows stay. */
+  #baseGone = false;
+  /** The COPY that rows of keys not touched before go into (see #applyBeforeBase). */
+  #copy: OpenCopy | null = null;
+  /** Rows of the deferred full_reload, for {@linkcode settle}. */
+  #deferredRows = 0;
 
   constructor(
     target: PostgresTarget,
@@ -158,11 +186,12 @@ class PostgresTableSink implements TableSink {
 
   async #begin(): Promise<void> {
     if (this.#inTx) return;
-    await this.#client.query("BEGIN");
+    await this.#q("BEGIN");
     this.#inTx = true;
   }
 
   async #q(sql: string, params?: unknown[]): Promise<pg.QueryResult> {
+    await this.#endCopy();
     return await this.#client.query(sql, params);
   }
 
@@ -219,21 +248,69 @@ class PostgresTableSink implements TableSink {
     const cols = shape.columns.map((c, i) => `${quoteIdent(c.name)} ${this.#types[i]}`);
     await this.#q(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
     this.#shape = shape;
+    this.#index = null;
+    this.#baseGone = false;
+    this.#touched = shape.keyed ? new TouchedKeys(shape) : null;
   }
 
   async loadFullReload(path: string, shape: TableShape): Promise<number> {
-    const cols = shape.columns.map((c) => quoteIdent(c.name)).join(", ");
-    const copy = this.#client.query(
-      copyFrom(`COPY ${this.#qualified} (${cols}) FROM STDIN (FORMAT csv, HEADER true)`),
-    );
-    await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), createGunzip(), copy);
-    await this.#createIndex(shape);
-    // Statistics, so that applying deltas joins through the index.
-    await this.#q(`ANALYZE ${this.#qualified}`);
-    return (copy as unknown as { rowCount: number }).rowCount ?? 0;
+    if (this.#touched) {
+      this.#deferred = { path, shape };
+      return 0;
+    }
+    return await this.#loadBase(path, shape);
+  }
+
+  /** COPYs the full_reload in (without the rows of touched keys), then indexes the table. */
+  async #loadBase(path: string, shape: TableShape): Promise<number> {
+    await this.#endCopy();
+    await this.#begin();
+    const touched = this.#touched;
+    this.#touched = null;
+    let rows = 0;
+    if (this.#baseGone) {
+      rows = -1;
+    } else {
+      const cols = shape.columns.map((c) => quoteIdent(c.name)).join(", ");
+      const copy = this.#client.query(
+        copyFrom(`COPY ${this.#qualified} (${cols}) FROM STDIN (FORMAT csv, HEADER true)`),
+      );
+      const read = createReadStream(path, { highWaterMark: 1 << 18 });
+      const gunzip = createGunzip({ chunkSize: 1 << 16 });
+      if (touched && touched.size > 0) {
+        const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+        const filter = new BaseRowFilter(keyCols, touched);
+        await pipeline(read, gunzip, filter, copy);
+        rows = filter.rowsKept;
+      } else {
+        await pipeline(read, gunzip, copy);
+        rows = (copy as unknown as { rowCount: number }).rowCount ?? 0;
+      }
+    }
+    if (this.#index === null) await this.#createIndex(shape);
+    // Keyed deltas go through the index by plan settings (see #applyInPlace); a
+    // keyless table's deltas join on statistics.
+    if (!shape.keyed) await this.#q(`ANALYZE ${this.#qualified}`);
+    return Math.max(rows, 0);
+  }
+
+  /** Loads a deferred full_reload now (before anything that needs its rows). */
+  async #settle(): Promise<void> {
+    const d = this.#deferred;
+    if (!d) return;
+    this.#deferred = null;
+    this.#deferredRows = await this.#loadBase(d.path, d.shape);
+  }
+
+  async settle(): Promise<number> {
+    await this.#settle();
+    const n = this.#deferredRows;
+    this.#deferredRows = 0;
+    return n;
   }
 
   async reshape(from: TableShape, to: TableShape): Promise<void> {
+    await this.#settle();
     await this.#begin();
     const map = columnMapping(from, to);
     const q = this.#qualified;
@@ -291,6 +368,66 @@ class PostgresTableSink implements TableSink {
   }
 
   async apply(delta: Delta, shape: TableShape): Promise<void> {
+    if (this.#deferred) {
+      // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
+      const direct = this.#touched!.bytes < TOUCHED_KEYS_BYTES &&
+        delta.rows.every((r) => r.base === null) && delta.removals.length === 0;
+      if (direct) return await this.#applyBeforeBase(delta, shape);
+      await this.#settle();
+    }
+    await this.#applyInPlace(delta, shape);
+  }
+
+  /**
+   * Applies a keyed delta while the full_reload is not loaded: the build
+   * table holds just the rows of touched keys, so rows of keys not touched
+   * before are COPYed in, and only keys touched before are deleted first.
+   */
+  async #applyBeforeBase(delta: Delta, shape: TableShape): Promise<void> {
+    await this.#begin();
+    const touched = this.#touched!;
+    if (delta.truncate) {
+      await this.#q(`TRUNCATE ${this.#qualified}`);
+      this.#baseGone = true;
+      touched.clear();
+    }
+    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    const keyOf = (values: CsvField[]) => keyCols.map((i) => values[i] ?? null);
+    const again = delta.deleteKeys.filter((k) => touched.has(k));
+    for (const r of delta.rows) {
+      const k = keyOf(r.values);
+      if (touched.has(k)) again.push(k);
+    }
+    if (again.length > 0) {
+      if (this.#index === null) await this.#createIndex(shape);
+      await this.#applyInPlace(
+        { truncate: false, deleteKeys: again, removals: [], rows: [], changes: 0 },
+        shape,
+      );
+    }
+    for (const k of delta.deleteKeys) touched.add(k);
+    if (delta.rows.length === 0) return;
+    // Rows go into one COPY that stays open across deltas until another statement comes.
+    if (!this.#copy) this.#copy = new OpenCopy(this.#client, this.#qualified, shape);
+    const copy = this.#copy;
+    const n = shape.columns.length;
+    for (const r of delta.rows) {
+      touched.add(keyOf(r.values));
+      for (let i = 0; i < n; i++) copy.csv.fieldText(r.values[i] ?? null);
+      copy.csv.endRow();
+      if (copy.csv.byteLength >= 1 << 18) await copy.write(copy.csv.takeChunk());
+    }
+  }
+
+  async #endCopy(): Promise<void> {
+    const copy = this.#copy;
+    if (!copy) return;
+    this.#copy = null;
+    if (copy.csv.byteLength > 0) await copy.write(copy.csv.takeChunk());
+    await copy.end();
+  }
+
+  async #applyInPlace(delta: Delta, shape: TableShape): Promise<void> {
     await this.#begin();
     const stage = "pg_temp._cdc_stage";
     await this.#q(`DROP TABLE IF EXISTS ${stage}`);
@@ -362,6 +499,7 @@ class PostgresTableSink implements TableSink {
   }
 
   async finish(): Promise<void> {
+    await this.#settle();
     if (!this.#rebuild) {
       if (this.#inTx) await this.abort();
       return;
@@ -378,6 +516,10 @@ class PostgresTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
+    // End an open COPY (its rows go with the rollback) so that the connection can roll back.
+    const copy = this.#copy;
+    this.#copy = null;
+    await copy?.end().catch(() => {});
     if (this.#inTx) {
       this.#inTx = false;
       await this.#q("ROLLBACK").catch(() => {});
@@ -386,5 +528,32 @@ class PostgresTableSink implements TableSink {
     if (this.#rebuild && this.#name !== this.#t.table) {
       await this.#q(`DROP TABLE IF EXISTS ${this.#qualified}`).catch(() => {});
     }
+  }
+}
+
+/** A COPY FROM STDIN kept open: written to with backpressure, ended before the next statement. */
+class OpenCopy {
+  /** Rows not written yet (written in chunks of 256 KiB). */
+  readonly csv = new CsvRowEncoder({ initialCapacity: 1 << 18 });
+  readonly #stream: Writable;
+  readonly #done: Promise<void>;
+
+  constructor(client: pg.Client, table: string, shape: TableShape) {
+    const cols = shape.columns.map((c) => quoteIdent(c.name)).join(", ");
+    this.#stream = client.query(copyFrom(`COPY ${table} (${cols}) FROM STDIN (FORMAT csv)`));
+    this.#done = finished(this.#stream);
+    // Surfaces at write() or end(); keep it from going unhandled meanwhile.
+    this.#done.catch(() => {});
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (!this.#stream.write(chunk)) {
+      await Promise.race([once(this.#stream, "drain"), this.#done]);
+    }
+  }
+
+  async end(): Promise<void> {
+    this.#stream.end();
+    await this.#done;
   }
 }

@@ -127,7 +127,9 @@ export class ChangeFolder {
     const oldId = this.#id(oldKey);
     // What the old row is: touched in this run (a row or GONE), or still the target's.
     const touched = this.#entries.get(oldId);
-    this.#entries.set(oldId, { key: oldKey, row: GONE });
+    const newId = this.#id(newKey);
+    // An update that keeps its key overwrites the entry below (same Map position).
+    if (op === "D" || oldId !== newId) this.#entries.set(oldId, { key: oldKey, row: GONE });
     if (op === "D") return;
     const old = touched?.row;
     let base: DeltaRow["base"] = null;
@@ -149,7 +151,7 @@ export class ChangeFolder {
         values[i] = old.values[i];
       }
     }
-    this.#entries.set(this.#id(newKey), {
+    this.#entries.set(newId, {
       key: newKey,
       row: { values, replace: base === null, base },
     });

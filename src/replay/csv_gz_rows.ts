@@ -19,7 +19,7 @@ export async function* csvGzRows(
   const decoder = new TextDecoder("utf-8", { fatal: true });
   let batch: CsvField[][] = [];
   const source = createReadStream(path, { highWaterMark: 1 << 20 }).pipe(
-    createGunzip({ chunkSize: 1 << 18 }),
+    createGunzip({ chunkSize: 1 << 16 }),
   );
   for await (const chunk of source as AsyncIterable<Uint8Array>) {
     const rows = parser.push(decoder.decode(chunk, { stream: true }));

@@ -111,7 +111,7 @@ export async function replayInto(
     let chars = 0;
     let header = true;
     const local = await layout.path(file.path);
-    for await (const batch of csvGzRows(local)) {
+    for await (const batch of csvGzRows(local, 2_000)) {
       for (const row of batch) {
         if (header) {
           header = false;
@@ -140,5 +140,6 @@ export async function replayInto(
     files++;
     await sink.fileDone(file, position, shape);
   }
+  if (sink.settle) rows += await sink.settle();
   return { shape, position, files, rows };
 }

@@ -36,4 +36,10 @@ export interface ReplaySink {
    * them here together with its progress.
    */
   fileDone(file: PlanFile, position: ReplayPosition, shape: TableShape): Promise<void>;
+  /**
+   * Called once after the last file: a sink that deferred loading the
+   * full_reload (to leave out rows the changes replaced) loads it here and
+   * returns the number of its rows.
+   */
+  settle?(): Promise<number>;
 }

@@ -131,7 +131,7 @@ for (const version of testMajors()) {
       name: `pyarrow${
         PYARROW
           ? ""
-          : " (skipped: no Python with pyarrow; it is not in Debian bookworm and PyPI is unreachable here)"
+          : " (skipped: no Python with pyarrow; it is not in Debian bookworm and pip could not install it)"
       }`,
       ignore: !PYARROW,
       fn: async () => {
