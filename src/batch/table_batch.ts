@@ -151,10 +151,15 @@ export class TableBatch {
       });
       this.#writer = writer;
       await writer.write(this.relation.header);
+      this.#spilledBytes = this.relation.header.length;
     } else if (this.encoder.byteLength > 0) {
       await pool.use(writer);
     }
-    if (this.encoder.byteLength > 0) await writer.write(this.encoder.takeChunk());
+    if (this.encoder.byteLength > 0) {
+      const chunk = this.encoder.takeChunk();
+      this.#spilledBytes += chunk.length;
+      await writer.write(chunk);
+    }
     this.#sealed = await writer.seal({ sync: false });
     pool.release(writer);
     const yml = renderSchemaYml({
