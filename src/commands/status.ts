@@ -474,6 +474,16 @@ export function renderStatus(r: StatusReport, tty: boolean, allTables = false): 
       );
     }
   }
+  // A recreated slot gives every table a pending reload and a gap: at
+  // thousands of tables, the first ATTENTION_LISTED and a count.
+  const capped = <T>(list: T[]): T[] => allTables ? list : list.slice(0, ATTENTION_LISTED);
+  const more = (list: unknown[]) => {
+    if (!allTables && list.length > ATTENTION_LISTED) {
+      out.push(
+        `... and ${list.length - ATTENTION_LISTED} more (--all-tables lists them all, --json too)`,
+      );
+    }
+  };
   const reloads = (title: string, list: ReloadStatus[]) => {
     out.push("");
     if (list.length === 0) {
@@ -483,7 +493,7 @@ export function renderStatus(r: StatusReport, tty: boolean, allTables = false): 
     out.push(`${title} (${list.length}):`);
     out.push(...renderTable(
       ["id", "table", "state", "reason", "requested", "lsn", "error"],
-      list.map((x) => [
+      capped(list).map((x) => [
         String(x.id),
         x.table,
         x.state,
@@ -494,6 +504,7 @@ export function renderStatus(r: StatusReport, tty: boolean, allTables = false): 
       ]),
       tty,
     ));
+    more(list);
   };
   reloads("pending reloads", r.pending_reloads);
   reloads("failed reloads", r.failed_reloads);
@@ -504,7 +515,7 @@ export function renderStatus(r: StatusReport, tty: boolean, allTables = false): 
     );
     out.push(...renderTable(
       ["table", "from lsn", "to lsn", "reason", "recorded", "complete again from"],
-      r.history_gaps.map((g) => [
+      capped(r.history_gaps).map((g) => [
         g.table,
         g.from_lsn ?? "-",
         g.to_lsn ?? "(recreating)",
@@ -514,6 +525,7 @@ export function renderStatus(r: StatusReport, tty: boolean, allTables = false): 
       ]),
       tty,
     ));
+    more(r.history_gaps);
   }
   if (r.other_slots.length > 0) {
     out.push("");

@@ -238,6 +238,7 @@ export async function streamCommand(config: Config): Promise<void> {
   let streamedOnce = false;
   let attempt = 0;
   const streak = new FailureStreak();
+  let streamingSince = 0;
   // While failing: progress (the registry moved past every failed session's
   // position) ends the streak; a session that streams through two batch
   // intervals (at least a minute) without failing ends the alarm only (an
@@ -257,7 +258,6 @@ export async function streamCommand(config: Config): Promise<void> {
       monitor.setFailing(null);
     }
   }, 1000);
-  let streamingSince = 0;
   try {
     while (!stopping) {
       const startedAt = Date.now();

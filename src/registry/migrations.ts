@@ -424,6 +424,8 @@ CREATE INDEX reload_operations_open_idx ON cdc_registry.reload_operations (slot_
   WHERE state IN ('requested', 'exporting');
 CREATE INDEX reload_operations_failed_idx ON cdc_registry.reload_operations (slot_name, id)
   WHERE state = 'failed';
+CREATE INDEX history_gap_open_idx ON cdc_registry.history_gap (slot_name, opened_at_lsn)
+  WHERE to_lsn IS NULL;
 `,
   },
   {

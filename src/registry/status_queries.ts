@@ -5,10 +5,11 @@
  *
  * None reads `file_log` row by row: per-table file totals come from
  * `file_totals` (kept by triggers, registry migration 7), and the reload
- * lists use the indexes of migration 7. {@linkcode statusQueryParams} gives
+ * lists and open gaps use the indexes of migration 7. {@linkcode statusQueryParams} gives
  * each query's parameters. Reading `table_state` and
  * `file_totals` whole for the slot is expected: they hold one row per table
- * and status reports every table.
+ * and status reports every table; so is reading `history_gap` whole for
+ * `gaps`, which status reports one by one too.
  */
 
 const RELOAD_COLUMNS = `id, schema_name, table_name, state, requested_at, started_at,

@@ -8,7 +8,8 @@
  * query must filter by slot. Per slot: one `initial` full_reload per table
  * and a done reload operation, a few ddl files, the rest streaming files
  * with growing LSNs and batch_ts; some tables pending, reloading or dropped,
- * some with failed or requested reloads.
+ * some with failed or requested reloads, and a closed history gap for every
+ * table (a slot recreated long ago).
  */
 
 // @ts-types="npm:@types/pg@8.23.1"
@@ -119,6 +120,16 @@ export async function seedLargeRegistry(
        FROM generate_series(1000, $2::int, 1000) i`,
       [name, tables],
     );
+    // A slot recreated long ago: a closed gap per table (each table's initial
+    // export comes after it, so its history is complete again).
+    await client.query(
+      `INSERT INTO cdc_registry.history_gap (slot_name, schema_name, table_name, relation_oid,
+         from_lsn, to_lsn, opened_at_lsn, reason, created_at)
+       SELECT $1, 's' || (i % 7), 't' || i, 100000 + i, '0/10', '0/20', '0/18', 'wal_removed',
+              now() - interval '60 days'
+       FROM generate_series(1, $2::int) i`,
+      [name, tables],
+    );
     await client.query(
       `INSERT INTO cdc_registry.checkpoint (slot_name, checkpoint_lsn) VALUES ($1, '1/0')
        ON CONFLICT (slot_name) DO UPDATE SET checkpoint_lsn = EXCLUDED.checkpoint_lsn`,
@@ -127,7 +138,7 @@ export async function seedLargeRegistry(
   }
   await client.query(
     `ANALYZE cdc_registry.file_log, cdc_registry.table_state, cdc_registry.reload_operations,
-       cdc_registry.file_totals`,
+       cdc_registry.file_totals, cdc_registry.history_gap`,
   );
   const n = await client.query(
     "SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE slot_name = $1",

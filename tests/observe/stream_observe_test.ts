@@ -44,6 +44,11 @@ for (const version of testMajors()) {
     assert.ok((metricValue(metrics, "cdc_compression_ratio") ?? 0) > 1);
     assert.ok((metricValue(metrics, 'cdc_wal_position_bytes{kind="durable"}') ?? 0) > 0);
     assert.equal(metricValue(metrics, 'cdc_table_mode{table="public.t",mode="streaming"}'), 1);
+    // One mode series per table: the others are removed, not kept at 0.
+    assert.doesNotMatch(
+      metrics,
+      /cdc_table_mode\{table="public\.t",mode="(reloading|pending_reload|dropped)"\}/,
+    );
     assert.match(metrics, /cdc_batch_duration_seconds_count \d+/);
     assert.match(metrics, /cdc_replication_lag_bytes \d+/);
     assert.equal((await get(port, "/healthz")).status, 200);
