@@ -21,6 +21,7 @@ import { batchTimestamp, tableDirName } from "../write/table_dir.ts";
 import { type FileRow, tableName } from "./_files.ts";
 import { deepCompare } from "./deep_compare.ts";
 import { checkFile, checkObject } from "./file_check.ts";
+import { eachLimited } from "../write/each_limited.ts";
 import { type FetchedLayout, openLayout } from "../storage/layout_files.ts";
 import { isS3Url } from "../storage/s3_location.ts";
 import { checkStorageLocation } from "../storage/storage_location.ts";
@@ -42,19 +43,6 @@ export interface VerifyScope {
 }
 
 const CONCURRENCY = 4;
-
-/** Runs `fn` over `items` with at most `limit` at a time. */
-async function forEachLimit<T>(
-  items: T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
 
 /** A `Could not run` condition: reported on stderr, exit 2. */
 export class CannotRun extends Error {}
@@ -231,7 +219,7 @@ async function runVerifyOn(
   }
 
   // 1. Every registered file: exists, size, sha256, rows.
-  await forEachLimit(files, CONCURRENCY, async (f) => {
+  await eachLimited(files, CONCURRENCY, async (f) => {
     const t = tables.get(f.tableName)!;
     t.files++;
     t.rows += f.rowCount;
