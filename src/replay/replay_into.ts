@@ -48,6 +48,23 @@ export async function replayInto(
   options: ReplayOptions = {},
 ): Promise<ReplayResult> {
   const layout = asLayout(dataDir);
+  // A sink may read the full_reload only at settle() (materialize loads it
+  // last): a fetched copy (object storage) is kept until then.
+  const held: string[] = [];
+  try {
+    return await replayHeld(sink, layout, plan, options, held);
+  } finally {
+    for (const path of held) await layout.release(path);
+  }
+}
+
+async function replayHeld(
+  sink: ReplaySink,
+  layout: LayoutFiles,
+  plan: ReplayPlan,
+  options: ReplayOptions,
+  held: string[],
+): Promise<ReplayResult> {
   const runSize = options.runSize ?? sink.runSize ?? 20_000;
   const runChars = options.runChars ?? sink.runChars ?? 16 << 20;
   let shape: TableShape;
@@ -65,11 +82,8 @@ export async function replayInto(
     shape = await readFolderSchema(layout, first.path);
     await sink.reset(shape);
     if (plan.fullReload) {
-      try {
-        rows += await sink.loadFullReload(await layout.path(plan.fullReload.path), shape);
-      } finally {
-        await layout.release(plan.fullReload.path);
-      }
+      held.push(plan.fullReload.path);
+      rows += await sink.loadFullReload(await layout.path(plan.fullReload.path), shape);
       position = { lsn: plan.fullReload.startLsn, seq: -1 };
       files++;
       await sink.fileDone(plan.fullReload, position, shape);

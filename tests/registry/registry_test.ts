@@ -107,7 +107,8 @@ for (const version of testMajors()) {
       await insert("a", "t", 1, 10);
       await insert("a", "u", 1, 3);
       await insert("b", "t", 1, 2);
-      assert.deepEqual(await applyMigrations(db, BOTH_SIDES), [7]);
+      // 7 and every later migration.
+      assert.equal((await applyMigrations(db, BOTH_SIDES))[0], 7);
       // file_totals equals the aggregate over file_log, whatever happened to file_log.
       const check = async () => {
         const totals = await db.query(
