@@ -13,7 +13,7 @@
  */
 
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
-import { DIR_MODE, FILE_MODE, syncDir, tempPathFor, writeAll } from "./atomic_file.ts";
+import { DIR_MODE, syncDir, writeFileAtomic } from "./atomic_file.ts";
 import { eachLimited } from "./each_limited.ts";
 
 /** How many fsyncs are in flight at once. */
@@ -63,22 +63,8 @@ export class DurableBatch {
    * fsync, rename); its directory is synced at {@linkcode flush}.
    */
   async writeFile(path: string, bytes: Uint8Array): Promise<void> {
-    const temp = tempPathFor(path);
-    const file = await Deno.open(temp, { write: true, createNew: true, mode: FILE_MODE });
-    let renamed = false;
-    try {
-      try {
-        await writeAll(file, bytes);
-        await file.sync();
-      } finally {
-        file.close();
-      }
-      await Deno.rename(temp, path);
-      renamed = true;
-      this.syncLater(dirname(path));
-    } finally {
-      if (!renamed) await Deno.remove(temp).catch(() => {});
-    }
+    await writeFileAtomic(path, bytes, { syncDir: false });
+    this.syncLater(dirname(path));
   }
 
   /** Renames `from` to `to`; the new entry's directory is synced at {@linkcode flush}. */
