@@ -35,6 +35,16 @@ export const ENV_VARS: readonly string[] = [
 ];
 
 /**
+ * V8 settings of the binary, passed with its permission flags. A young
+ * generation of 4 MB semi-spaces instead of V8's 16 MB: the stream's garbage
+ * is short-lived, and every scavenge also frees the native buffers behind
+ * dead ArrayBuffers sooner. Measured with `deno task bench --only wide
+ * --tables 10000`: peak RSS of the initial export 226-230 MB instead of
+ * 263-286 MB, at the same export rate.
+ */
+export const V8_FLAGS = "--v8-flags=--max-semi-space-size=4";
+
+/**
  * What an `s3://` data dir needs: the endpoint (or AWS's S3 and STS hosts
  * for the region), the instance metadata service, and the shared config,
  * credentials and web identity token files of the credential chain.
@@ -147,6 +157,7 @@ export function permissionFlags(
     `--allow-env=${ENV_VARS.join(",")}`,
     ...extra,
     "--no-prompt",
+    V8_FLAGS,
   ];
 }
 

@@ -16,9 +16,10 @@ import { join } from "node:path";
 import type { RelationInfo } from "../pipeline/relation_catalog.ts";
 import type { FileRecord, TablePosition } from "../registry/registry.ts";
 import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
-import { GzipFileWriter, type SealedFile } from "../write/gzip_file_writer.ts";
+import type { GzipFileWriter, SealedFile } from "../write/gzip_file_writer.ts";
+import { BufferedGzipFile } from "../write/buffered_gzip_file.ts";
 import type { WriterPool } from "../write/writer_pool.ts";
-import { DIR_MODE, FILE_MODE, writeAll } from "../write/atomic_file.ts";
+import { DIR_MODE, FILE_MODE } from "../write/atomic_file.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 import { formatLsn, type Lsn } from "../lsn.ts";
 
@@ -70,6 +71,8 @@ export class TableBatch {
   /** Directories that got new entries for this batch (to fsync before registering). */
   #changedDirs: string[] = [];
   #sealed: SealedFile | null = null;
+  /** The file of a batch that never spilled, written whole by {@linkcode finish}. */
+  #whole: BufferedGzipFile | null = null;
 
   /** A batch of `relation` in folder `batchTs`; nothing is created on disk yet. */
   constructor(relation: RelationInfo, batchTs: string, dataDir: string, safeBefore: Lsn) {
@@ -84,8 +87,10 @@ export class TableBatch {
 
   /** Uncompressed CSV bytes so far, the header included. */
   get bytes(): number {
-    return (this.#writer === null ? this.relation.header.length : this.#spilledBytes) +
-      this.encoder.byteLength;
+    const written = this.#writer === null && this.#whole === null
+      ? this.relation.header.length
+      : this.#spilledBytes;
+    return written + this.encoder.byteLength;
   }
 
   /** Memory the batch holds: its CSV buffer (an open writer is counted by its pool). */
@@ -142,44 +147,43 @@ export class TableBatch {
     schema: Omit<TableSchema, "validFromLsn">,
     previousName: string | null,
   ): Promise<SealedFile> {
-    let writer = this.#writer;
-    if (writer === null) {
-      await this.#makeDir();
-      // Created outside the pool: it lives only for this call.
-      writer = await GzipFileWriter.create(join(this.absDir, STREAMING_FILE), {
-        tempPath: join(this.absDir, `.tmp-${STREAMING_FILE}`),
-      });
-      this.#writer = writer;
-      await writer.write(this.relation.header);
-      this.#spilledBytes = this.relation.header.length;
-    } else if (this.encoder.byteLength > 0) {
-      await pool.use(writer);
-    }
-    if (this.encoder.byteLength > 0) {
-      const chunk = this.encoder.takeChunk();
-      this.#spilledBytes += chunk.length;
-      await writer.write(chunk);
-    }
-    this.#sealed = await writer.seal({ sync: false });
-    pool.release(writer);
     const yml = renderSchemaYml({
       ...schema,
       validFromLsn: formatLsn(this.first!.lsn),
       previousName,
     });
+    const writer = this.#writer;
+    if (writer === null) {
+      // Never spilled: compressed in one call and written in one, with no
+      // deflate context or descriptor of its own (thousands of small
+      // batches close at once).
+      await this.#makeDir();
+      const whole = new BufferedGzipFile(join(this.absDir, STREAMING_FILE), {
+        tempPath: join(this.absDir, `.tmp-${STREAMING_FILE}`),
+        bufferBytes: this.relation.header.length + this.encoder.byteLength,
+      });
+      this.#whole = whole;
+      await whole.write(this.relation.header);
+      this.#spilledBytes = this.relation.header.length;
+      const chunk = this.encoder.takeChunk();
+      this.#spilledBytes += chunk.length;
+      await whole.write(chunk);
+      this.#sealed = await whole.seal({ sync: false });
+    } else {
+      if (this.encoder.byteLength > 0) {
+        await pool.use(writer);
+        const chunk = this.encoder.takeChunk();
+        this.#spilledBytes += chunk.length;
+        await writer.write(chunk);
+      }
+      this.#sealed = await writer.seal({ sync: false });
+      pool.release(writer);
+    }
     // A new folder of an unregistered batch: a torn schema.yml there is
     // removed by recovery, and it is fsynced before the batch is registered.
-    const file = await Deno.open(join(this.absDir, SCHEMA_FILE), {
-      write: true,
-      create: true,
-      truncate: true,
+    await Deno.writeFile(join(this.absDir, SCHEMA_FILE), new TextEncoder().encode(yml), {
       mode: FILE_MODE,
     });
-    try {
-      await writeAll(file, new TextEncoder().encode(yml));
-    } finally {
-      file.close();
-    }
     return this.#sealed;
   }
 
@@ -219,7 +223,8 @@ export class TableBatch {
    * registered temp file into place.
    */
   async publish(): Promise<void> {
-    await this.#writer!.publish({ sync: false });
+    if (this.#writer !== null) return await this.#writer.publish({ sync: false });
+    await Deno.rename(this.#sealed!.tempPath, join(this.absDir, STREAMING_FILE));
   }
 
   /** Drops the temp file, and the folder with its schema.yml: nothing else is in it. */
@@ -228,6 +233,7 @@ export class TableBatch {
       pool.release(this.#writer);
       await this.#writer.abort();
     }
+    await this.#whole?.abort();
     await Deno.remove(join(this.absDir, SCHEMA_FILE)).catch(() => {});
     await Deno.remove(this.absDir).catch(() => {});
   }

@@ -213,8 +213,8 @@ export class ExportHandover {
   /**
    * Registers exports that can be, each with what it held, in one registry
    * transaction: all of them or none. The files are placed a few at a time
-   * in parallel, every folder that changed is fsynced once before the
-   * commit, and once more after the final renames.
+   * in parallel, and every file and every folder that changed is fsynced
+   * once before the commit; the final renames after it need no fsync.
    */
   async #register(group: { life: TableLife; sealed: SealedExport }[]): Promise<void> {
     const host = this.#host;
@@ -273,11 +273,12 @@ export class ExportHandover {
     // Once this call is sent the registry decides: on any error the session
     // fails and start-up recovery settles the files against the registry.
     await this.#registry.finishReloads(finished, checkpoint);
+    // Registered: a crash from here on is settled by recovery, which renames
+    // registered files still under their temp names. So no fsync is owed.
     await eachLimited(placed, PLACE_CONCURRENCY, async (p) => {
-      for (const h of p.held) await publishHeld(h, durable);
+      for (const h of p.held) await publishHeld(h, true);
       await p.sealed.publish(durable);
     });
-    await durable.flush();
     for (const p of placed) {
       const { life, sealed, name } = p;
       exportRegistered(life, sealed.boundary, p.last);

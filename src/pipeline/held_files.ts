@@ -12,7 +12,6 @@ import { splitAtLsn } from "../batch/split_at_lsn.ts";
 import { formatLsn, type Lsn, minLsn } from "../lsn.ts";
 import type { FileRecord, TablePosition } from "../registry/registry.ts";
 import { ensureDir, syncDir, TEMP_PREFIX, writeFileAtomic } from "../write/atomic_file.ts";
-import type { DurableBatch } from "../write/durable_batch.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 
 /** One held file. */
@@ -188,12 +187,13 @@ export class HeldFiles {
 
 /**
  * Gives a held file its final name (after the registry commit). With
- * `batch`, its folder's fsync is left to it.
+ * `unsynced`, the rename is not fsynced: crash recovery renames a registered
+ * file that is still under its temp name.
  */
-export async function publishHeld(h: HeldFile, batch?: DurableBatch): Promise<void> {
+export async function publishHeld(h: HeldFile, unsynced = false): Promise<void> {
   const from = join(h.dir, TEMP_PREFIX + h.name);
   const to = join(h.dir, h.name);
-  if (batch) return await batch.rename(from, to);
+  if (unsynced) return await Deno.rename(from, to);
   await Deno.rename(from, to);
   await syncDir(h.dir);
 }

@@ -16,6 +16,7 @@ import { dirname } from "node:path";
 import {
   ensureDir,
   syncDir,
+  syncFile,
   TEMP_PREFIX,
   writeAll,
   writeFileAtomic,
@@ -23,6 +24,7 @@ import {
 import { createHash } from "node:crypto";
 import type { DurableBatch } from "../write/durable_batch.ts";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
+import { BufferedGzipFile } from "../write/buffered_gzip_file.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 
 /** Name of the export file inside a batch folder. */
@@ -60,7 +62,8 @@ export interface StagedExport {
   ): Promise<string>;
   /**
    * Renames the placed file to its final name; call after the registry
-   * commit. With `batch`, its directory fsync is left to it.
+   * commit. With `batch`, the rename is not fsynced: crash recovery renames
+   * a registered file that is still under its temp name.
    */
   publish(batch?: DurableBatch): Promise<void>;
   /** Removes the file wherever it is and the staging folder. */
@@ -92,17 +95,21 @@ function stagedExport(
       const yml = new TextEncoder().encode(renderSchemaYml({ ...schema, previousName }));
       // The staging folder needs no fsync: it is emptied at start, and what
       // counts is the file's new entry in its folder.
+      // The file was sealed without an fsync: it is made durable here, at
+      // its new place (an fsync follows the inode), before it is registered.
       if (batch) {
         await batch.mkdir(dir, dataDir);
         await batch.rename(at, temp);
         at = temp;
         finalPath = join(dir, FULL_RELOAD_FILE);
+        batch.syncFileLater(temp);
         await batch.writeFile(join(dir, "schema.yml"), yml);
       } else {
         await ensureDir(dir);
         await Deno.rename(at, temp);
         at = temp;
         finalPath = join(dir, FULL_RELOAD_FILE);
+        await syncFile(temp);
         await syncDir(dir);
         await writeFileAtomic(join(dir, "schema.yml"), yml);
       }
@@ -110,7 +117,9 @@ function stagedExport(
     },
     async publish(batch) {
       if (finalPath === null) throw new RangeError("Cannot publish an export before placing it");
-      if (batch) await batch.rename(at, finalPath);
+      // A registered file still under its temp name is renamed by crash
+      // recovery, so with a batch the new entry needs no fsync of its own.
+      if (batch) await Deno.rename(at, finalPath);
       else {
         await Deno.rename(at, finalPath);
         await syncDir(dirname(finalPath));
@@ -254,7 +263,7 @@ async function copyInto(
   only: string,
   where: string,
   header: boolean,
-  writer: GzipFileWriter,
+  writer: GzipFileWriter | BufferedGzipFile,
   onBytes: (csvBytes: number) => void,
 ): Promise<number> {
   const list = schema.columns.map((c) => quoteIdent(c.name)).join(", ");
@@ -294,7 +303,10 @@ export async function exportTable(
 export interface CopiedTable {
   rows: number;
   schema: TableSchema;
-  /** Finishes and fsyncs the file; needs no database connection. */
+  /**
+   * Finishes the file (not fsynced: {@linkcode StagedExport.place} makes it
+   * durable); needs no database connection.
+   */
   seal(): Promise<StagedExport>;
   /** Removes the unsealed file. */
   abort(): Promise<void>;
@@ -323,7 +335,9 @@ export async function copyTable(
   // table would cost a mkdir and an rmdir each. It is emptied at start.
   const name = `${oid}.${FULL_RELOAD_FILE}`;
   const tempPath = join(stageDir, `${TEMP_PREFIX}${name}`);
-  const writer = await GzipFileWriter.create(join(stageDir, name), { tempPath });
+  // Small tables (most of them, when there are thousands) stay in memory
+  // until the seal writes them in one call.
+  const writer = new BufferedGzipFile(join(stageDir, name), { tempPath });
   let rows: number;
   try {
     rows = await copyInto(client, schema, only, "", true, writer, onBytes);
@@ -338,7 +352,8 @@ export async function copyTable(
     abort: () => writer.abort().catch(() => {}),
     async seal() {
       try {
-        const sealed = await writer.seal();
+        // Not fsynced: the file is synced where it is placed, with its folder.
+        const sealed = await writer.seal({ sync: false });
         return stagedExport(dataDir, null, tempPath, schema, rows, sealed);
       } catch (error) {
         await writer.abort().catch(() => {});

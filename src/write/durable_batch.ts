@@ -1,7 +1,7 @@
 /**
  * Durability for many files at once: every file is fsynced, then every
  * directory whose entries changed is fsynced once, instead of one directory
- * fsync per file. Registering thousands of small exports in one registry
+ * fsync per file, all in parallel at {@linkcode DurableBatch.flush}. Registering thousands of small exports in one registry
  * transaction depends on it: one fsync per directory per batch, issued a few
  * at a time in parallel (the disk takes parallel fsyncs far faster than
  * serial ones).
@@ -13,7 +13,7 @@
  */
 
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
-import { DIR_MODE, syncDir, writeFileAtomic } from "./atomic_file.ts";
+import { DIR_MODE, FILE_MODE, syncDir, syncFile, tempPathFor } from "./atomic_file.ts";
 import { eachLimited } from "./each_limited.ts";
 
 /** How many fsyncs are in flight at once. */
@@ -21,11 +21,17 @@ const SYNC_CONCURRENCY = 32;
 
 /** Directory fsyncs owed by a batch of file operations. */
 export class DurableBatch {
+  #files = new Set<string>();
   #dirs = new Set<string>();
 
-  /** How many directories wait for their fsync. */
+  /** How many files and directories wait for their fsync. */
   get pending(): number {
-    return this.#dirs.size;
+    return this.#files.size + this.#dirs.size;
+  }
+
+  /** Notes that the data of the file at `path` must be fsynced. */
+  syncFileLater(path: string): void {
+    this.#files.add(path);
   }
 
   /** Notes that entries of `dir` changed. */
@@ -60,23 +66,41 @@ export class DurableBatch {
 
   /**
    * Writes a small file under its final name the atomic way (temp file,
-   * fsync, rename); its directory is synced at {@linkcode flush}.
+   * rename): readers never see a partial file. The file and its directory
+   * are synced at {@linkcode flush}.
    */
   async writeFile(path: string, bytes: Uint8Array): Promise<void> {
-    await writeFileAtomic(path, bytes, { syncDir: false });
+    const temp = tempPathFor(path);
+    await Deno.writeFile(temp, bytes, { createNew: true, mode: FILE_MODE });
+    try {
+      await Deno.rename(temp, path);
+    } catch (error) {
+      await Deno.remove(temp).catch(() => {});
+      throw error;
+    }
+    this.syncFileLater(path);
     this.syncLater(dirname(path));
   }
 
   /** Renames `from` to `to`; the new entry's directory is synced at {@linkcode flush}. */
   async rename(from: string, to: string): Promise<void> {
     await Deno.rename(from, to);
+    // A file awaiting its fsync is synced under its new name.
+    if (this.#files.delete(from)) this.#files.add(to);
     this.syncLater(dirname(to));
   }
 
-  /** Fsyncs every noted directory once; then the batch is empty. */
+  /**
+   * Fsyncs every noted file, then every noted directory once (a directory
+   * entry must not become durable before the data it names); then the
+   * batch is empty.
+   */
   async flush(): Promise<void> {
+    const files = [...this.#files];
     const dirs = [...this.#dirs];
+    this.#files.clear();
     this.#dirs.clear();
+    await eachLimited(files, SYNC_CONCURRENCY, (file) => syncFile(file));
     await eachLimited(dirs, SYNC_CONCURRENCY, (dir) => syncDir(dir));
   }
 }

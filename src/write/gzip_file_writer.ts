@@ -168,12 +168,20 @@ export class GzipFileWriter {
           `Cannot use temp path "${tempPath}": it must be a ${TEMP_PREFIX}* file next to "${finalPath}"`,
         );
       }
-      // A leftover of a crashed attempt; recreate it so mode and content are fresh.
-      await Deno.remove(tempPath).catch((error) => {
-        if (!(error instanceof Deno.errors.NotFound)) throw error;
-      });
     }
-    const file = await Deno.open(tempPath, { write: true, createNew: true, mode: FILE_MODE });
+    const open = () => Deno.open(tempPath, { write: true, createNew: true, mode: FILE_MODE });
+    let file: Deno.FsFile;
+    try {
+      file = await open();
+    } catch (error) {
+      // A leftover of a crashed attempt at a fixed temp name: recreate it so
+      // mode and content are fresh.
+      if (options.tempPath === undefined || !(error instanceof Deno.errors.AlreadyExists)) {
+        throw error;
+      }
+      await Deno.remove(tempPath);
+      file = await open();
+    }
     return new GzipFileWriter(finalPath, tempPath, file, level);
   }
 

@@ -1,0 +1,132 @@
+/**
+ * A gzip file that stays in memory while it is small. Exporting thousands
+ * of one-row tables through a streaming deflate context each costs a file
+ * descriptor, several file system calls and a 300 KB allocation per table,
+ * and the allocations of many short-lived contexts fragment the native heap
+ * (RSS grew by ~100 MB over 10,000 tables). A small file is instead
+ * compressed in one call at {@linkcode BufferedGzipFile.seal} and written in
+ * one call; a file that outgrows the buffer turns into a
+ * {@linkcode GzipFileWriter} and streams from then on.
+ *
+ * @module
+ */
+
+import { gzipSync } from "node:zlib";
+import { createHash } from "node:crypto";
+import { dirname } from "node:path";
+import { FILE_MODE, syncDir, syncFile } from "./atomic_file.ts";
+import { GzipFileWriter, type SealedFile, type SyncOptions } from "./gzip_file_writer.ts";
+
+/** Uncompressed bytes kept in memory before the file starts streaming. */
+export const SMALL_FILE_BYTES = 1024 * 1024;
+
+/** Options for {@linkcode BufferedGzipFile}. */
+export interface BufferedGzipFileOptions {
+  /** Temp file name (a `.tmp-` file next to the final path, as for {@linkcode GzipFileWriter}). */
+  tempPath: string;
+  /** Deflate level 0-9 (default 6). */
+  level?: number;
+  /** Bytes held in memory before streaming (default {@linkcode SMALL_FILE_BYTES}). */
+  bufferBytes?: number;
+}
+
+/** A gzip temp file written whole at seal time when small, streamed when not. */
+export class BufferedGzipFile {
+  readonly #path: string;
+  readonly #tempPath: string;
+  readonly #level: number;
+  readonly #limit: number;
+  #buffer: Uint8Array;
+  #length = 0;
+  #writer: GzipFileWriter | null = null;
+  #written = false;
+  #done = false;
+
+  /** Holds nothing open until the data outgrows the buffer or is sealed. */
+  constructor(finalPath: string, options: BufferedGzipFileOptions) {
+    this.#path = finalPath;
+    this.#tempPath = options.tempPath;
+    this.#level = options.level ?? 6;
+    this.#limit = options.bufferBytes ?? SMALL_FILE_BYTES;
+    this.#buffer = new Uint8Array(Math.min(this.#limit, 16 * 1024));
+  }
+
+  /** Whether the data outgrew the buffer (a file and a deflate context are open). */
+  get streaming(): boolean {
+    return this.#writer !== null;
+  }
+
+  /** Adds `chunk` (copied: the caller may reuse it once this returns). */
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.#done) throw new Error(`Cannot write to gzip file "${this.#path}": it is sealed`);
+    if (this.#writer !== null) return await this.#writer.write(chunk);
+    const need = this.#length + chunk.length;
+    if (need <= this.#limit) {
+      if (need > this.#buffer.length) {
+        const grown = new Uint8Array(
+          Math.min(this.#limit, Math.max(need, this.#buffer.length * 2)),
+        );
+        grown.set(this.#buffer.subarray(0, this.#length));
+        this.#buffer = grown;
+      }
+      this.#buffer.set(chunk, this.#length);
+      this.#length = need;
+      return;
+    }
+    const writer = await GzipFileWriter.create(this.#path, {
+      tempPath: this.#tempPath,
+      level: this.#level,
+    });
+    this.#writer = writer;
+    const held = this.#buffer.subarray(0, this.#length);
+    this.#buffer = new Uint8Array(0);
+    this.#length = 0;
+    await writer.write(held);
+    await writer.write(chunk);
+  }
+
+  /**
+   * Writes the complete file under its temp name; with `{ sync: false }`
+   * nothing is fsynced (the caller makes it durable before registering it).
+   */
+  async seal(options: SyncOptions = {}): Promise<SealedFile> {
+    if (this.#done) throw new Error(`Cannot seal gzip file "${this.#path}": it is sealed`);
+    this.#done = true;
+    if (this.#writer !== null) return await this.#writer.seal(options);
+    const input = this.#buffer.subarray(0, this.#length);
+    const bytes = gzipSync(input, { level: this.#level });
+    this.#buffer = new Uint8Array(0);
+    // createNew fails on a leftover of a crashed attempt: replace it then.
+    const write = () => Deno.writeFile(this.#tempPath, bytes, { createNew: true, mode: FILE_MODE });
+    try {
+      await write();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+      await Deno.remove(this.#tempPath);
+      await write();
+    }
+    this.#written = true;
+    if (options.sync ?? true) {
+      await syncFile(this.#tempPath);
+      await syncDir(dirname(this.#tempPath));
+    }
+    return {
+      path: this.#path,
+      tempPath: this.#tempPath,
+      byteSize: bytes.length,
+      sha256: createHash("sha256").update(bytes).digest("hex"),
+      uncompressedBytes: input.length,
+    };
+  }
+
+  /** Discards the file (and removes its temp file if one was written). */
+  async abort(): Promise<void> {
+    this.#done = true;
+    this.#buffer = new Uint8Array(0);
+    if (this.#writer !== null) return await this.#writer.abort();
+    if (!this.#written) return;
+    await Deno.remove(this.#tempPath).catch((error) => {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    });
+  }
+}
