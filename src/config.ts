@@ -45,6 +45,8 @@ export interface Config {
   s3ForcePathStyle: boolean;
   /** Local spool of in-progress files when `dataDir` is a bucket. */
   spoolDir: string;
+  /** Bytes the stream's open batches and not yet removed uploads may take in the spool. */
+  spoolMaxBytes: number;
   /** Files larger than this are uploaded in parts of this size. */
   s3PartSize: number;
   /** An S3 request with no progress for this long is retried. */
@@ -183,6 +185,12 @@ function partSize(raw: string, origin: string): number {
   if (n < 5 * 1024 * 1024) {
     throw new TypeError(`Cannot use ${origin} "${raw}": S3 parts are at least 5MiB`);
   }
+  return n;
+}
+
+function spoolSize(raw: string, origin: string): number {
+  const n = parseByteSize(raw, origin);
+  if (n < 1024 * 1024) throw new TypeError(`Cannot use ${origin} "${raw}": at least 1MiB`);
   return n;
 }
 
@@ -401,6 +409,15 @@ export const SETTINGS: readonly Setting[] = [
     help: "with an s3:// data dir: local directory for files until uploaded (default ./spool)",
   },
   {
+    key: "spoolMaxBytes",
+    flag: "spool-max-bytes",
+    env: "CDC_SPOOL_MAX_BYTES",
+    yaml: "spool_max_bytes",
+    parse: spoolSize,
+    help:
+      "with an s3:// data dir: open batches and uploaded files in the spool at most; when full, batches are uploaded and WAL waits (default 1GiB)",
+  },
+  {
     key: "s3PartSize",
     flag: "s3-part-size",
     env: "CDC_S3_PART_SIZE",
@@ -445,6 +462,7 @@ export const DEFAULTS: Config = {
   s3Region: undefined,
   s3ForcePathStyle: false,
   spoolDir: "./spool",
+  spoolMaxBytes: 1024 ** 3,
   s3PartSize: 16 * 1024 * 1024,
   s3TimeoutMs: 30_000,
 };

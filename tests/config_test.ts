@@ -117,6 +117,20 @@ Deno.test("loadConfig: bad values name where they came from", async () => {
   });
 });
 
+Deno.test("loadConfig: --spool-max-bytes takes a size of at least 1MiB", async () => {
+  assert.equal(DEFAULTS.spoolMaxBytes, 1024 ** 3);
+  const config = await loadConfig({}, envOf({ CDC_SPOOL_MAX_BYTES: "64MiB" }));
+  assert.equal(config.spoolMaxBytes, 64 * 1024 * 1024);
+  await assert.rejects(
+    loadConfig({ "spool-max-bytes": "512KiB" }, envOf({})),
+    { name: "TypeError", message: 'Cannot use --spool-max-bytes "512KiB": at least 1MiB' },
+  );
+  await assert.rejects(
+    loadConfig({}, envOf({ CDC_SPOOL_MAX_BYTES: "lots" })),
+    { name: "TypeError", message: /^Cannot use CDC_SPOOL_MAX_BYTES "lots": / },
+  );
+});
+
 Deno.test("loadConfig: malformed YAML, unknown keys and missing files are rejected", async () => {
   await withYaml("slot: [unclosed\n", async (path) => {
     await assert.rejects(loadConfig({ config: path }, envOf({})), {

@@ -4,8 +4,11 @@
  * @module
  */
 
-/** Why a buffer is flushed; recorded in logs and metrics. */
-export type FlushReason = "rows" | "bytes" | "interval" | "shutdown";
+/**
+ * Why a buffer is flushed; recorded in logs and metrics. `spool`: the spool
+ * of a bucket data dir reached `--spool-max-bytes` (never a policy decision).
+ */
+export type FlushReason = "rows" | "bytes" | "interval" | "shutdown" | "spool";
 
 /** The state of one table's buffer. */
 export interface FlushState {

@@ -38,6 +38,7 @@ import { StorageMetrics } from "../observe/storage_metrics.ts";
 import type { ObjectStore } from "../storage/object_store.ts";
 import { openObjectStore } from "../storage/open_store.ts";
 import { isS3Url } from "../storage/s3_location.ts";
+import { SpoolBudget } from "../storage/spool_budget.ts";
 import { SpoolUploader } from "../storage/spool_uploader.ts";
 import { cleanSpool, recoverUploads } from "../storage/upload_recovery.ts";
 import { checkStorageLocation } from "../storage/storage_location.ts";
@@ -472,6 +473,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
     const states = await registry.tableStates();
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
     await checkStorageLocation(registry, ctx.store?.url ?? dataDir, "stream into");
+    let spool: SpoolBudget | undefined;
     if (ctx.store) {
       // Uploads never registered are deleted (multipart ones aborted); the
       // spool is emptied: registered files are in the bucket, the others
@@ -485,8 +487,14 @@ async function runSession(ctx: StreamContext): Promise<void> {
         logger,
         ctx.storageMetrics ?? undefined,
       );
+      spool = new SpoolBudget(
+        config.spoolMaxBytes,
+        uploader,
+        ctx.storageMetrics?.spoolBytes,
+      );
       registry.setBeforeRegister(async (files) => {
         await uploader.beforeRegister(files);
+        spool!.report();
         ctx.monitor.setStorageUp(true);
       });
     } else {
@@ -521,6 +529,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
       },
       maxOpenFiles: ctx.resources.maxOpenFiles,
       memoryBudget: ctx.resources.bufferBytes,
+      spool,
       startLsn,
       tables: states,
       reloadAfterDdl: config.reloadAfterDdl,

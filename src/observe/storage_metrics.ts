@@ -36,7 +36,8 @@ export class StorageMetrics {
     });
     this.spoolBytes = new client.Gauge({
       name: "cdc_spool_bytes",
-      help: "Bytes of sealed files in the spool waiting for upload or eviction",
+      help:
+        "Bytes the stream holds in the spool: open batches (uncompressed CSV, as last checked) and uploaded files not removed yet",
       registers,
     });
     this.storageUp = new client.Gauge({

@@ -74,6 +74,11 @@ export interface PipelineOptions {
    * largest move to their files.
    */
   memoryBudget: number;
+  /**
+   * With a bucket, the spool's bound (`spool_budget.ts`): when full, the open
+   * batches are flushed, and the stream reads no WAL until they are uploaded.
+   */
+  spool?: { full(openBytes: number): boolean; evict(): Promise<void> };
   /** The slot's confirmed_flush_lsn at start: everything before it is done. */
   startLsn: Lsn;
   /** What the registry holds per relation, keyed by OID. */
@@ -530,6 +535,25 @@ export class StreamPipeline {
     }
   }
 
+  /**
+   * The spool is full: flushes every open batch that is not held (their
+   * uploads hold the loop, so no WAL is read meanwhile). True if it flushed.
+   */
+  async #relieveSpool(): Promise<boolean> {
+    // Held batches wait for their export whatever the spool holds: counting
+    // them would only close the others early, again and again.
+    let open = 0;
+    for (const b of this.#batches.values()) if (!b.held) open += b.bytes;
+    const spool = this.#opts.spool!;
+    if (open === 0 || !spool.full(open)) return false;
+    // Uploaded files may still be there: remove them before closing batches early.
+    await spool.evict();
+    if (!spool.full(open)) return false;
+    const keys = [...this.#batches].filter(([_k, b]) => !b.held).map(([k]) => k);
+    await this.#flush(keys, "spool");
+    return true;
+  }
+
   /** Whether an open batch (not held for an export) reached its row or byte limit. */
   #limitReached(batch: TableBatch): boolean {
     return (batch.rows >= this.#opts.limits.maxRows ||
@@ -541,6 +565,7 @@ export class StreamPipeline {
     await batch.maybeDrain(this.#pool);
     this.#account(batch);
     if (this.#batchMemory > this.#opts.memoryBudget) await this.#relieveMemory();
+    if (this.#opts.spool !== undefined && (await this.#relieveSpool())) return;
     if (this.#limitReached(batch)) {
       const reason = batch.rows >= this.#opts.limits.maxRows ? "rows" : "bytes";
       await this.#flush([batch.relation.key], reason);

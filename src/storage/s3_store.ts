@@ -57,6 +57,9 @@ export interface S3StoreOptions {
   onUploaded?: (bytes: number, seconds: number) => void;
 }
 
+/** The object `check(true)` writes and removes, under the prefix. */
+export const PROBE_KEY = ".cdc-egress-probe";
+
 /** Parts of one multipart upload in flight at once. */
 const PART_CONCURRENCY = 3;
 
@@ -373,7 +376,9 @@ export class S3Store implements ObjectStore {
     );
     if (!write) return;
     // A key no layout path can take (table dirs never start with "."): put and remove it.
-    const probe = `.cdc-egress-probe-${crypto.randomUUID()}`;
+    // Always the same key: a process killed between the two leaves it behind,
+    // and the next start, which puts and removes it again, takes it away.
+    const probe = PROBE_KEY;
     await this.#retry("write to", undefined, () =>
       this.#client.send(
         new PutObjectCommand({

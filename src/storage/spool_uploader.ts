@@ -63,9 +63,13 @@ export class SpoolUploader {
   readonly #spool: string;
   readonly #logger: Logger;
   readonly #metrics: StorageMetrics | undefined;
-  /** Registered keys whose spool copy is still to be removed. */
-  #evict = new Set<string>();
+  /** Registered keys whose spool copy is still to be removed, with their size. */
+  #evict = new Map<string, number>();
+  /** Folders whose schema.yml went up with this process, with its size, until removed. */
+  #schemas = new Map<string, number>();
   #spoolBytes = 0;
+  /** The eviction under way (beforeRegister and a caller may both start one). */
+  #evicting: Promise<void> | null = null;
 
   constructor(
     store: ObjectStore,
@@ -101,10 +105,23 @@ export class SpoolUploader {
       eachLimited(uploads.filter((u) => u.size >= SMALL_BYTES), LARGE_CONCURRENCY, upload),
     ]);
     this.#metrics?.storageUp.set(1);
-    for (const f of files) this.#evict.add(f.path);
-    this.#spoolBytes += uploads.reduce((n, u) => n + u.size, 0);
-    this.#metrics?.spoolBytes.set(this.#spoolBytes);
+    for (const u of uploads) {
+      if (u.key.endsWith(`/${SCHEMA_FILE}`)) {
+        const dir = dirname(u.key);
+        this.#spoolBytes += u.size - (this.#schemas.get(dir) ?? 0);
+        this.#schemas.set(dir, u.size);
+      }
+    }
+    for (const f of files) {
+      this.#spoolBytes += f.byteSize - (this.#evict.get(f.path) ?? 0);
+      this.#evict.set(f.path, f.byteSize);
+    }
   };
+
+  /** Bytes of uploaded files (and their schema.yml) whose spool copy is not removed yet. */
+  get pendingBytes(): number {
+    return this.#spoolBytes;
+  }
 
   /** What to upload for `files`: each data file, and each new folder's schema.yml. */
   async #plan(files: FileRecord[]): Promise<Upload[]> {
@@ -144,30 +161,38 @@ export class SpoolUploader {
    * schema.yml and folder. A file still under its temp name waits.
    */
   async evict(): Promise<void> {
-    for (const path of [...this.#evict]) {
-      const local = join(this.#spool, path);
-      let size: number;
-      try {
-        size = (await Deno.stat(local)).size;
-      } catch (error) {
-        if (error instanceof Deno.errors.NotFound) {
-          // Not published yet: still under its temp name.
-          const temp = join(dirname(local), TEMP_PREFIX + path.slice(path.lastIndexOf("/") + 1));
-          if (await exists(temp)) continue;
-          this.#evict.delete(path);
-          continue;
-        }
-        throw error;
-      }
-      await Deno.remove(local);
-      this.#spoolBytes = Math.max(0, this.#spoolBytes - size);
-      this.#evict.delete(path);
-      const dir = dirname(local);
-      await Deno.remove(join(dir, SCHEMA_FILE)).catch(() => {});
-      // Empty now unless another file of the folder is still on its way.
-      await Deno.remove(dir).catch(() => {});
+    while (this.#evicting) await this.#evicting;
+    this.#evicting = this.#evictNow();
+    try {
+      await this.#evicting;
+    } finally {
+      this.#evicting = null;
     }
-    this.#metrics?.spoolBytes.set(this.#spoolBytes);
+  }
+
+  async #evictNow(): Promise<void> {
+    for (const [path, bytes] of [...this.#evict]) {
+      const local = join(this.#spool, path);
+      try {
+        await Deno.remove(local);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+        // Not published yet: still under its temp name.
+        const temp = join(dirname(local), TEMP_PREFIX + path.slice(path.lastIndexOf("/") + 1));
+        if (await exists(temp)) continue;
+      }
+      this.#evict.delete(path);
+      this.#spoolBytes -= bytes;
+      const dir = dirname(path);
+      await Deno.remove(join(this.#spool, dir, SCHEMA_FILE)).catch(() => {});
+      const schema = this.#schemas.get(dir);
+      if (schema !== undefined) {
+        this.#schemas.delete(dir);
+        this.#spoolBytes -= schema;
+      }
+      // Empty now unless another file of the folder is still on its way.
+      await Deno.remove(join(this.#spool, dir)).catch(() => {});
+    }
   }
 }
 
