@@ -46,7 +46,8 @@
  * merge), and `psql \copy ... FROM PROGRAM 'gzip -dc ...'` of the full_reload
  * into a table with the same primary key. Ours: `cdc-egress materialize` into
  * a fresh DuckDB file and into a fresh PostgreSQL database (process wall
- * time, peak RSS sampled from /proc). The four run one after the other in
+ * time; peak RSS of the whole process from GNU time's maximum resident set
+ * size, else VmHWM sampled from /proc). The four run one after the other in
  * each of 3 rounds (`--repeat N` for N) on the same files; medians are
  * reported, and every round checks the targets against the source (md5 of
  * the PostgreSQL target's rows; count and sums of the DuckDB one). Runs
@@ -1329,14 +1330,24 @@ async function duckdbSums(path: string): Promise<Record<string, string>> {
 }
 const MAT_TARGET_RATIO = 2;
 
-/** Runs the CLI to completion, sampling its peak RSS; returns wall seconds. */
+/**
+ * Runs the CLI to completion; returns wall seconds and its peak RSS: the
+ * kernel's maximum resident set of the whole process (all threads, DuckDB's
+ * native ones too) from GNU time's `%M` when /usr/bin/time exists, which
+ * also catches a peak in the last moments (DuckDB's checkpoint at close);
+ * else VmHWM sampled from /proc every 50 ms.
+ */
 async function timedCli(
   args: string[],
   env: Record<string, string>,
 ): Promise<{ seconds: number; peakRssMb: number; stdout: string }> {
+  const gnuTime = await Deno.stat("/usr/bin/time").then((s) => s.isFile, () => false);
+  const rssFile = gnuTime ? await Deno.makeTempFile({ prefix: "cdc-bench-rss-" }) : "";
   const started = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: cliArgs(args, env),
+  const child = new Deno.Command(gnuTime ? "/usr/bin/time" : Deno.execPath(), {
+    args: gnuTime
+      ? ["-f", "%M", "-o", rssFile, Deno.execPath(), ...cliArgs(args, env)]
+      : cliArgs(args, env),
     env,
     stdout: "piped",
     stderr: "piped",
@@ -1345,7 +1356,7 @@ async function timedCli(
   let rss = 0;
   let done = false;
   const sampler = (async () => {
-    while (!done) {
+    while (!done && !gnuTime) {
       try {
         const status = await Deno.readTextFile(`/proc/${child.pid}/status`);
         rss = Math.max(rss, Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
@@ -1359,17 +1370,19 @@ async function timedCli(
   done = true;
   await sampler;
   children.delete(child);
+  const seconds = (performance.now() - started) / 1000;
+  if (gnuTime) {
+    const text = await Deno.readTextFile(rssFile);
+    await Deno.remove(rssFile).catch(() => {});
+    rss = Number(/(\d+)\s*$/.exec(text)?.[1] ?? 0) / 1024;
+  }
   const dec = new TextDecoder();
   if (out.code !== 0) {
     throw new Error(
       `cdc-egress ${args[0]} exited ${out.code}: ${dec.decode(out.stderr).slice(-2000)}`,
     );
   }
-  return {
-    seconds: (performance.now() - started) / 1000,
-    peakRssMb: rss,
-    stdout: dec.decode(out.stdout),
-  };
+  return { seconds, peakRssMb: rss, stdout: dec.decode(out.stdout) };
 }
 
 /**

@@ -104,6 +104,16 @@ export function duckdbAddonDir(env: (k: string) => string | undefined): string {
   return `${denoDir}/npm/registry.npmjs.org/@duckdb`;
 }
 
+/**
+ * V8 heap settings of a `materialize` build. Folding a million changes makes
+ * short-lived garbage, and V8's defaults (large young generation, old
+ * generation grown in big steps) let the heap reach 110-150 MB around 20 MB
+ * of live objects, on top of the target's own memory: a young generation of
+ * 8 MB and an old one grown by 10% keep it near 40 MB, for about 10% more
+ * CPU in the fold (measured with `deno task bench --only materialize`).
+ */
+export const MATERIALIZE_V8_FLAGS = "--v8-flags=--max-semi-space-size=8,--heap-growing-percent=10";
+
 /** Flags for a resolved configuration (and a `materialize --to` target, if any). */
 export function permissionFlags(
   config: Config,
@@ -133,6 +143,7 @@ export function permissionFlags(
     extra.push("--allow-sys=osRelease");
   }
   const target = options.target;
+  if (target) extra.push(MATERIALIZE_V8_FLAGS);
   if (target?.kind === "postgres") net.add(hostOf(target.url, env));
   else if (target) {
     const paths = targetPaths(target);

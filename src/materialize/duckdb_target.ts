@@ -72,6 +72,14 @@ function csvOptions(names: string[], header: boolean, longLines = false): string
     columns = {${columns}}`;
 }
 
+/**
+ * DuckDB's buffer pool (it spills beyond it). A table with rows longer than
+ * 4 MiB gets {@linkcode LONG_LINE_MEMORY_LIMIT}, for its 32 MiB CSV buffers
+ * and its vectors of long values.
+ */
+const MEMORY_LIMIT = "64MB";
+const LONG_LINE_MEMORY_LIMIT = "128MB";
+
 const WIDEN = /cdc-egress: widen column (\d+)/;
 /**
  * DuckDB's errors for a row longer than max_line_size (in a gzip file its
@@ -138,7 +146,7 @@ export class DuckdbTarget implements MaterializeTarget {
       );
     }
     await conn.run("SET TimeZone = 'UTC'");
-    await conn.run("SET memory_limit = '128MB'");
+    await conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
     await conn.run("SET allocator_flush_threshold = '8MB'");
     await conn.run("SET preserve_insertion_order = false");
     await conn.run("CREATE SCHEMA IF NOT EXISTS cdc_egress");
@@ -355,6 +363,11 @@ class DuckdbTableSink implements TableSink {
     if (this.#inTx) return;
     await this.#conn.run("BEGIN TRANSACTION");
     this.#inTx = true;
+    await this.#conn.run(
+      `SET memory_limit = '${this.#longLines ? LONG_LINE_MEMORY_LIMIT : MEMORY_LIMIT}'`,
+    );
+    // A read that failed left its transaction unable to reset this (see #reading).
+    await this.#conn.run("RESET threads");
     // A column widened on an earlier attempt: make the existing table match.
     if (!this.#rebuild && this.#shape) {
       for (let i = 0; i < this.#types.length; i++) {
@@ -448,15 +461,14 @@ class DuckdbTableSink implements TableSink {
           keys.map((c, k) => `k.k${k} = c${c}`).join(" AND ")
         })`
         : "";
-      const r = await this.#reading(() =>
+      const r = await this.#reading(true, () =>
         this.#run(
           `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
            SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
            FROM read_csv(${literal(path)}, compression = 'gzip', ${
             csvOptions(names, true, this.#longLines)
           }) ${where}`,
-        )
-      );
+        ));
       rows = Number(r[0]?.[0] ?? 0);
     }
     if (this.#deferring) {
@@ -613,26 +625,30 @@ class DuckdbTableSink implements TableSink {
   /** Reads the staging file into `temp._cdc_stage`. */
   async #stage(shape: TableShape): Promise<void> {
     await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
-    await this.#reading(() =>
+    await this.#reading(false, () =>
       this.#run(
         `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
           csvOptions(stageColumns(shape), false, this.#longLines)
         })`,
-      )
-    );
+      ));
   }
 
   /**
-   * Runs a read_csv statement; for a table with long rows on one thread, as
-   * two readers' 32 MiB buffers would not fit the memory limit.
+   * Runs a read_csv statement. A full_reload (`bulk`) is read on one thread:
+   * its gzip stream is decompressed serially anyway, and each more thread
+   * holds buffers and a partial table of its own (about 70 MB more at its
+   * peak for 2M rows, for no gain in time). A table with long rows is read
+   * on one thread, as two readers' 32 MiB buffers would not fit its memory
+   * limit.
    */
-  async #reading<T>(read: () => Promise<T>): Promise<T> {
-    if (!this.#longLines) return await read();
+  async #reading<T>(bulk: boolean, read: () => Promise<T>): Promise<T> {
+    if (!this.#longLines && !bulk) return await read();
     await this.#conn.run("SET threads = 1");
     try {
       return await read();
     } finally {
-      await this.#conn.run("RESET threads");
+      // In a transaction the failed read aborted this fails; #begin resets it then.
+      await this.#conn.run("RESET threads").catch(() => {});
     }
   }
 
