@@ -143,7 +143,8 @@ export function permissionFlags(
     extra.push("--allow-sys=osRelease");
   }
   const target = options.target;
-  if (target) extra.push(MATERIALIZE_V8_FLAGS);
+  // One set of V8 flags: a materialize build's, or every other command's.
+  extra.push(target ? MATERIALIZE_V8_FLAGS : V8_FLAGS);
   if (target?.kind === "postgres") net.add(hostOf(target.url, env));
   else if (target) {
     const paths = targetPaths(target);
@@ -168,7 +169,6 @@ export function permissionFlags(
     `--allow-env=${ENV_VARS.join(",")}`,
     ...extra,
     "--no-prompt",
-    V8_FLAGS,
   ];
 }
 
