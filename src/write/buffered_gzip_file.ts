@@ -30,6 +30,29 @@ export interface BufferedGzipFileOptions {
   bufferBytes?: number;
 }
 
+/** A small gzip file compressed in memory: its bytes and what registering it needs. */
+export interface SealedBytes {
+  bytes: Uint8Array;
+  byteSize: number;
+  sha256: string;
+  uncompressedBytes: number;
+}
+
+/**
+ * Writes `bytes` as a new file (mode 0600, not fsynced) at `tempPath`,
+ * replacing the leftover of an attempt that crashed.
+ */
+export async function writeSealedBytes(tempPath: string, bytes: Uint8Array): Promise<void> {
+  const write = () => Deno.writeFile(tempPath, bytes, { createNew: true, mode: FILE_MODE });
+  try {
+    await write();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+    await Deno.remove(tempPath);
+    await write();
+  }
+}
+
 /** A gzip temp file written whole at seal time when small, streamed when not. */
 export class BufferedGzipFile {
   readonly #path: string;
@@ -86,37 +109,44 @@ export class BufferedGzipFile {
   }
 
   /**
+   * Compresses a file that never outgrew the buffer and hands back its
+   * bytes without writing them: the caller writes them where they belong
+   * (see {@linkcode writeSealedBytes}). Throws once the file is streaming.
+   */
+  sealInMemory(): SealedBytes {
+    if (this.#done) throw new Error(`Cannot seal gzip file "${this.#path}": it is sealed`);
+    if (this.#writer !== null) {
+      throw new Error(`Cannot seal gzip file "${this.#path}" in memory: it outgrew the buffer`);
+    }
+    this.#done = true;
+    const input = this.#buffer.subarray(0, this.#length);
+    const bytes = gzipSync(input, { level: this.#level });
+    this.#buffer = new Uint8Array(0);
+    return {
+      bytes,
+      byteSize: bytes.length,
+      sha256: createHash("sha256").update(bytes).digest("hex"),
+      uncompressedBytes: input.length,
+    };
+  }
+
+  /**
    * Writes the complete file under its temp name; with `{ sync: false }`
    * nothing is fsynced (the caller makes it durable before registering it).
    */
   async seal(options: SyncOptions = {}): Promise<SealedFile> {
-    if (this.#done) throw new Error(`Cannot seal gzip file "${this.#path}": it is sealed`);
-    this.#done = true;
-    if (this.#writer !== null) return await this.#writer.seal(options);
-    const input = this.#buffer.subarray(0, this.#length);
-    const bytes = gzipSync(input, { level: this.#level });
-    this.#buffer = new Uint8Array(0);
-    // createNew fails on a leftover of a crashed attempt: replace it then.
-    const write = () => Deno.writeFile(this.#tempPath, bytes, { createNew: true, mode: FILE_MODE });
-    try {
-      await write();
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
-      await Deno.remove(this.#tempPath);
-      await write();
+    if (this.#writer !== null && !this.#done) {
+      this.#done = true;
+      return await this.#writer.seal(options);
     }
+    const { bytes, ...sealed } = this.sealInMemory();
+    await writeSealedBytes(this.#tempPath, bytes);
     this.#written = true;
     if (options.sync ?? true) {
       await syncFile(this.#tempPath);
       await syncDir(dirname(this.#tempPath));
     }
-    return {
-      path: this.#path,
-      tempPath: this.#tempPath,
-      byteSize: bytes.length,
-      sha256: createHash("sha256").update(bytes).digest("hex"),
-      uncompressedBytes: input.length,
-    };
+    return { path: this.#path, tempPath: this.#tempPath, ...sealed };
   }
 
   /** Discards the file (and removes its temp file if one was written). */
