@@ -156,7 +156,8 @@ for (const version of testMajors()) {
     // before any other table's COPY started.
     const copies = [
       ...(await Deno.readTextFile(join(w.cluster.dir, "server.log"))).matchAll(
-        /cdc-egress\/export: LOG: {2}(?:statement|execute [^:]*): COPY \(SELECT .* FROM (?:ONLY )?"((?:[^"]|"")+)"\."((?:[^"]|"")+)"\) TO STDOUT/g,
+        // `COPY (SELECT ... FROM [ONLY] "s"."t") TO STDOUT` or `COPY "s"."t" (cols) TO STDOUT`.
+        /cdc-egress\/export: LOG: {2}(?:statement|execute [^:]*): COPY (?:\(SELECT .* FROM (?:ONLY )?)?"((?:[^"]|"")+)"\."((?:[^"]|"")+)"(?:\)|\s\()[^\n]*?TO STDOUT/g,
       ),
     ].map((m) => `${m[1].replaceAll('""', '"')}.${m[2].replaceAll('""', '"')}`);
     assert.deepEqual(
