@@ -71,7 +71,7 @@ export class BufferedGzipFile {
     this.#tempPath = options.tempPath;
     this.#level = options.level ?? 6;
     this.#limit = options.bufferBytes ?? SMALL_FILE_BYTES;
-    this.#buffer = new Uint8Array(Math.min(this.#limit, 16 * 1024));
+    this.#buffer = new Uint8Array(Math.min(this.#limit, 2048));
   }
 
   /** Whether the data outgrew the buffer (a file and a deflate context are open). */
