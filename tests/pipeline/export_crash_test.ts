@@ -81,7 +81,8 @@ async function bigCopyAt(w: StreamEnv, p: CliProcess, rows: number): Promise<voi
     const res = await w.db.query(
       `SELECT c.tuples_processed FROM pg_stat_progress_copy c
        JOIN pg_stat_activity a ON a.pid = c.pid
-       WHERE a.application_name = 'cdc-egress/export' AND a.query LIKE '%FROM ONLY "public"."big"%'`,
+       WHERE a.application_name = 'cdc-egress/export'
+         AND (a.query LIKE 'COPY "public"."big" %' OR a.query LIKE '%FROM ONLY "public"."big"%')`,
     );
     if (res.rowCount && Number(res.rows[0].tuples_processed) >= rows) return;
     await sleep(5);
