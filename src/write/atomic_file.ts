@@ -79,11 +79,7 @@ export async function syncFile(path: string): Promise<void> {
  * either the old file or the complete new one, never a partial one. Meant
  * for small files (`schema.yml`, `ddl.sql`).
  */
-export async function writeFileAtomic(
-  path: string,
-  bytes: Uint8Array,
-  options: { syncDir?: boolean } = {},
-): Promise<void> {
+export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
   const temp = tempPathFor(path);
   const file = await Deno.open(temp, { write: true, createNew: true, mode: FILE_MODE });
   let renamed = false;
@@ -96,7 +92,7 @@ export async function writeFileAtomic(
     }
     await Deno.rename(temp, path);
     renamed = true;
-    if (options.syncDir ?? true) await syncDir(dirname(path));
+    await syncDir(dirname(path));
   } finally {
     if (!renamed) await Deno.remove(temp).catch(() => {});
   }

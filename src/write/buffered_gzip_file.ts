@@ -3,7 +3,7 @@
  * of one-row tables through a streaming deflate context each costs a file
  * descriptor, several file system calls and a 300 KB allocation per table,
  * and the allocations of many short-lived contexts fragment the native heap
- * (RSS grew by ~100 MB over 10,000 tables). A small file is instead
+ * (tens of MB of RSS over 10,000 tables). A small file is instead
  * compressed in one call at {@linkcode BufferedGzipFile.seal} and written in
  * one call; a file that outgrows the buffer turns into a
  * {@linkcode GzipFileWriter} and streams from then on.

@@ -1,10 +1,10 @@
 /**
  * Durability for many files at once: every file is fsynced, then every
  * directory whose entries changed is fsynced once, instead of one directory
- * fsync per file, all in parallel at {@linkcode DurableBatch.flush}. Registering thousands of small exports in one registry
- * transaction depends on it: one fsync per directory per batch, issued a few
- * at a time in parallel (the disk takes parallel fsyncs far faster than
- * serial ones).
+ * fsync per file, all at {@linkcode DurableBatch.flush}. Registering
+ * thousands of small exports in one registry transaction depends on it: one
+ * fsync per file and per directory, issued a few dozen at a time (the disk
+ * takes parallel fsyncs far faster than serial ones).
  *
  * Nothing is durable until {@linkcode DurableBatch.flush} returns: the
  * caller flushes before the registry commit that makes the files count.
@@ -13,13 +13,10 @@
  */
 
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
-import { DIR_MODE, FILE_MODE, syncDir, syncFile, tempPathFor } from "./atomic_file.ts";
-import { eachLimited } from "./each_limited.ts";
+import { DIR_MODE, FILE_MODE, tempPathFor } from "./atomic_file.ts";
+import { syncGroup } from "./group_sync.ts";
 
-/** How many fsyncs are in flight at once. */
-const SYNC_CONCURRENCY = 32;
-
-/** Directory fsyncs owed by a batch of file operations. */
+/** File and directory fsyncs owed by a batch of file operations. */
 export class DurableBatch {
   #files = new Set<string>();
   #dirs = new Set<string>();
@@ -100,7 +97,6 @@ export class DurableBatch {
     const dirs = [...this.#dirs];
     this.#files.clear();
     this.#dirs.clear();
-    await eachLimited(files, SYNC_CONCURRENCY, (file) => syncFile(file));
-    await eachLimited(dirs, SYNC_CONCURRENCY, (dir) => syncDir(dir));
+    await syncGroup(files, dirs);
   }
 }
