@@ -123,7 +123,7 @@ export class TableBatch {
   /** Moves the encoded rows to the batch's file (creating it) and shrinks the buffer. */
   async spill(pool: WriterPool): Promise<void> {
     if (this.#writer === null) {
-      await this.#makeDir();
+      this.#makeDir();
       this.#writer = await pool.create(join(this.absDir, STREAMING_FILE), {
         tempPath: join(this.absDir, `.tmp-${STREAMING_FILE}`),
       });
@@ -157,7 +157,7 @@ export class TableBatch {
       // Never spilled: compressed in one call and written in one, with no
       // deflate context or descriptor of its own (thousands of small
       // batches close at once).
-      await this.#makeDir();
+      this.#makeDir();
       const whole = new BufferedGzipFile(join(this.absDir, STREAMING_FILE), {
         tempPath: join(this.absDir, `.tmp-${STREAMING_FILE}`),
         bufferBytes: this.relation.header.length + this.encoder.byteLength,
@@ -181,7 +181,7 @@ export class TableBatch {
     }
     // A new folder of an unregistered batch: a torn schema.yml there is
     // removed by recovery, and it is fsynced before the batch is registered.
-    await Deno.writeFile(join(this.absDir, SCHEMA_FILE), new TextEncoder().encode(yml), {
+    Deno.writeFileSync(join(this.absDir, SCHEMA_FILE), new TextEncoder().encode(yml), {
       mode: FILE_MODE,
     });
     return this.#sealed;
@@ -224,7 +224,7 @@ export class TableBatch {
    */
   async publish(): Promise<void> {
     if (this.#writer !== null) return await this.#writer.publish({ sync: false });
-    await Deno.rename(this.#sealed!.tempPath, join(this.absDir, STREAMING_FILE));
+    Deno.renameSync(this.#sealed!.tempPath, join(this.absDir, STREAMING_FILE));
   }
 
   /** Drops the temp file, and the folder with its schema.yml: nothing else is in it. */
@@ -240,22 +240,23 @@ export class TableBatch {
 
   /**
    * Creates the batch folder (and the table folder the first time) without
-   * fsyncs, remembering which directories got new entries.
+   * fsyncs, remembering which directories got new entries. Synchronous, as
+   * in {@linkcode DurableBatch}: thousands of batches close at once.
    */
-  async #makeDir(): Promise<void> {
+  #makeDir(): void {
     try {
-      await Deno.mkdir(this.absDir, { mode: DIR_MODE });
+      Deno.mkdirSync(this.absDir, { mode: DIR_MODE });
     } catch (error) {
       if (error instanceof Deno.errors.AlreadyExists) return;
       if (!(error instanceof Deno.errors.NotFound)) throw error;
       const tableDir = join(this.#dataDir, this.relation.tableDir);
       try {
-        await Deno.mkdir(tableDir, { mode: DIR_MODE });
+        Deno.mkdirSync(tableDir, { mode: DIR_MODE });
         this.#changedDirs.push(this.#dataDir);
       } catch (inner) {
         if (!(inner instanceof Deno.errors.AlreadyExists)) throw inner;
       }
-      await Deno.mkdir(this.absDir, { mode: DIR_MODE });
+      Deno.mkdirSync(this.absDir, { mode: DIR_MODE });
     }
     this.#changedDirs.push(join(this.#dataDir, this.relation.tableDir));
   }

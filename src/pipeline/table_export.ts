@@ -115,12 +115,12 @@ function stagedExport(
       const dir = join(dataDir, tableDir, batchTs);
       const temp = join(dir, `${TEMP_PREFIX}${FULL_RELOAD_FILE}`);
       const yml = new TextEncoder().encode(renderSchemaYml({ ...schema, previousName }));
-      const arrive = async () => {
+      const arrive = () => {
         if (bytes !== null) {
-          await writeSealedBytes(temp, bytes);
+          writeSealedBytes(temp, bytes);
           release();
         } else {
-          await Deno.rename(at!, temp);
+          Deno.renameSync(at!, temp);
         }
         at = temp;
         finalPath = join(dir, FULL_RELOAD_FILE);
@@ -129,14 +129,14 @@ function stagedExport(
       // was sealed without an fsync: it is made durable here, at its new
       // place (an fsync follows the inode), before it is registered.
       if (batch) {
-        await batch.mkdir(dir, dataDir);
-        await arrive();
+        batch.mkdir(dir, dataDir);
+        arrive();
         batch.syncFileLater(temp);
         batch.syncLater(dir);
-        await batch.writeFile(join(dir, "schema.yml"), yml);
+        batch.writeFile(join(dir, "schema.yml"), yml);
       } else {
         await ensureDir(dir);
-        await arrive();
+        arrive();
         await syncFile(temp);
         await syncDir(dir);
         await writeFileAtomic(join(dir, "schema.yml"), yml);
@@ -147,7 +147,7 @@ function stagedExport(
       if (finalPath === null) throw new RangeError("Cannot publish an export before placing it");
       // A registered file still under its temp name is renamed by crash
       // recovery, so with a batch the new entry needs no fsync of its own.
-      if (batch) await Deno.rename(at!, finalPath);
+      if (batch) Deno.renameSync(at!, finalPath);
       else {
         await Deno.rename(at!, finalPath);
         await syncDir(dirname(finalPath));
@@ -397,7 +397,7 @@ export async function copyTable(
             heldInMemory += bytes.length;
             return stagedExport(dataDir, null, { bytes }, schema, rows, sealed);
           }
-          await writeSealedBytes(tempPath, bytes);
+          writeSealedBytes(tempPath, bytes);
           return stagedExport(dataDir, null, { path: tempPath }, schema, rows, sealed);
         }
         // Not fsynced: the file is synced where it is placed, with its folder.

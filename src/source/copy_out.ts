@@ -13,6 +13,7 @@
 import type pg from "pg";
 
 const CHUNK = 256 * 1024;
+const FIRST_BUFFER = 4 * 1024;
 const HIGH_WATER = 8 * 1024 * 1024;
 const LOW_WATER = 2 * 1024 * 1024;
 
@@ -43,7 +44,9 @@ export async function* copyOut(
   let done = false;
   let failure: unknown = null;
   let wake: (() => void) | null = null;
-  let pending = new Uint8Array(CHUNK * 2);
+  // Starts small and grows: thousands of one-row tables are exported one
+  // COPY each, and a full-size buffer per COPY was most of their garbage.
+  let pending = new Uint8Array(FIRST_BUFFER);
   let pendingLength = 0;
   const signal = () => {
     const w = wake;
@@ -53,13 +56,20 @@ export async function* copyOut(
   const onData = (msg: { chunk: Uint8Array }) => {
     const c = msg.chunk;
     // Coalesce rows; pg's parser reuses its buffer, so bytes are copied here.
-    if (pendingLength + c.length > pending.length) {
-      if (pendingLength > 0) {
-        queue.push(pending.slice(0, pendingLength));
-        queued += pendingLength;
-        pendingLength = 0;
+    const need = pendingLength + c.length;
+    if (need > pending.length) {
+      if (need <= CHUNK * 2) {
+        const grown = new Uint8Array(Math.min(CHUNK * 2, Math.max(need, pending.length * 4)));
+        grown.set(pending.subarray(0, pendingLength));
+        pending = grown;
+      } else {
+        if (pendingLength > 0) {
+          queue.push(pending.slice(0, pendingLength));
+          queued += pendingLength;
+          pendingLength = 0;
+        }
+        if (c.length > pending.length) pending = new Uint8Array(c.length * 2);
       }
-      if (c.length > pending.length) pending = new Uint8Array(c.length * 2);
     }
     pending.set(c, pendingLength);
     pendingLength += c.length;

@@ -62,10 +62,11 @@ export async function syncDir(dir: string): Promise<void> {
 /**
  * Makes the data of the file at `path` durable, through a new descriptor
  * (Linux syncs the inode, not the descriptor). fdatasync: it also flushes
- * the size, all that reading the file back needs.
+ * the size, all that reading the file back needs. The open is synchronous
+ * (see {@linkcode syncDir}).
  */
 export async function syncFile(path: string): Promise<void> {
-  const handle = await Deno.open(path, { read: true });
+  const handle = Deno.openSync(path, { read: true });
   try {
     await handle.syncData();
   } finally {

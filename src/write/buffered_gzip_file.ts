@@ -40,16 +40,17 @@ export interface SealedBytes {
 
 /**
  * Writes `bytes` as a new file (mode 0600, not fsynced) at `tempPath`,
- * replacing the leftover of an attempt that crashed.
+ * replacing the leftover of an attempt that crashed. Synchronous: a small
+ * file's write takes microseconds, less than an async op's thread hand-off.
  */
-export async function writeSealedBytes(tempPath: string, bytes: Uint8Array): Promise<void> {
-  const write = () => Deno.writeFile(tempPath, bytes, { createNew: true, mode: FILE_MODE });
+export function writeSealedBytes(tempPath: string, bytes: Uint8Array): void {
+  const write = () => Deno.writeFileSync(tempPath, bytes, { createNew: true, mode: FILE_MODE });
   try {
-    await write();
+    write();
   } catch (error) {
     if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
-    await Deno.remove(tempPath);
-    await write();
+    Deno.removeSync(tempPath);
+    write();
   }
 }
 
@@ -140,7 +141,7 @@ export class BufferedGzipFile {
       return await this.#writer.seal(options);
     }
     const { bytes, ...sealed } = this.sealInMemory();
-    await writeSealedBytes(this.#tempPath, bytes);
+    writeSealedBytes(this.#tempPath, bytes);
     this.#written = true;
     if (options.sync ?? true) {
       await syncFile(this.#tempPath);
