@@ -5,6 +5,7 @@
  * acknowledges and returns.
  */
 
+import { HELD_EXPORT_BYTES } from "../pipeline/held_export_budget.ts";
 import { join, resolve } from "node:path";
 // @ts-types="npm:@types/pg@8.23.1"
 import type pg from "pg";
@@ -552,6 +553,8 @@ async function runSession(ctx: StreamContext): Promise<void> {
         stagingDir,
         workers: config.exportWorkers,
         splitBytes: config.exportSplitBytes,
+        // Small exports waiting for their boundary: an eighth of the memory budget, at most 16 MiB.
+        heldExportBytes: Math.min(HELD_EXPORT_BYTES, Math.floor(config.memoryBudget / 8)),
         logger,
         metrics,
       })

@@ -38,6 +38,7 @@ import {
   type StagedExport,
 } from "./table_export.ts";
 import type { StreamMetrics } from "../observe/metrics.ts";
+import { HELD_EXPORT_BYTES, HeldExportBudget } from "./held_export_budget.ts";
 import type { DurableBatch } from "../write/durable_batch.ts";
 import { eachLimited } from "../write/each_limited.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
@@ -87,6 +88,12 @@ export interface ReloadOptions {
   workers: number;
   /** Heap tables larger than this are split into block ranges exported in parallel. */
   splitBytes: number;
+  /**
+   * Bytes of small finished exports held in memory until the stream reaches
+   * their boundary (default {@linkcode HELD_EXPORT_BYTES}); the rest wait
+   * in staging files.
+   */
+  heldExportBytes?: number;
   logger: Logger;
   metrics?: StreamMetrics;
 }
@@ -193,6 +200,7 @@ export class ReloadCoordinator {
   #stopping = false;
   #seq = 0;
   #progress = newProgress();
+  readonly #held: HeldExportBudget;
 
   constructor(
     registry: Registry,
@@ -204,6 +212,7 @@ export class ReloadCoordinator {
     this.#catalog = catalog;
     this.#host = host;
     this.#opts = options;
+    this.#held = new HeldExportBudget(options.heldExportBytes ?? HELD_EXPORT_BYTES);
   }
 
   /** Relations being exported now. */
@@ -597,7 +606,7 @@ export class ReloadCoordinator {
           job.stageDir,
           onBytes,
           rel,
-          { checkName: false },
+          { checkName: false, held: this.#held },
         );
         copied.push({ job, copy, bytes: () => counted });
       } catch (error) {

@@ -26,6 +26,7 @@ import type { DurableBatch } from "../write/durable_batch.ts";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
 import { BufferedGzipFile, writeSealedBytes } from "../write/buffered_gzip_file.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
+import type { HeldExportBudget } from "./held_export_budget.ts";
 
 /** Name of the export file inside a batch folder. */
 export const FULL_RELOAD_FILE = "full_reload.csv.gz";
@@ -70,18 +71,6 @@ export interface StagedExport {
   abort(): Promise<void>;
 }
 
-/**
- * Compressed bytes of small exports held in memory until they are placed:
- * writing them straight into their batch folder saves a file, a rename and
- * an fsync per table when thousands of tables are exported. Past this, a
- * small export goes to the staging folder like a large one (exports can wait
- * long for the stream to reach their boundary).
- */
-const HELD_IN_MEMORY_BYTES = 16 * 1024 * 1024;
-/** Largest compressed export held in memory. */
-const MAX_IN_MEMORY_EXPORT = 256 * 1024;
-let heldInMemory = 0;
-
 /** Where a staged export's bytes are until it is placed. */
 type StagedData = { path: string } | { bytes: Uint8Array };
 
@@ -94,6 +83,7 @@ function stagedExport(
   dataDir: string,
   stageDir: string | null,
   staged: StagedData,
+  budget: HeldExportBudget | null,
   schema: TableSchema,
   rows: number,
   sealed: { byteSize: number; sha256: string },
@@ -102,7 +92,7 @@ function stagedExport(
   let bytes = "bytes" in staged ? staged.bytes : null;
   const release = () => {
     if (bytes === null) return;
-    heldInMemory -= bytes.length;
+    budget?.release(bytes.length);
     bytes = null;
   };
   let finalPath: string | null = null;
@@ -316,25 +306,6 @@ async function copyInto(
   return result.rowCount;
 }
 
-/**
- * Exports table `oid` through `client`, which must be inside the snapshot
- * transaction, into the staging folder `stageDir` (shared with other
- * exports; it must exist). `onBytes` is called with the number of CSV bytes
- * read so far.
- */
-export async function exportTable(
-  client: pg.Client,
-  oid: number,
-  snapshotLsn: Lsn,
-  dataDir: string,
-  stageDir: string,
-  onBytes: (csvBytes: number) => void = () => {},
-  described?: DescribedRelation,
-): Promise<StagedExport> {
-  const copied = await copyTable(client, oid, snapshotLsn, dataDir, stageDir, onBytes, described);
-  return await copied.seal();
-}
-
 /** A table's rows copied into a gzip temp file that is not sealed yet. */
 export interface CopiedTable {
   rows: number;
@@ -349,9 +320,13 @@ export interface CopiedTable {
 }
 
 /**
- * {@linkcode exportTable} up to the seal: the database work is done when it
- * returns, so the caller may go on to the next table on the same
- * connection while the file is finished and fsynced.
+ * Exports table `oid` through `client`, which must be inside the snapshot
+ * transaction, up to the seal: the database work is done when it returns,
+ * so the caller may go on to the next table on the same connection while
+ * the file is finished. The file goes to the staging folder `stageDir`
+ * (shared with other exports; it must exist), or stays in memory when small
+ * and `options.held` has room. `onBytes` is called with the number of CSV
+ * bytes read so far.
  */
 export async function copyTable(
   client: pg.Client,
@@ -361,7 +336,7 @@ export async function copyTable(
   stageDir: string,
   onBytes: (csvBytes: number) => void = () => {},
   described?: DescribedRelation,
-  options: { checkName?: boolean } = {},
+  options: { checkName?: boolean; held?: HeldExportBudget } = {},
 ): Promise<CopiedTable> {
   const rel = described ?? await describeRelation(client, oid, snapshotLsn);
   if (rel === null) throw new Error(`table with oid ${oid} no longer exists`);
@@ -390,19 +365,16 @@ export async function copyTable(
       try {
         if (!writer.streaming) {
           const { bytes, ...sealed } = writer.sealInMemory();
-          if (
-            bytes.length <= MAX_IN_MEMORY_EXPORT &&
-            heldInMemory + bytes.length <= HELD_IN_MEMORY_BYTES
-          ) {
-            heldInMemory += bytes.length;
-            return stagedExport(dataDir, null, { bytes }, schema, rows, sealed);
+          const held = options.held;
+          if (held?.tryTake(bytes.length)) {
+            return stagedExport(dataDir, null, { bytes }, held, schema, rows, sealed);
           }
           writeSealedBytes(tempPath, bytes);
-          return stagedExport(dataDir, null, { path: tempPath }, schema, rows, sealed);
+          return stagedExport(dataDir, null, { path: tempPath }, null, schema, rows, sealed);
         }
         // Not fsynced: the file is synced where it is placed, with its folder.
         const sealed = await writer.seal({ sync: false });
-        return stagedExport(dataDir, null, { path: tempPath }, schema, rows, sealed);
+        return stagedExport(dataDir, null, { path: tempPath }, null, schema, rows, sealed);
       } catch (error) {
         await writer.abort().catch(() => {});
         throw error;
@@ -526,7 +498,7 @@ export async function joinParts(
   }
   for (const part of parts) await Deno.remove(part.tempPath).catch(() => {});
   const rows = parts.reduce((n, p) => n + p.rows, 0);
-  return stagedExport(dataDir, stageDir, { path: tempPath }, schema, rows, {
+  return stagedExport(dataDir, stageDir, { path: tempPath }, null, schema, rows, {
     byteSize,
     sha256: hash.digest("hex"),
   });
