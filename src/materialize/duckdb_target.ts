@@ -268,7 +268,7 @@ async function exists(path: string): Promise<boolean> {
 class DuckdbTableSink implements TableSink {
   /**
    * DuckDB joins a delta by scanning the table: fewer, larger deltas. A
-   * rebuild appends its deltas to one staging file per streaming file, so
+   * rebuild appends its deltas to a staging file applied in one step, so
    * small ones cost nothing there and die young in V8's heap.
    */
   get runSize(): number {
@@ -290,21 +290,24 @@ class DuckdbTableSink implements TableSink {
   #shape: TableShape | null;
   #extra: Record<string, unknown>;
   /**
-   * A rebuild of a keyed table loads its full_reload last: changes apply to
-   * the build table while it holds only the rows they wrote (cheap joins),
-   * their keys go to `temp._cdc_touched`, and the full_reload's rows of
-   * those keys are left out (an anti-join) when it is loaded.
+   * A rebuild of a keyed table stages its deltas: DuckDB loads the
+   * full_reload (on its own thread) while the changes are read and folded
+   * here, and the folded deltas are appended to a staging file. Staged rows
+   * are applied in one set step once the load is done ({@linkcode #flush}):
+   * the rows of their keys go, and each key's last staged row comes in.
    */
-  #deferring = false;
-  #deferred: { path: string; shape: TableShape } | null = null;
-  /** A TRUNCATE came before the full_reload was loaded: none of its rows stay. */
-  #baseGone = false;
-  #deferredRows = 0;
-  /** Keys written before the full_reload is loaded (for keys touched again). */
-  #touched: TouchedKeys | null = null;
-  /** The staging file that deltas before the full_reload append to. */
+  #staging = false;
+  /** The full_reload being loaded (the connection is busy until it settles). */
+  #loading: Promise<number> | null = null;
+  #loadedRows = 0;
+  /** The staging file that staged deltas append to. */
   #pending: Deno.FsFile | null = null;
   #pendingBytes = 0;
+  /** Staged rows so far: their order in the file (`_n`), across deltas. */
+  #pendingRows = 0;
+  /** Keys in the staging file, to notice a key staged twice (then only its last row counts). */
+  #stagedKeys: TouchedKeys | null = null;
+  #repeated = false;
 
   constructor(
     target: DuckdbTarget,
@@ -429,72 +432,66 @@ class DuckdbTableSink implements TableSink {
     this.#typeNames = this.#types.map((t) => t.type);
     const cols = shape.columns.map((c, i) => `${ident(c.name)} ${this.#types[i].type}`);
     await this.#run(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
-    this.#baseGone = false;
-    this.#deferred = null;
-    this.#deferring = shape.keyed;
-    this.#touched = shape.keyed ? new TouchedKeys(shape) : null;
-    await this.#run("DROP TABLE IF EXISTS temp._cdc_touched");
-    if (this.#deferring) {
-      const keys = shape.columns.filter((c) => c.isKey).map((_c, k) => `k${k} VARCHAR`);
-      await this.#run(`CREATE TEMP TABLE _cdc_touched (${keys.join(", ")})`);
-    }
+    this.#staging = shape.keyed;
+    this.#loading = null;
+    this.#loadedRows = 0;
+    this.#stagedKeys = shape.keyed ? new TouchedKeys(shape) : null;
+    this.#repeated = false;
   }
 
   async loadFullReload(path: string, shape: TableShape): Promise<number> {
-    if (this.#deferring) {
-      this.#deferred = { path, shape };
-      return 0;
-    }
-    return await this.#loadBase(path, shape);
+    if (!this.#staging) return await this.#loadBase(path, shape);
+    // DuckDB reads it while the changes are folded; nothing else may use the
+    // connection until it is done (#settle).
+    this.#loading = this.#loadBase(path, shape);
+    // A failure surfaces at #settle (or abort); keep it from going unhandled meanwhile.
+    this.#loading.catch(() => {});
+    return 0;
   }
 
   async #loadBase(path: string, shape: TableShape): Promise<number> {
-    await this.#flush(shape);
-    this.#touched = null;
     await this.#begin();
-    let rows = 0;
-    if (!this.#baseGone) {
-      const names = shape.columns.map((_c, i) => `c${i}`);
-      const keys = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
-      const where = this.#deferring
-        ? `WHERE NOT EXISTS (SELECT 1 FROM temp._cdc_touched k WHERE ${
-          keys.map((c, k) => `k.k${k} = c${c}`).join(" AND ")
-        })`
-        : "";
-      const r = await this.#reading(true, () =>
-        this.#run(
-          `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-           SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-           FROM read_csv(${literal(path)}, compression = 'gzip', ${
-            csvOptions(names, true, this.#longLines)
-          }) ${where}`,
-        ));
-      rows = Number(r[0]?.[0] ?? 0);
-    }
-    if (this.#deferring) {
-      this.#deferring = false;
-      await this.#run("DROP TABLE temp._cdc_touched");
-    }
-    return rows;
+    const names = shape.columns.map((_c, i) => `c${i}`);
+    const r = await this.#reading(true, () =>
+      this.#run(
+        `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+         SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
+         FROM read_csv(${literal(path)}, compression = 'gzip', ${
+          csvOptions(names, true, this.#longLines)
+        })`,
+      ));
+    return Number(r[0]?.[0] ?? 0);
   }
 
-  /** Loads a deferred full_reload now (before anything that needs its rows). */
+  /** Waits for the full_reload's load, if one runs. */
+  async #loaded(): Promise<void> {
+    const loading = this.#loading;
+    if (!loading) return;
+    this.#loadedRows += await loading;
+    this.#loading = null;
+  }
+
+  /** Brings the build table up to date: the full_reload loaded and staged rows applied. */
   async #settle(): Promise<void> {
-    const d = this.#deferred;
-    if (!d) return;
-    this.#deferred = null;
-    this.#deferredRows = await this.#loadBase(d.path, d.shape);
+    await this.#loaded();
+    if (this.#shape) await this.#flush(this.#shape);
   }
 
   async settle(): Promise<number> {
     await this.#settle();
-    const n = this.#deferredRows;
-    this.#deferredRows = 0;
+    const n = this.#loadedRows;
+    this.#loadedRows = 0;
     return n;
   }
 
   async reshape(from: TableShape, to: TableShape): Promise<void> {
     await this.#settle();
+    if (this.#rebuild && this.#inTx) {
+      // DuckDB cannot commit an ALTER that follows deletes of committed rows
+      // in one transaction (the staged rows' flush deletes).
+      await this.#conn.run("COMMIT");
+      this.#inTx = false;
+    }
     await this.#begin();
     const map = columnMapping(from, to);
     const q = this.#qualified;
@@ -544,48 +541,30 @@ class DuckdbTableSink implements TableSink {
   }
 
   async apply(delta: Delta, shape: TableShape): Promise<void> {
-    if (this.#deferred) {
-      // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
-      const direct = this.#touched!.bytes < TOUCHED_KEYS_BYTES &&
-        delta.rows.every((r) => r.base === null) && delta.removals.length === 0;
-      if (direct) return await this.#applyBeforeBase(delta, shape);
-      await this.#settle();
-    }
+    // Values kept from the target's row (unchanged TOAST), multiset removals
+    // and TRUNCATE need the table as it is: apply those in place.
+    const staged = this.#staging && !delta.truncate && delta.removals.length === 0 &&
+      delta.rows.every((r) => r.base === null);
+    if (staged) return await this.#stageDelta(delta, shape);
+    await this.#settle();
     await this.#applyInPlace(delta, shape);
   }
 
   /**
-   * Applies a keyed delta while the full_reload is not loaded: the build
-   * table holds just the rows of touched keys. Keys touched before are
-   * deleted first; the delta's keys and rows are appended to the staging
-   * file, which is loaded once per streaming file ({@linkcode #flush}).
+   * Appends a keyed delta (keys to delete, rows that replace their key's
+   * row) to the staging file; applied by {@linkcode #flush}.
    */
-  async #applyBeforeBase(delta: Delta, shape: TableShape): Promise<void> {
-    await this.#begin();
-    const touched = this.#touched!;
-    if (delta.truncate) {
-      await this.#flush(shape);
-      await this.#run(`DELETE FROM ${this.#qualified}`);
-      await this.#run("DELETE FROM temp._cdc_touched");
-      this.#baseGone = true;
-      touched.clear();
-    }
+  async #stageDelta(delta: Delta, shape: TableShape): Promise<void> {
+    const keys = this.#stagedKeys!;
     const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
-    const keyOf = (values: CsvField[]) => keyCols.map((i) => values[i] ?? null);
-    const again = delta.deleteKeys.filter((k) => touched.has(k));
-    for (const r of delta.rows) {
-      const k = keyOf(r.values);
-      if (touched.has(k)) again.push(k);
-    }
-    if (again.length > 0) {
-      await this.#flush(shape);
-      await this.#applyInPlace(
-        { truncate: false, deleteKeys: again, removals: [], rows: [], changes: 0 },
-        shape,
-      );
-    }
-    for (const k of delta.deleteKeys) touched.add(k);
-    for (const r of delta.rows) touched.add(keyOf(r.values));
+    const note = (key: CsvField[]) => {
+      if (this.#repeated) return;
+      // Past its memory budget the set stops; the flush then takes each key's last row.
+      if (keys.has(key) || keys.bytes >= TOUCHED_KEYS_BYTES) this.#repeated = true;
+      else keys.add(key);
+    };
+    for (const k of delta.deleteKeys) note(k);
+    for (const r of delta.rows) note(r.key ?? keyCols.map((i) => r.values[i] ?? null));
     if (!this.#pending) {
       this.#pending = await Deno.open(this.#stagePath, {
         write: true,
@@ -595,30 +574,47 @@ class DuckdbTableSink implements TableSink {
       });
     }
     const file = this.#pending;
-    await encodeStage({ ...delta, truncate: false }, shape, async (c) => {
+    this.#pendingRows = await encodeStage(delta, shape, async (c) => {
       let off = 0;
       while (off < c.length) off += await file.write(c.subarray(off));
       this.#pendingBytes += c.length;
-    });
-    // A staging file stays about as large as one delta of many-MB rows could make it.
-    if (this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
+    }, this.#pendingRows);
+    // Once the full_reload is in, the staging file is applied whenever it grows large.
+    if (!this.#loading && this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
   }
 
-  /** Loads the staged rows of keys not touched before into the build table, and their keys. */
+  /**
+   * Applies the staging file: deletes the rows of every staged key, then
+   * inserts the last staged row of each key that ends with a row.
+   */
   async #flush(shape: TableShape): Promise<void> {
     const file = this.#pending;
     if (!file) return;
     this.#pending = null;
     this.#pendingBytes = 0;
+    this.#pendingRows = 0;
     file.close();
+    const repeated = this.#repeated;
+    this.#repeated = false;
+    this.#stagedKeys?.clear();
+    await this.#begin();
     await this.#stage(shape);
-    const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
+    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    const cols = shape.columns.map((c) => ident(c.name));
+    const on = keyCols.map((c) => `t.${cols[c]} = ${this.#cast(`s.c${c}`, c)}`).join(" AND ");
     await this.#run(
-      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-       SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
-       FROM temp._cdc_stage WHERE _kind = 'U'`,
+      `DELETE FROM ${this.#qualified} t WHERE EXISTS (SELECT 1 FROM temp._cdc_stage s WHERE ${on})`,
     );
-    await this.#run(`INSERT INTO temp._cdc_touched SELECT ${keys.join(", ")} FROM temp._cdc_stage`);
+    const last = repeated
+      ? `(SELECT * FROM temp._cdc_stage QUALIFY row_number() OVER (PARTITION BY ${
+        keyCols.map((c) => `c${c}`).join(", ")
+      } ORDER BY CAST(_n AS BIGINT) DESC) = 1)`
+      : "temp._cdc_stage";
+    await this.#run(
+      `INSERT INTO ${this.#qualified} (${cols.join(", ")})
+       SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
+       FROM ${last} WHERE _kind = 'U'`,
+    );
     await this.#run("DROP TABLE temp._cdc_stage");
   }
 
@@ -701,13 +697,14 @@ class DuckdbTableSink implements TableSink {
   }
 
   async fileDone(file: PlanFile, position: ReplayPosition, shape: TableShape): Promise<void> {
-    await this.#flush(shape);
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
-    if (!this.#inTx) return;
+    // The full_reload's load holds the connection and its transaction until it is done.
+    if (!this.#inTx || this.#loading) return;
     // A rebuild commits file by file into its build table (bounded transactions);
-    // its progress is written only when the table is swapped in.
+    // its progress is written only when the table is swapped in. Rows still
+    // in the staging file are applied by a later transaction of the rebuild.
     if (!this.#rebuild) await this.#saveProgress();
     await this.#conn.run("COMMIT");
     this.#inTx = false;
@@ -731,6 +728,9 @@ class DuckdbTableSink implements TableSink {
   async abort(): Promise<void> {
     this.#pending?.close();
     this.#pending = null;
+    // A running load holds the connection: let it end before rolling it back.
+    await this.#loading?.catch(() => {});
+    this.#loading = null;
     if (this.#inTx) {
       this.#inTx = false;
       await this.#conn.run("ROLLBACK").catch(() => {});
