@@ -56,7 +56,8 @@ export async function encodeStage(
   const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
   const nKeys = shape.keyed ? keyCols.length : 0;
   const n = shape.columns.length;
-  const csv = new CsvRowEncoder({ initialCapacity: 1 << 20 });
+  // Small at first: a rebuild encodes many small deltas (it grows for large ones).
+  const csv = new CsvRowEncoder({ initialCapacity: 1 << 14 });
   let seq = firstSeq;
   const put = async (
     kind: string,

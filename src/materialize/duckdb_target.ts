@@ -11,7 +11,7 @@
  * the same database, committed with the rows.
  */
 
-import { rename, rm } from "node:fs/promises";
+import { rename } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
 import { createGzip } from "node:zlib";
 import { once } from "node:events";
@@ -26,6 +26,7 @@ import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
 import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
+import { STAGE_PARTS } from "./target_spec.ts";
 import {
   buildPrefix,
   LongLines,
@@ -79,6 +80,14 @@ function csvOptions(names: string[], header: boolean, longLines = false): string
  */
 const MEMORY_LIMIT = "64MB";
 const LONG_LINE_MEMORY_LIMIT = "128MB";
+/**
+ * A rebuild's buffer pool while its full_reload loads beside the fold of the
+ * changes (whose heap peaks meanwhile), and while staged rows are applied
+ * and committed: the statements need little, and DuckDB keeps what it may.
+ */
+const REBUILD_MEMORY_LIMIT = "32MB";
+/** Staged rows applied by one statement at most (its keys are hashed). */
+const FLUSH_ROWS = 300_000;
 
 const WIDEN = /cdc-egress: widen column (\d+)/;
 /**
@@ -86,6 +95,20 @@ const WIDEN = /cdc-egress: widen column (\d+)/;
  * parallel reader reports that it cannot read the file).
  */
 const LONG_LINE = /Maximum line size|Parallel CSV Reader currently does not support a full read/i;
+
+function stagePart(stagePath: string, part: number): string {
+  return `${stagePath}.${part}`;
+}
+
+/** The part of a key tuple (a hash of its text). */
+function keyPart(key: CsvField[]): number {
+  let h = 0;
+  for (const v of key) {
+    if (v === null) continue;
+    for (let i = 0; i < v.length; i++) h = (Math.imul(h, 31) + v.charCodeAt(i)) | 0;
+  }
+  return (h >>> 0) % STAGE_PARTS;
+}
 
 /** What the DuckDB database behind a target is for. */
 export type DuckdbRole = "duckdb" | "csv" | "parquet";
@@ -250,7 +273,10 @@ export class DuckdbTarget implements MaterializeTarget {
   }
 
   async close(): Promise<void> {
-    await rm(this.#stagePath, { force: true }).catch(() => {});
+    await Deno.remove(this.#stagePath).catch(() => {});
+    for (let part = 0; part < STAGE_PARTS; part++) {
+      await Deno.remove(stagePart(this.#stagePath, part)).catch(() => {});
+    }
     this.#conn.closeSync();
     this.#instance.closeSync();
   }
@@ -300,8 +326,14 @@ class DuckdbTableSink implements TableSink {
   /** The full_reload being loaded (the connection is busy until it settles). */
   #loading: Promise<number> | null = null;
   #loadedRows = 0;
-  /** The staging file that staged deltas append to. */
-  #pending: Deno.FsFile | null = null;
+  /**
+   * The staging files that staged deltas append to, one per part of the
+   * keys ({@linkcode STAGE_PARTS}): each part is applied on its own, so
+   * DuckDB holds the keys of one part at a time.
+   */
+  #pending = new Map<number, Deno.FsFile>();
+  /** Rows in each part's file. */
+  #partRows: number[] = [];
   #pendingBytes = 0;
   /** Staged rows so far: their order in the file (`_n`), across deltas. */
   #pendingRows = 0;
@@ -443,24 +475,32 @@ class DuckdbTableSink implements TableSink {
     if (!this.#staging) return await this.#loadBase(path, shape);
     // DuckDB reads it while the changes are folded; nothing else may use the
     // connection until it is done (#settle).
-    this.#loading = this.#loadBase(path, shape);
+    this.#loading = this.#loadBase(path, shape, true);
     // A failure surfaces at #settle (or abort); keep it from going unhandled meanwhile.
     this.#loading.catch(() => {});
     return 0;
   }
 
-  async #loadBase(path: string, shape: TableShape): Promise<number> {
+  async #loadBase(path: string, shape: TableShape, concurrent = false): Promise<number> {
     await this.#begin();
     const names = shape.columns.map((_c, i) => `c${i}`);
-    const r = await this.#reading(true, () =>
-      this.#run(
-        `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-         SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-         FROM read_csv(${literal(path)}, compression = 'gzip', ${
-          csvOptions(names, true, this.#longLines)
-        })`,
-      ));
-    return Number(r[0]?.[0] ?? 0);
+    // Beside the fold (whose heap peaks meanwhile) the load gets less memory.
+    const limit = concurrent && !this.#longLines;
+    if (limit) await this.#conn.run(`SET memory_limit = '${REBUILD_MEMORY_LIMIT}'`);
+    try {
+      const r = await this.#reading(true, () =>
+        this.#run(
+          `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+           SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
+           FROM read_csv(${literal(path)}, compression = 'gzip', ${
+            csvOptions(names, true, this.#longLines)
+          })`,
+        ));
+      return Number(r[0]?.[0] ?? 0);
+    } finally {
+      // After a failed read its transaction rejects this; #begin sets it again.
+      if (limit) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`).catch(() => {});
+    }
   }
 
   /** Waits for the full_reload's load, if one runs. */
@@ -565,57 +605,112 @@ class DuckdbTableSink implements TableSink {
     };
     for (const k of delta.deleteKeys) note(k);
     for (const r of delta.rows) note(r.key ?? keyCols.map((i) => r.values[i] ?? null));
-    if (!this.#pending) {
-      this.#pending = await Deno.open(this.#stagePath, {
-        write: true,
-        create: true,
-        truncate: true,
-        mode: 0o600,
-      });
+    const parts = new Map<number, Delta>();
+    const part = (key: CsvField[]) => {
+      const p = keyPart(key);
+      let d = parts.get(p);
+      if (!d) {
+        d = { truncate: false, deleteKeys: [], removals: [], rows: [], changes: 0 };
+        parts.set(p, d);
+      }
+      return d;
+    };
+    for (const k of delta.deleteKeys) part(k).deleteKeys.push(k);
+    for (const r of delta.rows) part(r.key ?? keyCols.map((i) => r.values[i] ?? null)).rows.push(r);
+    // Rows are numbered across parts and deltas, in the order of the changes.
+    let next = this.#pendingRows;
+    for (const [p, d] of parts) {
+      let file = this.#pending.get(p);
+      if (!file) {
+        file = await Deno.open(stagePart(this.#stagePath, p), {
+          write: true,
+          create: true,
+          truncate: true,
+          mode: 0o600,
+        });
+        this.#pending.set(p, file);
+        this.#partRows[p] = 0;
+      }
+      const f = file;
+      this.#partRows[p] += d.deleteKeys.length + d.rows.length;
+      next = await encodeStage(d, shape, async (c) => {
+        let off = 0;
+        while (off < c.length) off += await f.write(c.subarray(off));
+        this.#pendingBytes += c.length;
+      }, next);
     }
-    const file = this.#pending;
-    this.#pendingRows = await encodeStage(delta, shape, async (c) => {
-      let off = 0;
-      while (off < c.length) off += await file.write(c.subarray(off));
-      this.#pendingBytes += c.length;
-    }, this.#pendingRows);
-    // Once the full_reload is in, the staging file is applied whenever it grows large.
+    this.#pendingRows = next;
+    // Once the full_reload is in, the staging files are applied whenever they grow large.
     if (!this.#loading && this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
   }
 
   /**
-   * Applies the staging file: deletes the rows of every staged key, then
-   * inserts the last staged row of each key that ends with a row.
+   * Applies the staging files: deletes the rows of every staged key, then
+   * inserts the last staged row of each key that ends with a row; a group
+   * of parts at a time, each group about {@linkcode FLUSH_ROWS} rows.
    */
   async #flush(shape: TableShape): Promise<void> {
-    const file = this.#pending;
-    if (!file) return;
-    this.#pending = null;
+    const files = this.#pending;
+    if (files.size === 0) return;
+    this.#pending = new Map();
     this.#pendingBytes = 0;
     this.#pendingRows = 0;
-    file.close();
+    for (const f of files.values()) f.close();
     const repeated = this.#repeated;
     this.#repeated = false;
     this.#stagedKeys?.clear();
+    const groups: { parts: number[]; rows: number }[] = [];
+    for (const p of [...files.keys()].sort((a, b) => a - b)) {
+      const g = groups.at(-1);
+      if (g && g.rows + this.#partRows[p] <= FLUSH_ROWS) {
+        g.parts.push(p);
+        g.rows += this.#partRows[p];
+      } else groups.push({ parts: [p], rows: this.#partRows[p] });
+    }
     await this.#begin();
-    await this.#stage(shape);
     const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
     const cols = shape.columns.map((c) => ident(c.name));
-    const on = keyCols.map((c) => `t.${cols[c]} = ${this.#cast(`s.c${c}`, c)}`).join(" AND ");
-    await this.#run(
-      `DELETE FROM ${this.#qualified} t WHERE EXISTS (SELECT 1 FROM temp._cdc_stage s WHERE ${on})`,
-    );
-    const last = repeated
-      ? `(SELECT * FROM temp._cdc_stage QUALIFY row_number() OVER (PARTITION BY ${
-        keyCols.map((c) => `c${c}`).join(", ")
-      } ORDER BY CAST(_n AS BIGINT) DESC) = 1)`
-      : "temp._cdc_stage";
-    await this.#run(
-      `INSERT INTO ${this.#qualified} (${cols.join(", ")})
-       SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
-       FROM ${last} WHERE _kind = 'U'`,
-    );
-    await this.#run("DROP TABLE temp._cdc_stage");
+    try {
+      for (const g of groups) {
+        // A group larger than planned (one part of a huge run) gets the usual pool.
+        const limit = g.rows <= FLUSH_ROWS && !this.#longLines ? REBUILD_MEMORY_LIMIT : null;
+        if (limit) await this.#conn.run(`SET memory_limit = '${limit}'`);
+        // The files are read where they are used (twice), not copied into a
+        // table: DuckDB keeps only the columns used. Parts hold disjoint keys.
+        const staged = `read_csv([${
+          g.parts.map((p) => literal(stagePart(this.#stagePath, p))).join(", ")
+        }], ${csvOptions(stageColumns(shape), false, this.#longLines)})`;
+        // The keys go into a table first: DuckDB then knows they are fewer than
+        // the table's rows and hashes them, not the table.
+        await this.#reading(true, () =>
+          this.#run(
+            `CREATE TEMP TABLE _cdc_keys AS SELECT ${
+              keyCols.map((c, k) => `${this.#cast(`c${c}`, c)} AS k${k}`).join(", ")
+            } FROM ${staged}`,
+          ));
+        const on = keyCols.map((c, k) => `t.${cols[c]} = k.k${k}`).join(" AND ");
+        await this.#run(
+          `DELETE FROM ${this.#qualified} t WHERE EXISTS (SELECT 1 FROM temp._cdc_keys k WHERE ${on})`,
+        );
+        await this.#run("DROP TABLE temp._cdc_keys");
+        const last = repeated
+          ? `(SELECT * FROM ${staged} QUALIFY row_number() OVER (PARTITION BY ${
+            keyCols.map((c) => `c${c}`).join(", ")
+          } ORDER BY CAST(_n AS BIGINT) DESC) = 1)`
+          : staged;
+        await this.#reading(true, () =>
+          this.#run(
+            `INSERT INTO ${this.#qualified} (${cols.join(", ")})
+             SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
+             FROM ${last} WHERE _kind = 'U'`,
+          ));
+        if (limit) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
+      }
+    } finally {
+      for (const p of files.keys()) {
+        await Deno.remove(stagePart(this.#stagePath, p)).catch(() => {});
+      }
+    }
   }
 
   /** Reads the staging file into `temp._cdc_stage`. */
@@ -721,13 +816,21 @@ class DuckdbTableSink implements TableSink {
     await this.#run(`ALTER TABLE ${this.#qualified} RENAME TO ${ident(this.#t.table)}`);
     this.#name = this.#t.table;
     await this.#saveProgress();
-    await this.#conn.run("COMMIT");
+    // The commit writes the table out (a checkpoint): on one thread, in a
+    // small pool, it holds less.
+    if (!this.#longLines) await this.#conn.run(`SET memory_limit = '${REBUILD_MEMORY_LIMIT}'`);
+    await this.#conn.run("SET threads = 1");
+    try {
+      await this.#conn.run("COMMIT");
+    } finally {
+      await this.#conn.run("RESET threads").catch(() => {});
+    }
     this.#inTx = false;
   }
 
   async abort(): Promise<void> {
-    this.#pending?.close();
-    this.#pending = null;
+    for (const f of this.#pending.values()) f.close();
+    this.#pending.clear();
     // A running load holds the connection: let it end before rolling it back.
     await this.#loading?.catch(() => {});
     this.#loading = null;
