@@ -235,10 +235,13 @@ export class ChangeLineParser {
   end(): ChangeLine[] {
     const tail = this.#pending;
     this.#pending = "";
-    if (tail.length === 0) return [];
-    const { lines, consumed } = parseLinesPrefix(tail + "\n", this.#meta);
-    if (consumed < tail.length + 1) throw new SyntaxError("Cannot parse CSV: unclosed quote");
-    return lines;
+    // Complete rows held back by the retry threshold, then a last row without a line break.
+    const { lines, consumed } = parseLinesPrefix(tail, this.#meta);
+    const rest = tail.slice(consumed);
+    if (rest.length === 0) return lines;
+    const last = parseLinesPrefix(rest + "\n", this.#meta);
+    if (last.consumed < rest.length + 1) throw new SyntaxError("Cannot parse CSV: unclosed quote");
+    return [...lines, ...last.lines];
   }
 }
 

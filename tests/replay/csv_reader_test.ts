@@ -120,3 +120,25 @@ Deno.test("csvFields() decodes the first fields of a row's text, NULL beyond its
   assert.deepEqual(csvFields('""', 1), [""]);
   assert.deepEqual(csvFields("7,x", 1), ["7"]);
 });
+
+Deno.test("ChangeLineParser() reads a value longer than many pieces, and rows held back until the end", () => {
+  const big = 'a"b,\n'.repeat(20_000);
+  const csv = new CsvRowEncoder();
+  const rows = [["U", "0/1", "x", big, null], ["I", "0/2", "y", "", "z"]];
+  for (const row of rows) {
+    for (const v of row) csv.fieldText(v);
+    csv.endRow();
+  }
+  const text = new TextDecoder().decode(csv.takeChunk());
+  for (const step of [4096, 65_536]) {
+    const p = new ChangeLineParser(2);
+    const lines = [];
+    for (let at = 0; at < text.length; at += step) lines.push(...p.push(text.slice(at, at + step)));
+    lines.push(...p.end());
+    assert.deepEqual(
+      lines.map((l) => [...l.meta, ...csvFields(l.values, 3)]),
+      rows,
+      `step ${step}`,
+    );
+  }
+});
