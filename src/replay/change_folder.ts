@@ -81,8 +81,22 @@ export interface Delta {
 }
 
 const GONE = null;
-/** Integer text that Number() maps back to the same text (no sign, zeros or exponent games). */
-const SAFE_INTEGER = /^-?[1-9][0-9]{0,14}$|^0$/;
+/**
+ * Whether `k` is integer text that Number() maps back to the same text: `0`,
+ * or up to 15 digits without a leading zero, optionally negative.
+ */
+function safeInteger(k: string): boolean {
+  const n = k.length;
+  let i = k.charCodeAt(0) === 45 ? 1 : 0;
+  if (n - i < 1 || n - i > 15) return false;
+  const first = k.charCodeAt(i);
+  if (first === 48) return n === 1;
+  for (; i < n; i++) {
+    const c = k.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
 
 type Entry = { key: CsvField[]; row: DeltaRow | typeof GONE };
 
@@ -124,7 +138,7 @@ export class ChangeFolder {
     if (key.length !== 1 || key[0] === null) return JSON.stringify(key) + "\u0000";
     // A canonical integer's text maps to the number (cheaper to hash), any other text to itself.
     const k = key[0];
-    return k.length <= 15 && SAFE_INTEGER.test(k) ? Number(k) : k;
+    return safeInteger(k) ? Number(k) : k;
   }
 
   #oldValues(json: string): CsvField[] {
