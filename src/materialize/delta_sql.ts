@@ -43,17 +43,22 @@ export function stageColumns(shape: TableShape): string[] {
   ];
 }
 
-/** Encodes a delta's staging rows as CSV (no header), calling `sink` with 1 MiB chunks. */
+/**
+ * Encodes a delta's staging rows as CSV (no header), calling `sink` with
+ * 1 MiB chunks. Rows are numbered (`_n`) from `firstSeq`; returns the next number.
+ */
 export async function encodeStage(
   delta: Delta,
   shape: TableShape,
   sink: (chunk: Uint8Array) => Promise<void> | void,
-): Promise<void> {
+  firstSeq = 0,
+): Promise<number> {
   const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
   const nKeys = shape.keyed ? keyCols.length : 0;
   const n = shape.columns.length;
-  const csv = new CsvRowEncoder({ initialCapacity: 1 << 20 });
-  let seq = 0;
+  // Small at first: a rebuild encodes many small deltas (it grows for large ones).
+  const csv = new CsvRowEncoder({ initialCapacity: 1 << 14 });
+  let seq = firstSeq;
   const put = async (
     kind: string,
     cnt: number | null,
@@ -78,12 +83,23 @@ export async function encodeStage(
   }
   for (const r of delta.removals) await put("X", r.count, null, null, (i) => r.row[i]);
   for (const r of delta.rows) {
-    if (r.base) {
+    if (r.csv !== undefined && !r.base) {
+      // Values as the file had them: passed on as their CSV text.
+      csv.fieldText(r.replace ? "U" : "R");
+      csv.fieldText(null);
+      csv.fieldText(String(seq++));
+      csv.fieldText(null);
+      for (let k = 0; k < nKeys; k++) csv.fieldText(null);
+      csv.encodedFields(r.csv);
+      csv.endRow();
+      if (csv.byteLength >= 1 << 20) await sink(csv.takeChunk());
+    } else if (r.base) {
       const from = r.base.fromBase.map((b) => (b ? "1" : "0")).join("");
       await put("B", null, from, r.base.key, (i) => r.values[i]);
     } else await put(r.replace ? "U" : "R", null, null, null, (i) => r.values[i]);
   }
   if (csv.byteLength > 0) await sink(csv.takeChunk());
+  return seq;
 }
 
 /** Statements that apply the staged delta in `stage` to `table`. */

@@ -11,7 +11,7 @@
  * the same database, committed with the rows.
  */
 
-import { rename, rm } from "node:fs/promises";
+import { rename } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
 import { createGzip } from "node:zlib";
 import { once } from "node:events";
@@ -26,6 +26,7 @@ import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
 import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
+import { STAGE_PARTS } from "./target_spec.ts";
 import {
   buildPrefix,
   LongLines,
@@ -79,6 +80,14 @@ function csvOptions(names: string[], header: boolean, longLines = false): string
  */
 const MEMORY_LIMIT = "64MB";
 const LONG_LINE_MEMORY_LIMIT = "128MB";
+/**
+ * A rebuild's buffer pool while its full_reload loads beside the fold of the
+ * changes (whose heap peaks meanwhile), and while staged rows are applied
+ * and committed: the statements need little, and DuckDB keeps what it may.
+ */
+const REBUILD_MEMORY_LIMIT = "32MB";
+/** Staged rows applied by one statement at most (its keys are hashed). */
+const FLUSH_ROWS = 300_000;
 
 const WIDEN = /cdc-egress: widen column (\d+)/;
 /**
@@ -86,6 +95,20 @@ const WIDEN = /cdc-egress: widen column (\d+)/;
  * parallel reader reports that it cannot read the file).
  */
 const LONG_LINE = /Maximum line size|Parallel CSV Reader currently does not support a full read/i;
+
+function stagePart(stagePath: string, part: number): string {
+  return `${stagePath}.${part}`;
+}
+
+/** The part of a key tuple (a hash of its text). */
+function keyPart(key: CsvField[]): number {
+  let h = 0;
+  for (const v of key) {
+    if (v === null) continue;
+    for (let i = 0; i < v.length; i++) h = (Math.imul(h, 31) + v.charCodeAt(i)) | 0;
+  }
+  return (h >>> 0) % STAGE_PARTS;
+}
 
 /** What the DuckDB database behind a target is for. */
 export type DuckdbRole = "duckdb" | "csv" | "parquet";
@@ -250,7 +273,10 @@ export class DuckdbTarget implements MaterializeTarget {
   }
 
   async close(): Promise<void> {
-    await rm(this.#stagePath, { force: true }).catch(() => {});
+    await Deno.remove(this.#stagePath).catch(() => {});
+    for (let part = 0; part < STAGE_PARTS; part++) {
+      await Deno.remove(stagePart(this.#stagePath, part)).catch(() => {});
+    }
     this.#conn.closeSync();
     this.#instance.closeSync();
   }
@@ -268,7 +294,7 @@ async function exists(path: string): Promise<boolean> {
 class DuckdbTableSink implements TableSink {
   /**
    * DuckDB joins a delta by scanning the table: fewer, larger deltas. A
-   * rebuild appends its deltas to one staging file per streaming file, so
+   * rebuild appends its deltas to a staging file applied in one step, so
    * small ones cost nothing there and die young in V8's heap.
    */
   get runSize(): number {
@@ -290,21 +316,30 @@ class DuckdbTableSink implements TableSink {
   #shape: TableShape | null;
   #extra: Record<string, unknown>;
   /**
-   * A rebuild of a keyed table loads its full_reload last: changes apply to
-   * the build table while it holds only the rows they wrote (cheap joins),
-   * their keys go to `temp._cdc_touched`, and the full_reload's rows of
-   * those keys are left out (an anti-join) when it is loaded.
+   * A rebuild of a keyed table stages its deltas: DuckDB loads the
+   * full_reload (on its own thread) while the changes are read and folded
+   * here, and the folded deltas are appended to a staging file. Staged rows
+   * are applied in one set step once the load is done ({@linkcode #flush}):
+   * the rows of their keys go, and each key's last staged row comes in.
    */
-  #deferring = false;
-  #deferred: { path: string; shape: TableShape } | null = null;
-  /** A TRUNCATE came before the full_reload was loaded: none of its rows stay. */
-  #baseGone = false;
-  #deferredRows = 0;
-  /** Keys written before the full_reload is loaded (for keys touched again). */
-  #touched: TouchedKeys | null = null;
-  /** The staging file that deltas before the full_reload append to. */
-  #pending: Deno.FsFile | null = null;
+  #staging = false;
+  /** The full_reload being loaded (the connection is busy until it settles). */
+  #loading: Promise<number> | null = null;
+  #loadedRows = 0;
+  /**
+   * The staging files that staged deltas append to, one per part of the
+   * keys ({@linkcode STAGE_PARTS}): each part is applied on its own, so
+   * DuckDB holds the keys of one part at a time.
+   */
+  #pending = new Map<number, Deno.FsFile>();
+  /** Rows in each part's file. */
+  #partRows: number[] = [];
   #pendingBytes = 0;
+  /** Staged rows so far: their order in the file (`_n`), across deltas. */
+  #pendingRows = 0;
+  /** Keys in the staging file, to notice a key staged twice (then only its last row counts). */
+  #stagedKeys: TouchedKeys | null = null;
+  #repeated = false;
 
   constructor(
     target: DuckdbTarget,
@@ -429,72 +464,74 @@ class DuckdbTableSink implements TableSink {
     this.#typeNames = this.#types.map((t) => t.type);
     const cols = shape.columns.map((c, i) => `${ident(c.name)} ${this.#types[i].type}`);
     await this.#run(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
-    this.#baseGone = false;
-    this.#deferred = null;
-    this.#deferring = shape.keyed;
-    this.#touched = shape.keyed ? new TouchedKeys(shape) : null;
-    await this.#run("DROP TABLE IF EXISTS temp._cdc_touched");
-    if (this.#deferring) {
-      const keys = shape.columns.filter((c) => c.isKey).map((_c, k) => `k${k} VARCHAR`);
-      await this.#run(`CREATE TEMP TABLE _cdc_touched (${keys.join(", ")})`);
-    }
+    this.#staging = shape.keyed;
+    this.#loading = null;
+    this.#loadedRows = 0;
+    this.#stagedKeys = shape.keyed ? new TouchedKeys(shape) : null;
+    this.#repeated = false;
   }
 
   async loadFullReload(path: string, shape: TableShape): Promise<number> {
-    if (this.#deferring) {
-      this.#deferred = { path, shape };
-      return 0;
-    }
-    return await this.#loadBase(path, shape);
+    if (!this.#staging) return await this.#loadBase(path, shape);
+    // DuckDB reads it while the changes are folded; nothing else may use the
+    // connection until it is done (#settle).
+    this.#loading = this.#loadBase(path, shape, true);
+    // A failure surfaces at #settle (or abort); keep it from going unhandled meanwhile.
+    this.#loading.catch(() => {});
+    return 0;
   }
 
-  async #loadBase(path: string, shape: TableShape): Promise<number> {
-    await this.#flush(shape);
-    this.#touched = null;
+  async #loadBase(path: string, shape: TableShape, concurrent = false): Promise<number> {
     await this.#begin();
-    let rows = 0;
-    if (!this.#baseGone) {
-      const names = shape.columns.map((_c, i) => `c${i}`);
-      const keys = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
-      const where = this.#deferring
-        ? `WHERE NOT EXISTS (SELECT 1 FROM temp._cdc_touched k WHERE ${
-          keys.map((c, k) => `k.k${k} = c${c}`).join(" AND ")
-        })`
-        : "";
+    const names = shape.columns.map((_c, i) => `c${i}`);
+    // Beside the fold (whose heap peaks meanwhile) the load gets less memory.
+    const limit = concurrent && !this.#longLines;
+    if (limit) await this.#conn.run(`SET memory_limit = '${REBUILD_MEMORY_LIMIT}'`);
+    try {
       const r = await this.#reading(true, () =>
         this.#run(
           `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
            SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
            FROM read_csv(${literal(path)}, compression = 'gzip', ${
             csvOptions(names, true, this.#longLines)
-          }) ${where}`,
+          })`,
         ));
-      rows = Number(r[0]?.[0] ?? 0);
+      return Number(r[0]?.[0] ?? 0);
+    } finally {
+      // After a failed read its transaction rejects this; #begin sets it again.
+      if (limit) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`).catch(() => {});
     }
-    if (this.#deferring) {
-      this.#deferring = false;
-      await this.#run("DROP TABLE temp._cdc_touched");
-    }
-    return rows;
   }
 
-  /** Loads a deferred full_reload now (before anything that needs its rows). */
+  /** Waits for the full_reload's load, if one runs. */
+  async #loaded(): Promise<void> {
+    const loading = this.#loading;
+    if (!loading) return;
+    this.#loadedRows += await loading;
+    this.#loading = null;
+  }
+
+  /** Brings the build table up to date: the full_reload loaded and staged rows applied. */
   async #settle(): Promise<void> {
-    const d = this.#deferred;
-    if (!d) return;
-    this.#deferred = null;
-    this.#deferredRows = await this.#loadBase(d.path, d.shape);
+    await this.#loaded();
+    if (this.#shape) await this.#flush(this.#shape);
   }
 
   async settle(): Promise<number> {
     await this.#settle();
-    const n = this.#deferredRows;
-    this.#deferredRows = 0;
+    const n = this.#loadedRows;
+    this.#loadedRows = 0;
     return n;
   }
 
   async reshape(from: TableShape, to: TableShape): Promise<void> {
     await this.#settle();
+    if (this.#rebuild && this.#inTx) {
+      // DuckDB cannot commit an ALTER that follows deletes of committed rows
+      // in one transaction (the staged rows' flush deletes).
+      await this.#conn.run("COMMIT");
+      this.#inTx = false;
+    }
     await this.#begin();
     const map = columnMapping(from, to);
     const q = this.#qualified;
@@ -544,82 +581,136 @@ class DuckdbTableSink implements TableSink {
   }
 
   async apply(delta: Delta, shape: TableShape): Promise<void> {
-    if (this.#deferred) {
-      // Values kept from the target's row (unchanged TOAST) need the full_reload's rows.
-      const direct = this.#touched!.bytes < TOUCHED_KEYS_BYTES &&
-        delta.rows.every((r) => r.base === null) && delta.removals.length === 0;
-      if (direct) return await this.#applyBeforeBase(delta, shape);
-      await this.#settle();
-    }
+    // Values kept from the target's row (unchanged TOAST), multiset removals
+    // and TRUNCATE need the table as it is: apply those in place.
+    const staged = this.#staging && !delta.truncate && delta.removals.length === 0 &&
+      delta.rows.every((r) => r.base === null);
+    if (staged) return await this.#stageDelta(delta, shape);
+    await this.#settle();
     await this.#applyInPlace(delta, shape);
   }
 
   /**
-   * Applies a keyed delta while the full_reload is not loaded: the build
-   * table holds just the rows of touched keys. Keys touched before are
-   * deleted first; the delta's keys and rows are appended to the staging
-   * file, which is loaded once per streaming file ({@linkcode #flush}).
+   * Appends a keyed delta (keys to delete, rows that replace their key's
+   * row) to the staging file; applied by {@linkcode #flush}.
    */
-  async #applyBeforeBase(delta: Delta, shape: TableShape): Promise<void> {
-    await this.#begin();
-    const touched = this.#touched!;
-    if (delta.truncate) {
-      await this.#flush(shape);
-      await this.#run(`DELETE FROM ${this.#qualified}`);
-      await this.#run("DELETE FROM temp._cdc_touched");
-      this.#baseGone = true;
-      touched.clear();
-    }
+  async #stageDelta(delta: Delta, shape: TableShape): Promise<void> {
+    const keys = this.#stagedKeys!;
     const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
-    const keyOf = (values: CsvField[]) => keyCols.map((i) => values[i] ?? null);
-    const again = delta.deleteKeys.filter((k) => touched.has(k));
-    for (const r of delta.rows) {
-      const k = keyOf(r.values);
-      if (touched.has(k)) again.push(k);
+    const note = (key: CsvField[]) => {
+      if (this.#repeated) return;
+      // Past its memory budget the set stops; the flush then takes each key's last row.
+      if (keys.has(key) || keys.bytes >= TOUCHED_KEYS_BYTES) this.#repeated = true;
+      else keys.add(key);
+    };
+    for (const k of delta.deleteKeys) note(k);
+    for (const r of delta.rows) note(r.key ?? keyCols.map((i) => r.values[i] ?? null));
+    const parts = new Map<number, Delta>();
+    const part = (key: CsvField[]) => {
+      const p = keyPart(key);
+      let d = parts.get(p);
+      if (!d) {
+        d = { truncate: false, deleteKeys: [], removals: [], rows: [], changes: 0 };
+        parts.set(p, d);
+      }
+      return d;
+    };
+    for (const k of delta.deleteKeys) part(k).deleteKeys.push(k);
+    for (const r of delta.rows) part(r.key ?? keyCols.map((i) => r.values[i] ?? null)).rows.push(r);
+    // Rows are numbered across parts and deltas, in the order of the changes.
+    let next = this.#pendingRows;
+    for (const [p, d] of parts) {
+      let file = this.#pending.get(p);
+      if (!file) {
+        file = await Deno.open(stagePart(this.#stagePath, p), {
+          write: true,
+          create: true,
+          truncate: true,
+          mode: 0o600,
+        });
+        this.#pending.set(p, file);
+        this.#partRows[p] = 0;
+      }
+      const f = file;
+      this.#partRows[p] += d.deleteKeys.length + d.rows.length;
+      next = await encodeStage(d, shape, async (c) => {
+        let off = 0;
+        while (off < c.length) off += await f.write(c.subarray(off));
+        this.#pendingBytes += c.length;
+      }, next);
     }
-    if (again.length > 0) {
-      await this.#flush(shape);
-      await this.#applyInPlace(
-        { truncate: false, deleteKeys: again, removals: [], rows: [], changes: 0 },
-        shape,
-      );
-    }
-    for (const k of delta.deleteKeys) touched.add(k);
-    for (const r of delta.rows) touched.add(keyOf(r.values));
-    if (!this.#pending) {
-      this.#pending = await Deno.open(this.#stagePath, {
-        write: true,
-        create: true,
-        truncate: true,
-        mode: 0o600,
-      });
-    }
-    const file = this.#pending;
-    await encodeStage({ ...delta, truncate: false }, shape, async (c) => {
-      let off = 0;
-      while (off < c.length) off += await file.write(c.subarray(off));
-      this.#pendingBytes += c.length;
-    });
-    // A staging file stays about as large as one delta of many-MB rows could make it.
-    if (this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
+    this.#pendingRows = next;
+    // Once the full_reload is in, the staging files are applied whenever they grow large.
+    if (!this.#loading && this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
   }
 
-  /** Loads the staged rows of keys not touched before into the build table, and their keys. */
+  /**
+   * Applies the staging files: deletes the rows of every staged key, then
+   * inserts the last staged row of each key that ends with a row; a group
+   * of parts at a time, each group about {@linkcode FLUSH_ROWS} rows.
+   */
   async #flush(shape: TableShape): Promise<void> {
-    const file = this.#pending;
-    if (!file) return;
-    this.#pending = null;
+    const files = this.#pending;
+    if (files.size === 0) return;
+    this.#pending = new Map();
     this.#pendingBytes = 0;
-    file.close();
-    await this.#stage(shape);
-    const keys = shape.columns.flatMap((c, i) => c.isKey ? [`c${i}`] : []);
-    await this.#run(
-      `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-       SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
-       FROM temp._cdc_stage WHERE _kind = 'U'`,
-    );
-    await this.#run(`INSERT INTO temp._cdc_touched SELECT ${keys.join(", ")} FROM temp._cdc_stage`);
-    await this.#run("DROP TABLE temp._cdc_stage");
+    this.#pendingRows = 0;
+    for (const f of files.values()) f.close();
+    const repeated = this.#repeated;
+    this.#repeated = false;
+    this.#stagedKeys?.clear();
+    const groups: { parts: number[]; rows: number }[] = [];
+    for (const p of [...files.keys()].sort((a, b) => a - b)) {
+      const g = groups.at(-1);
+      if (g && g.rows + this.#partRows[p] <= FLUSH_ROWS) {
+        g.parts.push(p);
+        g.rows += this.#partRows[p];
+      } else groups.push({ parts: [p], rows: this.#partRows[p] });
+    }
+    await this.#begin();
+    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    const cols = shape.columns.map((c) => ident(c.name));
+    try {
+      for (const g of groups) {
+        // A group larger than planned (one part of a huge run) gets the usual pool.
+        const limit = g.rows <= FLUSH_ROWS && !this.#longLines ? REBUILD_MEMORY_LIMIT : null;
+        if (limit) await this.#conn.run(`SET memory_limit = '${limit}'`);
+        // The files are read where they are used (twice), not copied into a
+        // table: DuckDB keeps only the columns used. Parts hold disjoint keys.
+        const staged = `read_csv([${
+          g.parts.map((p) => literal(stagePart(this.#stagePath, p))).join(", ")
+        }], ${csvOptions(stageColumns(shape), false, this.#longLines)})`;
+        // The keys go into a table first: DuckDB then knows they are fewer than
+        // the table's rows and hashes them, not the table.
+        await this.#reading(true, () =>
+          this.#run(
+            `CREATE TEMP TABLE _cdc_keys AS SELECT ${
+              keyCols.map((c, k) => `${this.#cast(`c${c}`, c)} AS k${k}`).join(", ")
+            } FROM ${staged}`,
+          ));
+        const on = keyCols.map((c, k) => `t.${cols[c]} = k.k${k}`).join(" AND ");
+        await this.#run(
+          `DELETE FROM ${this.#qualified} t WHERE EXISTS (SELECT 1 FROM temp._cdc_keys k WHERE ${on})`,
+        );
+        await this.#run("DROP TABLE temp._cdc_keys");
+        const last = repeated
+          ? `(SELECT * FROM ${staged} QUALIFY row_number() OVER (PARTITION BY ${
+            keyCols.map((c) => `c${c}`).join(", ")
+          } ORDER BY CAST(_n AS BIGINT) DESC) = 1)`
+          : staged;
+        await this.#reading(true, () =>
+          this.#run(
+            `INSERT INTO ${this.#qualified} (${cols.join(", ")})
+             SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
+             FROM ${last} WHERE _kind = 'U'`,
+          ));
+        if (limit) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
+      }
+    } finally {
+      for (const p of files.keys()) {
+        await Deno.remove(stagePart(this.#stagePath, p)).catch(() => {});
+      }
+    }
   }
 
   /** Reads the staging file into `temp._cdc_stage`. */
@@ -701,13 +792,14 @@ class DuckdbTableSink implements TableSink {
   }
 
   async fileDone(file: PlanFile, position: ReplayPosition, shape: TableShape): Promise<void> {
-    await this.#flush(shape);
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
-    if (!this.#inTx) return;
+    // The full_reload's load holds the connection and its transaction until it is done.
+    if (!this.#inTx || this.#loading) return;
     // A rebuild commits file by file into its build table (bounded transactions);
-    // its progress is written only when the table is swapped in.
+    // its progress is written only when the table is swapped in. Rows still
+    // in the staging file are applied by a later transaction of the rebuild.
     if (!this.#rebuild) await this.#saveProgress();
     await this.#conn.run("COMMIT");
     this.#inTx = false;
@@ -724,13 +816,24 @@ class DuckdbTableSink implements TableSink {
     await this.#run(`ALTER TABLE ${this.#qualified} RENAME TO ${ident(this.#t.table)}`);
     this.#name = this.#t.table;
     await this.#saveProgress();
-    await this.#conn.run("COMMIT");
+    // The commit writes the table out (a checkpoint): on one thread, in a
+    // small pool, it holds less.
+    if (!this.#longLines) await this.#conn.run(`SET memory_limit = '${REBUILD_MEMORY_LIMIT}'`);
+    await this.#conn.run("SET threads = 1");
+    try {
+      await this.#conn.run("COMMIT");
+    } finally {
+      await this.#conn.run("RESET threads").catch(() => {});
+    }
     this.#inTx = false;
   }
 
   async abort(): Promise<void> {
-    this.#pending?.close();
-    this.#pending = null;
+    for (const f of this.#pending.values()) f.close();
+    this.#pending.clear();
+    // A running load holds the connection: let it end before rolling it back.
+    await this.#loading?.catch(() => {});
+    this.#loading = null;
     if (this.#inTx) {
       this.#inTx = false;
       await this.#conn.run("ROLLBACK").catch(() => {});

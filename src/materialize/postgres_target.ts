@@ -412,8 +412,9 @@ class PostgresTableSink implements TableSink {
     const copy = this.#copy;
     const n = shape.columns.length;
     for (const r of delta.rows) {
-      touched.add(keyOf(r.values));
-      for (let i = 0; i < n; i++) copy.csv.fieldText(r.values[i] ?? null);
+      touched.add(r.key ?? keyOf(r.values));
+      if (r.csv !== undefined) copy.csv.encodedFields(r.csv);
+      else for (let i = 0; i < n; i++) copy.csv.fieldText(r.values[i] ?? null);
       copy.csv.endRow();
       if (copy.csv.byteLength >= 1 << 18) await copy.write(copy.csv.takeChunk());
     }

@@ -30,12 +30,25 @@ export function parseTargetSpec(text: string | undefined): TargetSpec {
   );
 }
 
+/**
+ * Parts of a DuckDB rebuild's staging files (`<db>.cdc-stage.csv.<part>`,
+ * keys split by a hash): a flush applies a few parts at a time, so that
+ * DuckDB hashes a bounded number of keys (1M keys at once took 30-40 MB more).
+ */
+export const STAGE_PARTS = 16;
+
 /** Files the CLI writes for a spec (for the binary's permission flags). */
 export function targetPaths(spec: TargetSpec): { read: string[]; write: string[] } {
   switch (spec.kind) {
     case "duckdb":
-      // DuckDB itself (native code) writes PATH.wal and PATH.tmp/; Deno writes the stage file.
-      return { read: [spec.path], write: [`${spec.path}.cdc-stage.csv`] };
+      // DuckDB itself (native code) writes PATH.wal and PATH.tmp/; Deno writes the stage files.
+      return {
+        read: [spec.path],
+        write: [
+          `${spec.path}.cdc-stage.csv`,
+          ...Array.from({ length: STAGE_PARTS }, (_v, i) => `${spec.path}.cdc-stage.csv.${i}`),
+        ],
+      };
     case "csv":
     case "parquet":
       return { read: [spec.dir], write: [spec.dir] };

@@ -12,7 +12,7 @@
  * resolved by the target before it deletes anything.
  */
 
-import type { CsvField } from "./csv_reader.ts";
+import { type ChangeLine, type CsvField, csvFields } from "./csv_reader.ts";
 import type { TableShape } from "./folder_schema.ts";
 
 /** Metadata columns at the start of every streaming row. */
@@ -31,7 +31,36 @@ export interface DeltaRow {
    * that row's key, and per column whether to take the target's value.
    */
   base: { key: CsvField[]; fromBase: boolean[] } | null;
+  /** Keyed rows: the key tuple (key columns in column order), when the folder knows it. */
+  readonly key?: CsvField[];
+  /**
+   * The values as CSV text (COPY dialect, no line break) when they are the
+   * file's unchanged: a target may pass this on instead of encoding `values`.
+   */
+  readonly csv?: string;
 }
+
+/** A keyed row whose values stay CSV text until something reads them. */
+class LineRow implements DeltaRow {
+  readonly replace = true;
+  readonly base = null;
+  readonly key: CsvField[];
+  readonly csv: string;
+  readonly #count: number;
+  #values: CsvField[] | null = null;
+
+  constructor(csv: string, count: number, key: CsvField[]) {
+    this.csv = csv;
+    this.#count = count;
+    this.key = key;
+  }
+
+  get values(): CsvField[] {
+    return this.#values ??= csvFields(this.csv, this.#count);
+  }
+}
+
+const NONE: string[] = [];
 
 /** The net effect of a run of changes on a table. */
 export interface Delta {
@@ -52,6 +81,23 @@ export interface Delta {
 }
 
 const GONE = null;
+/**
+ * Whether `k` is integer text that Number() maps back to the same text: `0`,
+ * or up to 15 digits without a leading zero, optionally negative.
+ */
+function safeInteger(k: string): boolean {
+  const n = k.length;
+  let i = k.charCodeAt(0) === 45 ? 1 : 0;
+  if (n - i < 1 || n - i > 15) return false;
+  const first = k.charCodeAt(i);
+  if (first === 48) return n === 1;
+  for (; i < n; i++) {
+    const c = k.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
+
 type Entry = { key: CsvField[]; row: DeltaRow | typeof GONE };
 
 /** Folds ordered streaming rows of one table shape into a {@linkcode Delta}. */
@@ -59,8 +105,10 @@ export class ChangeFolder {
   readonly #shape: TableShape;
   readonly #keyCols: number[];
   readonly #names: string[];
+  /** Fields to decode for the key: up to the last key column. */
+  readonly #keyEnd: number;
   // Keyed: the state of every touched key (GONE = no row).
-  #entries = new Map<string, Entry>();
+  #entries = new Map<string | number, Entry>();
   // Multiset: rows added in this run, and rows removed from the target.
   #added = new Map<string, { row: CsvField[]; count: number }>();
   #removed = new Map<string, { row: CsvField[]; count: number }>();
@@ -73,6 +121,7 @@ export class ChangeFolder {
     this.#keyCols = shape.keyed
       ? shape.columns.flatMap((c, i) => c.isKey ? [i] : [])
       : shape.columns.map((_c, i) => i);
+    this.#keyEnd = Math.max(-1, ...this.#keyCols) + 1;
   }
 
   /** Number of changes folded since the last {@linkcode take}. */
@@ -85,13 +134,39 @@ export class ChangeFolder {
   }
 
   /** A Map key for a key tuple (the value itself for a one-column key, which is never NULL). */
-  #id(key: CsvField[]): string {
-    return key.length === 1 && key[0] !== null ? key[0] : JSON.stringify(key) + "\u0000";
+  #id(key: CsvField[]): string | number {
+    if (key.length !== 1 || key[0] === null) return JSON.stringify(key) + "\u0000";
+    // A canonical integer's text maps to the number (cheaper to hash), any other text to itself.
+    const k = key[0];
+    return safeInteger(k) ? Number(k) : k;
   }
 
   #oldValues(json: string): CsvField[] {
     const obj = JSON.parse(json) as Record<string, string | null>;
     return this.#names.map((n) => obj[n] ?? null);
+  }
+
+  /**
+   * Folds one streaming row read as a {@linkcode ChangeLine}. A keyed
+   * insert, delete or update without unchanged TOAST decodes just its key;
+   * any other change is folded as {@linkcode add} folds it.
+   */
+  addLine(line: ChangeLine): void {
+    const meta = line.meta;
+    const op = meta[0];
+    const n = this.#names.length;
+    if (
+      !this.#shape.keyed || meta.length !== META_COLUMNS ||
+      (op !== "I" && op !== "U" && op !== "D") || (op === "U" && meta[5])
+    ) {
+      this.add([...meta, ...csvFields(line.values, n)]);
+      return;
+    }
+    this.#changes++;
+    const cols = this.#keyCols;
+    const fields = csvFields(line.values, this.#keyEnd);
+    const key = cols.length === 1 ? [fields[cols[0]]] : cols.map((i) => fields[i]);
+    this.#addKeyed(op, new LineRow(line.values, n, key), meta[6], NONE);
   }
 
   /** Folds one streaming row (metadata columns first). */
@@ -114,12 +189,20 @@ export class ChangeFolder {
     else this.#addMultiset(op, values, row[6], unchanged);
   }
 
-  #addKeyed(op: string, values: CsvField[], oldJson: CsvField, unchanged: string[]): void {
-    const newKey = this.#keyOf(values);
+  #addKeyed(
+    op: string,
+    row: CsvField[] | LineRow,
+    oldJson: CsvField,
+    unchanged: string[],
+  ): void {
+    // A LineRow comes without unchanged columns: its values stay as they are.
+    const line = row instanceof LineRow ? row : null;
+    const values = line ? NONE as CsvField[] : row as CsvField[];
+    const newKey = line ? line.key : this.#keyOf(values);
     if (op === "I") {
       this.#entries.set(this.#id(newKey), {
         key: newKey,
-        row: { values, replace: true, base: null },
+        row: line ?? { values, replace: true, base: null },
       });
       return;
     }
@@ -153,7 +236,7 @@ export class ChangeFolder {
     }
     this.#entries.set(newId, {
       key: newKey,
-      row: { values, replace: base === null, base },
+      row: line ?? { values, replace: base === null, base },
     });
   }
 

@@ -7,8 +7,8 @@
 
 import { asLayout, type LayoutFiles } from "../storage/layout_files.ts";
 import { type Lsn, parseLsn } from "../lsn.ts";
-import { ChangeFolder, type Delta } from "./change_folder.ts";
-import { csvGzRows } from "./csv_gz_rows.ts";
+import { ChangeFolder, type Delta, META_COLUMNS } from "./change_folder.ts";
+import { csvGzChangeLines } from "./csv_gz_rows.ts";
 import { readFolderSchema, sameShape, type TableShape } from "./folder_schema.ts";
 import type { ReplayPlan } from "./replay_plan.ts";
 import type { ReplayPosition, ReplaySink } from "./replay_sink.ts";
@@ -125,23 +125,25 @@ async function replayHeld(
     let chars = 0;
     let header = true;
     const local = await layout.path(file.path);
-    for await (const batch of csvGzRows(local, 2_000)) {
-      for (const row of batch) {
+    for await (const batch of csvGzChangeLines(local, META_COLUMNS, 2_000)) {
+      for (const line of batch) {
         if (header) {
           header = false;
           continue;
         }
-        if (row[1] !== lsnText) {
-          lsnText = row[1] as string;
+        const meta = line.meta;
+        if (meta[1] !== lsnText) {
+          lsnText = meta[1] as string;
           lsn = parseLsn(lsnText);
         }
-        const seq = Number(row[2]);
+        const seq = Number(meta[2]);
         if (lsn < base || !after(lsn, seq, position)) continue;
         if (options.asOf !== undefined && lsn > options.asOf) continue;
-        folder.add(row);
+        folder.addLine(line);
         position = { lsn, seq };
         rows++;
-        for (const v of row) chars += v === null ? 1 : v.length + 1;
+        chars += line.values.length + 64;
+        for (const v of meta) if (v !== null) chars += v.length;
         if (folder.size >= runSize || chars >= runChars) {
           await apply(folder.take());
           chars = 0;

@@ -235,6 +235,18 @@ export class CsvRowEncoder {
     }
   }
 
+  /**
+   * Appends fields that are already CSV text in this dialect (one or more,
+   * comma-separated, no line break), as read from a file: copied unchanged.
+   * Empty text is one NULL field.
+   */
+  encodedFields(text: string): void {
+    // UTF-8 takes at most three bytes per UTF-16 unit.
+    if (this.#len + 3 * text.length + 1 > this.#buf.length) this.#grow(3 * text.length + 1);
+    if (this.#fieldsInRow++ > 0) this.#buf[this.#len++] = COMMA;
+    this.#len += encoder.encodeInto(text, this.#buf.subarray(this.#len)).written;
+  }
+
   /** Ends the current row with `\n`. */
   endRow(): void {
     if (this.#fieldsInRow === 1 && this.#firstIsBareBackslashDot) {

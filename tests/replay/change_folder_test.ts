@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ChangeFolder } from "../../src/replay/change_folder.ts";
-import type { CsvField } from "../../src/replay/csv_reader.ts";
+import type { ChangeLine, CsvField } from "../../src/replay/csv_reader.ts";
+import { CsvRowEncoder } from "../../src/write/csv_row_encoder.ts";
 import type { TableShape } from "../../src/replay/folder_schema.ts";
 import { TableReplay } from "../../src/replay/table_replay.ts";
 
@@ -36,8 +37,26 @@ function change(op: string, values: CsvField[], opts: { unchanged?: string[]; ol
   ];
 }
 
-/** Applies `changes` one run at a time of `run` changes to a table holding `base`. */
-async function replay(shape: TableShape, base: CsvField[][], changes: CsvField[][], run: number) {
+/** A change as the replay reads it from a file: metadata, then the values' CSV text. */
+function line(row: CsvField[]): ChangeLine {
+  const csv = new CsvRowEncoder();
+  for (const v of row.slice(7)) csv.fieldText(v);
+  csv.endRow();
+  const text = new TextDecoder().decode(csv.takeChunk());
+  return { meta: row.slice(0, 7), values: text.slice(0, -1) };
+}
+
+/**
+ * Applies `changes` one run at a time of `run` changes to a table holding
+ * `base`; `lines` folds them as read from a file ({@linkcode ChangeFolder.addLine}).
+ */
+async function replay(
+  shape: TableShape,
+  base: CsvField[][],
+  changes: CsvField[][],
+  run: number,
+  lines = false,
+) {
   const t = new TableReplay();
   await t.reset(shape);
   const f = new ChangeFolder(shape);
@@ -49,7 +68,8 @@ async function replay(shape: TableShape, base: CsvField[][], changes: CsvField[]
     changes: 0,
   });
   for (const c of changes) {
-    f.add(c);
+    if (lines) f.addLine(line(c));
+    else f.add(c);
     if (f.size >= run) await t.apply(f.take());
   }
   await t.apply(f.take());
@@ -75,9 +95,10 @@ Deno.test("ChangeFolder() folds key changes and unchanged TOAST like row-by-row 
     '["2","CHANGED","2"]',
     '["20",null,"5"]',
   ];
-  // Any run size (1 = row by row) gives the same table.
+  // Any run size (1 = row by row) gives the same table, from arrays or from file lines.
   for (const run of [1, 2, 3, 100]) {
     assert.deepEqual(await replay(KEYED, base, changes, run), expected, `run ${run}`);
+    assert.deepEqual(await replay(KEYED, base, changes, run, true), expected, `lines, run ${run}`);
   }
 });
 
@@ -95,9 +116,43 @@ Deno.test("ChangeFolder() applies a keyless FULL table as a multiset, and TRUNCA
   const expected = ['["1","x"]', '["1","y"]', '["2",""]', '["3","z"]'];
   for (const run of [1, 2, 4, 100]) {
     assert.deepEqual(await replay(MULTISET, base, changes, run), expected, `run ${run}`);
+    assert.deepEqual(await replay(MULTISET, base, changes, run, true), expected, `lines ${run}`);
   }
   const truncated = [change("I", ["5", "a"]), change("T", [null, null]), change("I", ["6", "b"])];
   for (const run of [1, 100]) {
     assert.deepEqual(await replay(MULTISET, base, truncated, run), ['["6","b"]']);
   }
+});
+
+Deno.test("ChangeFolder.addLine() passes keyed rows on as their CSV text, with their key", async () => {
+  const shape: TableShape = {
+    keyed: true,
+    primaryKey: ["b", "a"],
+    columns: [
+      { name: "v", type: "text", attnum: 1, isKey: false },
+      { name: "a", type: "text", attnum: 2, isKey: true },
+      { name: "b", type: "integer", attnum: 3, isKey: true },
+    ],
+  };
+  const f = new ChangeFolder(shape);
+  f.addLine(line(change("I", ['x,"y"', "k,1", "7"])));
+  f.addLine(line(change("I", [null, "", "8"])));
+  f.addLine(line(change("U", ["z", "k,1", "7"])));
+  f.addLine(line(change("D", [null, "", "8"])));
+  const d = f.take();
+  assert.deepEqual(d.deleteKeys, [["", "8"]]);
+  assert.equal(d.rows.length, 1);
+  const row = d.rows[0];
+  assert.deepEqual(row.key, ["k,1", "7"]);
+  assert.equal(row.csv, 'z,"k,1",7');
+  assert.deepEqual(row.values, ["z", "k,1", "7"]);
+  assert.equal(row.replace, true);
+  // Integer text that is not canonical stays apart from the number.
+  const g = new ChangeFolder({ ...shape, columns: [{ ...shape.columns[2], isKey: true }] });
+  g.addLine({ meta: ["I", "0/1", "0", "t", "1", null, null], values: "7" });
+  g.addLine({ meta: ["I", "0/1", "1", "t", "1", null, null], values: "07" });
+  g.addLine({ meta: ["D", "0/1", "2", "t", "1", null, null], values: "7" });
+  const e = g.take();
+  assert.deepEqual(e.deleteKeys, [["7"]]);
+  assert.deepEqual(e.rows.map((r) => r.values), [["07"]]);
 });
