@@ -40,6 +40,8 @@ import { openObjectStore } from "../storage/open_store.ts";
 import { isS3Url } from "../storage/s3_location.ts";
 import { SpoolBudget } from "../storage/spool_budget.ts";
 import { SpoolUploader } from "../storage/spool_uploader.ts";
+import { ExportUploads } from "../storage/export_uploads.ts";
+import { S3Store } from "../storage/s3_store.ts";
 import { cleanSpool, recoverUploads } from "../storage/upload_recovery.ts";
 import { checkStorageLocation } from "../storage/storage_location.ts";
 
@@ -474,6 +476,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
     await checkStorageLocation(registry, ctx.store?.url ?? dataDir, "stream into");
     let spool: SpoolBudget | undefined;
+    let exportUploads: ExportUploads | undefined;
     if (ctx.store) {
       // Uploads never registered are deleted (multipart ones aborted); the
       // spool is emptied: registered files are in the bucket, the others
@@ -487,10 +490,21 @@ async function runSession(ctx: StreamContext): Promise<void> {
         logger,
         ctx.storageMetrics ?? undefined,
       );
+      if (ctx.store instanceof S3Store) {
+        exportUploads = new ExportUploads(
+          ctx.store,
+          registry,
+          config.s3PartSize,
+          logger,
+          ctx.storageMetrics ?? undefined,
+        );
+        uploader.skipUploadedBy(exportUploads);
+      }
       spool = new SpoolBudget(
         config.spoolMaxBytes,
         uploader,
         ctx.storageMetrics?.spoolBytes,
+        exportUploads,
       );
       registry.setBeforeRegister(async (files) => {
         await uploader.beforeRegister(files);
@@ -554,6 +568,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
         splitBytes: config.exportSplitBytes,
         logger,
         metrics,
+        uploads: exportUploads,
       })
     );
     ctx.onStreaming(pipeline);

@@ -217,6 +217,7 @@ export class StreamPipeline {
       boundaryKnown: (oids, boundary) => this.#handover.boundaryKnown(oids, boundary),
       exportSealed: (oid, sealed) => this.#handover.sealed(oid, sealed),
       exportFailed: (oid, final) => this.#handover.failed(oid, final),
+      exportKey: (oid, boundary) => this.#handover.exportKey(oid, boundary),
     });
   }
 

@@ -20,6 +20,7 @@
 
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -305,6 +306,102 @@ export class S3Store implements ObjectStore {
         );
       }
     });
+  }
+
+  /**
+   * Begins a multipart upload of `rel` whose parts are sent as they are
+   * produced ({@linkcode putPart}); the file's sha256 is not known yet, so
+   * the object carries none (the registry has it; `verify --deep` checks it).
+   */
+  async startMultipart(rel: string): Promise<string> {
+    const created = await this.#retry(
+      "start the multipart upload of",
+      rel,
+      () =>
+        this.#client.send(
+          new CreateMultipartUploadCommand({
+            Bucket: this.#opts.location.bucket,
+            Key: this.#key(rel),
+          }),
+        ),
+    );
+    return created.UploadId!;
+  }
+
+  /**
+   * Sends part `n` of an upload from the local file `localPath` (read again
+   * for each attempt, never held in memory whole), with its MD5 as
+   * Content-MD5 and checked against the ETag; returns the ETag.
+   */
+  async putPart(
+    rel: string,
+    uploadId: string,
+    n: number,
+    localPath: string,
+    size: number,
+    md5: Uint8Array,
+  ): Promise<string> {
+    const b64 = Buffer.from(md5).toString("base64");
+    const hex = Buffer.from(md5).toString("hex");
+    return await this.#retry(`upload part ${n} of`, rel, async () => {
+      const r = await this.#client.send(
+        new UploadPartCommand({
+          Bucket: this.#opts.location.bucket,
+          Key: this.#key(rel),
+          UploadId: uploadId,
+          PartNumber: n,
+          Body: createReadStream(localPath),
+          ContentLength: size,
+          ContentMD5: b64,
+        }),
+      );
+      if (quoteless(r.ETag) !== hex) {
+        throw Object.assign(new Error(`part ETag ${r.ETag} does not match its MD5`), {
+          name: "InternalError",
+        });
+      }
+      return r.ETag!;
+    });
+  }
+
+  /**
+   * Completes an upload begun with {@linkcode startMultipart}; the object
+   * must then have `size` bytes (a completion whose answer was lost is
+   * judged by the object's size).
+   */
+  async completeMultipart(
+    rel: string,
+    uploadId: string,
+    parts: { PartNumber: number; ETag: string }[],
+    size: number,
+  ): Promise<void> {
+    const started = performance.now();
+    await this.#retry("complete the multipart upload of", rel, async () => {
+      try {
+        await this.#client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: this.#opts.location.bucket,
+            Key: this.#key(rel),
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts },
+          }),
+        );
+      } catch (error) {
+        const info = await this.head(rel).catch(() => null);
+        if (info?.size === size) return;
+        throw error;
+      }
+    });
+    const info = await this.head(rel);
+    if (info?.size !== size) {
+      throw new CdcError(
+        "storage",
+        `Cannot upload ${this.#where(rel)}: the object has ${
+          info?.size ?? "no"
+        } bytes after the multipart upload, expected ${size}`,
+      );
+    }
+    this.#opts.onUploaded?.(size, (performance.now() - started) / 1000);
   }
 
   async get(rel: string): Promise<ReadableStream<Uint8Array>> {
