@@ -571,6 +571,7 @@ async function runSession(ctx: StreamContext): Promise<void> {
         uploads: exportUploads,
       })
     );
+    spool?.countHeld(() => pipeline.heldBytes);
     ctx.onStreaming(pipeline);
     try {
       await pipeline.run();

@@ -329,6 +329,8 @@ export class StreamedExportFile {
       throw new CdcError("storage", `Cannot upload ${key}: it is registered already`);
     }
     await registry.addUploadIntents([key]);
+    // "": multipart, id not known yet (recovery asks for the key's uploads).
+    await registry.setUploadId(key, "");
     const id = await store.startMultipart(key);
     await registry.setUploadId(key, id);
     this.#uploadId = id;

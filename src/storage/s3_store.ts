@@ -20,7 +20,7 @@
 
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { Readable } from "node:stream";
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -29,6 +29,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
@@ -88,6 +89,18 @@ function permanentError(op: string, where: string, error: unknown): CdcError {
     why = firstLine(e.message) || name;
   }
   return new CdcError("storage", `Cannot ${op} ${where}: ${why}`, { cause: error });
+}
+
+/**
+ * The bytes of a local file as a Node stream (what the SDK sends without
+ * holding the body in memory), read in 1 MiB pieces.
+ */
+function fileStream(path: string): Readable {
+  return Readable.from((async function* () {
+    using file = await Deno.open(path, { read: true });
+    const buf = new Uint8Array(1024 * 1024);
+    for (let n; (n = await file.read(buf)) !== null;) yield buf.slice(0, n);
+  })());
 }
 
 function firstLine(text: string | undefined): string {
@@ -209,6 +222,7 @@ export class S3Store implements ObjectStore {
   ): Promise<void> {
     const Bucket = this.#opts.location.bucket;
     const Key = this.#key(rel);
+    await options.onMultipart?.("");
     const created = await this.#retry(
       "start the multipart upload of",
       rel,
@@ -350,7 +364,7 @@ export class S3Store implements ObjectStore {
           Key: this.#key(rel),
           UploadId: uploadId,
           PartNumber: n,
-          Body: createReadStream(localPath),
+          Body: fileStream(localPath),
           ContentLength: size,
           ContentMD5: b64,
         }),
@@ -402,6 +416,26 @@ export class S3Store implements ObjectStore {
       );
     }
     this.#opts.onUploaded?.(size, (performance.now() - started) / 1000);
+  }
+
+  /**
+   * Ids of the incomplete multipart uploads of exactly `rel`: a listing of
+   * one key, not of the bucket, for an intent whose upload id was never
+   * recorded (a crash between CreateMultipartUpload and the registry
+   * update). Null where the server cannot tell (s3rver has no such call; a
+   * policy without s3:ListBucketMultipartUploads).
+   */
+  async multipartUploadsOf(rel: string): Promise<string[] | null> {
+    const key = this.#key(rel);
+    try {
+      // One attempt: servers without the call answer in ways a retry would only repeat.
+      const res = await this.#client.send(
+        new ListMultipartUploadsCommand({ Bucket: this.#opts.location.bucket, Prefix: key }),
+      );
+      return (res.Uploads ?? []).filter((u) => u.Key === key && u.UploadId).map((u) => u.UploadId!);
+    } catch {
+      return null;
+    }
   }
 
   async get(rel: string): Promise<ReadableStream<Uint8Array>> {

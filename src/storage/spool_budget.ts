@@ -72,11 +72,37 @@ export class SpoolBudget {
 
   /**
    * Shows the bytes in use (open batches as last checked, pending uploads,
-   * export parts); returns them.
+   * export parts, and what is held: see {@linkcode countHeld}); returns
+   * them without what is held.
    */
   report(): number {
     const used = this.#open + this.#uploads.pendingBytes + (this.#exports?.localBytes ?? 0);
-    this.#gauge?.set(used);
+    this.#gauge?.set(used + this.#heldBytes());
     return used;
+  }
+
+  #held: (() => number) | null = null;
+  #heldAt = 0;
+  #heldValue = 0;
+
+  /**
+   * Also shows `held()` in the gauge: bytes the stream cannot give back
+   * before it reads further WAL (changes held for an export until the
+   * stream reaches its boundary, transactions still in progress). They are
+   * not bounded: holding WAL for them would hold them forever.
+   */
+  countHeld(held: () => number): void {
+    this.#held = held;
+  }
+
+  /** The held bytes, looked at most once a second (the check runs per row). */
+  #heldBytes(): number {
+    if (this.#held === null) return 0;
+    const now = Date.now();
+    if (now - this.#heldAt >= 1000) {
+      this.#heldAt = now;
+      this.#heldValue = this.#held();
+    }
+    return this.#heldValue;
   }
 }
