@@ -291,7 +291,8 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_EXPORT_SPLIT_BYTES",
     yaml: "export_split_bytes",
     parse: parseByteSize,
-    help: "split tables larger than this into block ranges exported in parallel (default 1GiB)",
+    help:
+      "split tables larger than this into block ranges exported in parallel; not with an s3:// data dir (default 1GiB)",
   },
   {
     key: "maxOpenFiles",
@@ -415,7 +416,7 @@ export const SETTINGS: readonly Setting[] = [
     yaml: "spool_max_bytes",
     parse: spoolSize,
     help:
-      "with an s3:// data dir: open batches and uploaded files in the spool at most; when full, batches are uploaded and WAL waits (default 1GiB)",
+      "with an s3:// data dir: open batches, uploaded files and export parts in the spool at most; when full, batches are uploaded and WAL waits (default 1GiB)",
   },
   {
     key: "s3PartSize",
@@ -423,7 +424,8 @@ export const SETTINGS: readonly Setting[] = [
     env: "CDC_S3_PART_SIZE",
     yaml: "s3_part_size",
     parse: partSize,
-    help: "upload files larger than this in parts of this size (default 16MiB, at least 5MiB)",
+    help:
+      "upload files larger than this in parts of this size, exports while they run (default 16MiB, at least 5MiB)",
   },
   {
     key: "s3TimeoutMs",

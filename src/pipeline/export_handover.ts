@@ -20,6 +20,7 @@ import { type HeldFile, HeldFiles, publishHeld } from "./held_files.ts";
 import { DurableBatch } from "../write/durable_batch.ts";
 import { eachLimited } from "../write/each_limited.ts";
 import type { SealedExport } from "./reload_coordinator.ts";
+import { FULL_RELOAD_FILE } from "./table_export.ts";
 import {
   comparePosition,
   exportAbandoned,
@@ -154,6 +155,19 @@ export class ExportHandover {
         () => host.nextBatchTs(tableDir),
       );
     }
+  }
+
+  /**
+   * The object key of `oid`'s export at `boundary`: null until the stream
+   * names its folder, undefined when that export was abandoned (another
+   * boundary, or none). An export into a bucket uploads its parts there.
+   */
+  exportKey(oid: number, boundary: Lsn): string | null | undefined {
+    const g = this.#host.life(oid).gate;
+    if (g === null || g.boundary !== boundary) return undefined;
+    const name = this.#host.name(oid);
+    if (g.batchTs === null || name === undefined) return null;
+    return `${name.tableDir}/${g.batchTs}/${FULL_RELOAD_FILE}`;
   }
 
   /** An export is sealed; it is registered once the stream has reached its boundary. */

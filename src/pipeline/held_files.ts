@@ -37,13 +37,21 @@ export class HeldFiles {
     this.#dataDir = dataDir;
   }
 
+  #bytes = 0;
+
   /** Whether nothing is held. */
   get empty(): boolean {
     return this.#byOid.size === 0;
   }
 
+  /** Bytes of the files held (they are in the data dir, or the spool, until registered). */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
   /** Holds one more file of `oid` (after the ones it holds). */
   add(oid: number, held: HeldFile): void {
+    this.#bytes += held.file.byteSize;
     const list = this.#byOid.get(oid);
     if (list) list.push(held);
     else this.#byOid.set(oid, [held]);
@@ -53,6 +61,7 @@ export class HeldFiles {
   take(oid: number): HeldFile[] {
     const list = this.#byOid.get(oid) ?? [];
     this.#byOid.delete(oid);
+    for (const h of list) this.#bytes -= h.file.byteSize;
     return list;
   }
 

@@ -42,6 +42,8 @@ import { HELD_EXPORT_BYTES, HeldExportBudget } from "./held_export_budget.ts";
 import type { DurableBatch } from "../write/durable_batch.ts";
 import { eachLimited } from "../write/each_limited.ts";
 import { DIR_MODE } from "../write/atomic_file.ts";
+import type { BufferedGzipFileOptions } from "../write/buffered_gzip_file.ts";
+import type { ExportUploads } from "../storage/export_uploads.ts";
 
 /** A sealed export, handed to the stream loop to register. */
 export interface SealedExport {
@@ -75,6 +77,8 @@ export interface ReloadHost {
   exportSealed(oid: number, sealed: SealedExport): void;
   /** An export failed (`final`: its table is gone). */
   exportFailed(oid: number, final: boolean): Promise<void>;
+  /** The object key of an export (see {@linkcode ExportHandover.exportKey}). */
+  exportKey(oid: number, boundary: Lsn): string | null | undefined;
 }
 
 /** Options for {@linkcode ReloadCoordinator}. */
@@ -96,6 +100,11 @@ export interface ReloadOptions {
   heldExportBytes?: number;
   logger: Logger;
   metrics?: StreamMetrics;
+  /**
+   * With a bucket: exports upload their parts as they are written (and
+   * tables are not split: the parts of one object go up in order).
+   */
+  uploads?: ExportUploads;
 }
 
 interface Job {
@@ -422,7 +431,7 @@ export class ReloadCoordinator {
    * members joined into one file.
    */
   async #planSplits(jobs: Job[]): Promise<void> {
-    if (this.#opts.workers < 2) return;
+    if (this.#opts.workers < 2 || this.#opts.uploads) return;
     for (const job of jobs) {
       if (job.size < this.#opts.splitBytes) continue;
       const row = await this.#catalog.heapBlocks(job.oid);
@@ -606,7 +615,7 @@ export class ReloadCoordinator {
           job.stageDir,
           onBytes,
           rel,
-          { checkName: false, held: this.#held },
+          { checkName: false, held: this.#held, open: this.#streamInto(job, snapshot.lsn) },
         );
         copied.push({ job, copy, bytes: () => counted });
       } catch (error) {
@@ -705,6 +714,18 @@ export class ReloadCoordinator {
       await this.#failed(job, (error as Error).message.split("\n")[0], false, error);
       return false;
     }
+  }
+
+  /** With a bucket: the export's gzip goes up in parts once the stream names its folder. */
+  #streamInto(job: Job, boundary: Lsn): BufferedGzipFileOptions["open"] {
+    const uploads = this.#opts.uploads;
+    if (!uploads) return undefined;
+    return (_finalPath, { tempPath, level }) =>
+      uploads.open(
+        tempPath,
+        () => job.stale ? undefined : this.#host.exportKey(job.oid, boundary),
+        level,
+      );
   }
 
   /** Hands a sealed export to the stream loop, which registers it at its boundary. */
@@ -825,6 +846,8 @@ export class ReloadCoordinator {
   /** Cancels running exports (their files are removed) and waits for them. */
   async stop(): Promise<void> {
     this.#stopping = true;
+    // Exports waiting for their folder's name or for their parts to go up give up.
+    this.#opts.uploads?.stop();
     for (const m of this.#making) m.abort.abort();
     while (this.#making.size > 0) await new Promise((r) => setTimeout(r, 10));
     for (const made of this.#made.splice(0)) await made.snapshot?.release();

@@ -217,7 +217,19 @@ export class StreamPipeline {
       boundaryKnown: (oids, boundary) => this.#handover.boundaryKnown(oids, boundary),
       exportSealed: (oid, sealed) => this.#handover.sealed(oid, sealed),
       exportFailed: (oid, final) => this.#handover.failed(oid, final),
+      exportKey: (oid, boundary) => this.#handover.exportKey(oid, boundary),
     });
+  }
+
+  /**
+   * Bytes the stream keeps locally that it can only give back after reading
+   * on: files and open batches held for an export that waits for its
+   * boundary, and transactions still in progress (spooled).
+   */
+  get heldBytes(): number {
+    let n = this.#handover.held.bytes + this.#spool.bytes;
+    for (const b of this.#batches.values()) if (b.held) n += b.bytes;
+    return n;
   }
 
   /** Asks the loop to flush, acknowledge and return. */

@@ -34,6 +34,8 @@ import { StorageMetrics } from "../observe/storage_metrics.ts";
 import type { ObjectStore } from "../storage/object_store.ts";
 import { SpoolBudget } from "../storage/spool_budget.ts";
 import { SpoolUploader } from "../storage/spool_uploader.ts";
+import { ExportUploads } from "../storage/export_uploads.ts";
+import { S3Store } from "../storage/s3_store.ts";
 import { cleanSpool, recoverUploads } from "../storage/upload_recovery.ts";
 import { checkStorageLocation } from "../storage/storage_location.ts";
 
@@ -116,6 +118,7 @@ export async function runSession(ctx: StreamContext): Promise<void> {
     for (const s of states.values()) metrics.setTableMode(`${s.schema}.${s.table}`, s.mode);
     await checkStorageLocation(registry, ctx.store?.url ?? dataDir, "stream into");
     let spool: SpoolBudget | undefined;
+    let exportUploads: ExportUploads | undefined;
     if (ctx.store) {
       // Uploads never registered are deleted (multipart ones aborted); the
       // spool is emptied: registered files are in the bucket, the others
@@ -129,10 +132,21 @@ export async function runSession(ctx: StreamContext): Promise<void> {
         logger,
         ctx.storageMetrics ?? undefined,
       );
+      if (ctx.store instanceof S3Store) {
+        exportUploads = new ExportUploads(
+          ctx.store,
+          registry,
+          config.s3PartSize,
+          logger,
+          ctx.storageMetrics ?? undefined,
+        );
+        uploader.skipUploadedBy(exportUploads);
+      }
       spool = new SpoolBudget(
         config.spoolMaxBytes,
         uploader,
         ctx.storageMetrics?.spoolBytes,
+        exportUploads,
       );
       registry.setBeforeRegister(async (files) => {
         await uploader.beforeRegister(files);
@@ -198,8 +212,10 @@ export async function runSession(ctx: StreamContext): Promise<void> {
         heldExportBytes: Math.min(HELD_EXPORT_BYTES, Math.floor(config.memoryBudget / 8)),
         logger,
         metrics,
+        uploads: exportUploads,
       })
     );
+    spool?.countHeld(() => pipeline.heldBytes);
     ctx.onStreaming(pipeline);
     try {
       await pipeline.run();

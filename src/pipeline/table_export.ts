@@ -24,7 +24,13 @@ import {
 import { createHash } from "node:crypto";
 import type { DurableBatch } from "../write/durable_batch.ts";
 import { GzipFileWriter } from "../write/gzip_file_writer.ts";
-import { BufferedGzipFile, writeSealedBytes } from "../write/buffered_gzip_file.ts";
+import {
+  BufferedGzipFile,
+  type BufferedGzipFileOptions,
+  writeSealedBytes,
+} from "../write/buffered_gzip_file.ts";
+import type { SealedExportFile } from "../storage/export_uploads.ts";
+import { uploadedExport } from "./uploaded_export.ts";
 import { renderSchemaYml, type TableSchema } from "../write/schema_yml.ts";
 import type { HeldExportBudget } from "./held_export_budget.ts";
 
@@ -336,7 +342,11 @@ export async function copyTable(
   stageDir: string,
   onBytes: (csvBytes: number) => void = () => {},
   described?: DescribedRelation,
-  options: { checkName?: boolean; held?: HeldExportBudget } = {},
+  options: {
+    checkName?: boolean;
+    held?: HeldExportBudget;
+    open?: BufferedGzipFileOptions["open"];
+  } = {},
 ): Promise<CopiedTable> {
   const rel = described ?? await describeRelation(client, oid, snapshotLsn);
   if (rel === null) throw new Error(`table with oid ${oid} no longer exists`);
@@ -348,7 +358,7 @@ export async function copyTable(
   const tempPath = join(stageDir, `${TEMP_PREFIX}${name}`);
   // Small tables (most of them, when there are thousands) stay in memory
   // until the seal writes them in one call.
-  const writer = new BufferedGzipFile(join(stageDir, name), { tempPath });
+  const writer = new BufferedGzipFile(join(stageDir, name), { tempPath, open: options.open });
   let rows: number;
   try {
     rows = await copyInto(client, schema, only, "", true, writer, onBytes);
@@ -373,7 +383,8 @@ export async function copyTable(
           return stagedExport(dataDir, null, { path: tempPath }, null, schema, rows, sealed);
         }
         // Not fsynced: the file is synced where it is placed, with its folder.
-        const sealed = await writer.seal({ sync: false });
+        const sealed: SealedExportFile = await writer.seal({ sync: false });
+        if (sealed.uploaded) return uploadedExport(dataDir, sealed.uploaded, schema, rows, sealed);
         return stagedExport(dataDir, null, { path: tempPath }, null, schema, rows, sealed);
       } catch (error) {
         await writer.abort().catch(() => {});

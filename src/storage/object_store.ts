@@ -24,7 +24,9 @@ export interface PutOptions {
   sha256: string;
   /**
    * Called with the upload id before the first part of a multipart upload is
-   * sent, so the caller can record it (recovery aborts it without listing).
+   * sent, so the caller can record it (recovery aborts it without listing);
+   * and with "" before the upload is created, so a crash before the id is
+   * recorded leaves a mark (recovery then asks for that key's uploads).
    */
   onMultipart?: (uploadId: string) => Promise<void>;
 }
@@ -45,6 +47,11 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Aborts a multipart upload; an unknown (finished or aborted) id is not an error. */
   abortMultipart(key: string, uploadId: string): Promise<void>;
+  /**
+   * Ids of incomplete multipart uploads of exactly `rel`, or null when the
+   * store cannot tell (see S3Store); absent for local files.
+   */
+  multipartUploadsOf?(rel: string): Promise<string[] | null>;
   /** Checks that the store can be reached and read (and written when `write`). */
   check(write: boolean): Promise<void>;
   /**

@@ -70,6 +70,8 @@ export class SpoolUploader {
   #spoolBytes = 0;
   /** The eviction under way (beforeRegister and a caller may both start one). */
   #evicting: Promise<void> | null = null;
+  /** Exports that went up in parts while they were written: not put again. */
+  #exports: { uploaded(key: string): boolean; registered(keys: string[]): void } | null = null;
 
   constructor(
     store: ObjectStore,
@@ -85,26 +87,35 @@ export class SpoolUploader {
     this.#metrics = metrics;
   }
 
+  /**
+   * Files `exports` says it uploaded itself are not put again at their
+   * registration (only their folder's schema.yml is).
+   */
+  skipUploadedBy(exports: { uploaded(key: string): boolean; registered(keys: string[]): void }) {
+    this.#exports = exports;
+  }
+
   /** The hook for {@linkcode Registry.setBeforeRegister}. */
   readonly beforeRegister = async (files: FileRecord[]): Promise<void> => {
     await this.evict();
     const uploads = await this.#plan(files);
-    if (uploads.length === 0) return;
-    await this.#registry.addUploadIntents(uploads.map((u) => u.key));
-    const upload = async (u: Upload) => {
-      const started = performance.now();
-      await this.#store.putFile(u.key, u.local, {
-        sha256: u.sha256,
-        onMultipart: (id) => this.#registry.setUploadId(u.key, id),
-      });
-      this.#metrics?.uploadSeconds.observe((performance.now() - started) / 1000);
-      this.#metrics?.uploadedBytes.inc(u.size);
-    };
-    await Promise.all([
-      eachLimited(uploads.filter((u) => u.size < SMALL_BYTES), SMALL_CONCURRENCY, upload),
-      eachLimited(uploads.filter((u) => u.size >= SMALL_BYTES), LARGE_CONCURRENCY, upload),
-    ]);
-    this.#metrics?.storageUp.set(1);
+    if (uploads.length > 0) {
+      await this.#registry.addUploadIntents(uploads.map((u) => u.key));
+      const upload = async (u: Upload) => {
+        const started = performance.now();
+        await this.#store.putFile(u.key, u.local, {
+          sha256: u.sha256,
+          onMultipart: (id) => this.#registry.setUploadId(u.key, id),
+        });
+        this.#metrics?.uploadSeconds.observe((performance.now() - started) / 1000);
+        this.#metrics?.uploadedBytes.inc(u.size);
+      };
+      await Promise.all([
+        eachLimited(uploads.filter((u) => u.size < SMALL_BYTES), SMALL_CONCURRENCY, upload),
+        eachLimited(uploads.filter((u) => u.size >= SMALL_BYTES), LARGE_CONCURRENCY, upload),
+      ]);
+      this.#metrics?.storageUp.set(1);
+    }
     for (const u of uploads) {
       if (u.key.endsWith(`/${SCHEMA_FILE}`)) {
         const dir = dirname(u.key);
@@ -113,9 +124,12 @@ export class SpoolUploader {
       }
     }
     for (const f of files) {
-      this.#spoolBytes += f.byteSize - (this.#evict.get(f.path) ?? 0);
-      this.#evict.set(f.path, f.byteSize);
+      // An export uploaded in parts has nothing in the spool but its folder's schema.yml.
+      const size = this.#exports?.uploaded(f.path) ? 0 : f.byteSize;
+      this.#spoolBytes += size - (this.#evict.get(f.path) ?? 0);
+      this.#evict.set(f.path, size);
     }
+    this.#exports?.registered(files.map((f) => f.path));
   };
 
   /** Bytes of uploaded files (and their schema.yml) whose spool copy is not removed yet. */
@@ -134,6 +148,7 @@ export class SpoolUploader {
     const registeredDirs = await this.#registry.registeredDirs(dirs, DATA_FILE_NAMES);
     const out: Upload[] = [];
     for (const f of todo) {
+      if (this.#exports?.uploaded(f.path)) continue;
       const name = f.path.slice(f.path.lastIndexOf("/") + 1);
       const local = f.localPath ?? join(this.#spool, dirname(f.path), TEMP_PREFIX + name);
       out.push({ key: f.path, local, sha256: f.sha256, size: f.byteSize });

@@ -42,8 +42,16 @@ export async function recoverUploads(
     if (registered.has(intent.path) || (isSchema && registeredDirs.has(dirname(intent.path)))) {
       report.kept.push(intent.path);
     } else {
-      if (intent.uploadId) {
-        await store.abortMultipart(intent.path, intent.uploadId);
+      // An empty id: a crash came between marking the intent multipart and
+      // recording the id CreateMultipartUpload gave. Ask for that one key's
+      // uploads where the server can tell.
+      const ids = intent.uploadId
+        ? [intent.uploadId]
+        : intent.uploadId === ""
+        ? await store.multipartUploadsOf?.(intent.path) ?? []
+        : [];
+      for (const id of ids) {
+        await store.abortMultipart(intent.path, id);
         report.aborted.push(intent.path);
       }
       await store.delete(intent.path);

@@ -28,6 +28,19 @@ export interface BufferedGzipFileOptions {
   level?: number;
   /** Bytes held in memory before streaming (default {@linkcode SMALL_FILE_BYTES}). */
   bufferBytes?: number;
+  /**
+   * Opens the streaming writer once the data outgrows the buffer (default: a
+   * {@linkcode GzipFileWriter} at `tempPath`; an export into a bucket
+   * uploads its parts as they fill instead).
+   */
+  open?: (finalPath: string, options: { tempPath: string; level: number }) => StreamingGzip;
+}
+
+/** What a file streams into once it outgrew the buffer. */
+export interface StreamingGzip {
+  write(chunk: Uint8Array): Promise<void>;
+  seal(options?: SyncOptions): Promise<SealedFile>;
+  abort(): Promise<void>;
 }
 
 /** A small gzip file compressed in memory: its bytes and what registering it needs. */
@@ -62,7 +75,8 @@ export class BufferedGzipFile {
   readonly #limit: number;
   #buffer: Uint8Array;
   #length = 0;
-  #writer: GzipFileWriter | null = null;
+  #writer: StreamingGzip | null = null;
+  readonly #open: BufferedGzipFileOptions["open"];
   #written = false;
   #done = false;
 
@@ -72,6 +86,7 @@ export class BufferedGzipFile {
     this.#tempPath = options.tempPath;
     this.#level = options.level ?? 6;
     this.#limit = options.bufferBytes ?? SMALL_FILE_BYTES;
+    this.#open = options.open;
     this.#buffer = new Uint8Array(Math.min(this.#limit, 2048));
   }
 
@@ -97,10 +112,10 @@ export class BufferedGzipFile {
       this.#length = need;
       return;
     }
-    const writer = await GzipFileWriter.create(this.#path, {
-      tempPath: this.#tempPath,
-      level: this.#level,
-    });
+    const options = { tempPath: this.#tempPath, level: this.#level };
+    const writer = this.#open
+      ? this.#open(this.#path, options)
+      : await GzipFileWriter.create(this.#path, options);
     this.#writer = writer;
     const held = this.#buffer.subarray(0, this.#length);
     this.#buffer = new Uint8Array(0);

@@ -146,8 +146,11 @@ export class S3Server {
     const walk = async (sub: string): Promise<void> => {
       for await (const e of Deno.readDir(join(dir, sub))) {
         const rel = sub ? `${sub}/${e.name}` : e.name;
-        if (e.isDirectory) await walk(rel);
-        else if (!wanted.has(rel)) await Deno.remove(join(dir, rel));
+        if (e.isDirectory) {
+          await walk(rel);
+          // A folder whose objects are all gone (deleted by recovery) goes too, like in a bucket.
+          await Deno.remove(join(dir, rel)).catch(() => {});
+        } else if (!wanted.has(rel)) await Deno.remove(join(dir, rel));
       }
     };
     await walk("");

@@ -235,6 +235,106 @@ for (const major of testMajors()) {
   });
 }
 
+/** Bytes of the files under `dir`, recursively. */
+async function duBytes(dir: string): Promise<number> {
+  let total = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const path = join(dir, e.name);
+    if (e.isDirectory) total += await duBytes(path);
+    else if (e.isFile) total += (await Deno.stat(path)).size;
+  }
+  return total;
+}
+
+for (const major of testMajors()) {
+  Deno.test(`stream into s3:// uploads a big export's parts while its COPY runs; kill -9 mid-export, restart: replay equals the source (PG ${major})`, async () => {
+    await using w = await streamEnv(major as PgMajor, {}, { s3: true });
+    const proxy = FaultProxy.start(w.s3!.port);
+    try {
+      await w.db.query("CREATE TABLE t (id int PRIMARY KEY, v text)");
+      await w.db.query("CREATE TABLE big (id int PRIMARY KEY, v text)");
+      await fill(w, "t", 1, 100);
+      // About 30 MB of gzip: six parts or more of 5 MiB.
+      await fill(w, "big", 1, 600_000);
+      await w.init();
+      // From part 3 on, parts are stored but their answers held: the export keeps at most two
+      // complete parts in the spool, so its COPY waits for room once parts 3 and 4 are sent.
+      proxy.inject({
+        method: "PUT",
+        path: /partNumber=\d+&/,
+        action: { kind: "hold", ms: 600_000 },
+        skip: 2,
+        times: 1000,
+      });
+      const part = 5 * 1024 * 1024;
+      let p = w.stream({
+        CDC_S3_ENDPOINT: proxy.endpoint,
+        CDC_S3_PART_SIZE: "5MiB",
+        CDC_S3_TIMEOUT: "10m",
+      });
+      await waitFor("parts 3 and 4 to be held", () => proxy.fired[0] === 2, 120_000).catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      const copying = async () =>
+        (await w.db.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE application_name = 'cdc-egress/export' AND query ILIKE 'COPY %big%'
+             AND state = 'active'`,
+        )).rows[0].n as number;
+      // Parts went up while the COPY of big is still running, and no more than two at once.
+      const sent = proxy.seen.filter((r) => r.method === "PUT" && /partNumber=\d+&/.test(r.target));
+      assert.deepEqual(
+        sent.map((r) => Number(/partNumber=(\d+)&/.exec(r.target)![1])).sort(),
+        [1, 2, 3, 4],
+        "parts 1-4 sent, no later one",
+      );
+      await waitFor("the COPY to wait for room", async () => await copying() === 1, 30_000);
+      const intent = (await w.registry.query(
+        "SELECT path, upload_id FROM cdc_registry.upload_intent WHERE path LIKE 'public.big/%full_reload.csv.gz'",
+      )).rows;
+      assert.equal(intent.length, 1, "the intent is recorded before the first part");
+      assert(intent[0].upload_id, "with its multipart upload id");
+      assert.deepEqual(await w.s3!.incompleteUploads("cdc"), [intent[0].upload_id]);
+      assert.equal(
+        (await w.registry.query(
+          "SELECT count(*)::int AS n FROM cdc_registry.file_log WHERE path LIKE 'public.big/%'",
+        )).rows[0].n,
+        0,
+      );
+      // The spool holds the part being written and two complete ones, not the export.
+      const spooled = await duBytes(w.spoolDir!);
+      assert(spooled <= 3 * part + 1024 * 1024, `spool holds ${spooled} bytes`);
+      assert.equal(await copying(), 1, "the COPY is still running");
+      await p.stop("SIGKILL");
+      proxy.stop();
+      // Recovery aborts the upload by its recorded id; the export is done again, in parts.
+      p = w.stream({ CDC_S3_PART_SIZE: "5MiB" });
+      await w.caughtUp(180_000).catch((e) => {
+        throw new Error(`${e.message}\n${p.stderr}`);
+      });
+      assert.match(p.stderr, /settled unregistered uploads.*aborted_multipart.*1/);
+      await fill(w, "big", 700_000, 100);
+      await w.db.query("UPDATE big SET v = 'u' WHERE id % 1000 = 0");
+      await fill(w, "t", 1000, 50);
+      await w.caughtUp();
+      assert.equal(await p.stop(), 0, p.stderr);
+      const reload = (await w.registry.query(
+        "SELECT path, byte_size FROM cdc_registry.file_log WHERE path LIKE 'public.big/%full_reload.csv.gz'",
+      )).rows;
+      assert.equal(reload.length, 1);
+      assert(
+        Number(reload[0].byte_size) > 5 * part,
+        `big's export has ${reload[0].byte_size} bytes`,
+      );
+      await bucketMatchesRegistry(w);
+      await w.assertReplayEquals("public", "t");
+      await w.assertReplayEquals("public", "big");
+    } finally {
+      proxy.stop();
+    }
+  });
+}
+
 for (const major of testMajors()) {
   Deno.test(`verify, status and materialize read an s3:// data dir (PG ${major})`, async () => {
     await using w = await streamEnv(major as PgMajor, {}, { s3: true });
