@@ -124,7 +124,7 @@ Deno.test("ChangeFolder() applies a keyless FULL table as a multiset, and TRUNCA
   }
 });
 
-Deno.test("ChangeFolder.addLine() passes keyed rows on as their CSV text, with their key", async () => {
+Deno.test("ChangeFolder.addLine() passes keyed rows on as their CSV text, with their key", () => {
   const shape: TableShape = {
     keyed: true,
     primaryKey: ["b", "a"],
