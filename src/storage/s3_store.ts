@@ -220,19 +220,9 @@ export class S3Store implements ObjectStore {
     size: number,
     options: PutOptions,
   ): Promise<void> {
-    const Bucket = this.#opts.location.bucket;
-    const Key = this.#key(rel);
     await options.onMultipart?.("");
-    const created = await this.#retry(
-      "start the multipart upload of",
-      rel,
-      () =>
-        this.#client.send(
-          new CreateMultipartUploadCommand({ Bucket, Key, Metadata: { sha256: options.sha256 } }),
-        ),
-    );
-    const UploadId = created.UploadId!;
-    await options.onMultipart?.(UploadId);
+    const uploadId = await this.startMultipart(rel, options.sha256);
+    await options.onMultipart?.(uploadId);
     const partSize = this.#opts.partSize;
     const count = Math.ceil(size / partSize);
     const parts: { PartNumber: number; ETag: string }[] = new Array(count);
@@ -261,26 +251,8 @@ export class S3Store implements ObjectStore {
         const n = ++next;
         const body = await readPart(n);
         const md5 = createHash("md5").update(body).digest();
-        const res = await this.#retry(`upload part ${n} of`, rel, async () => {
-          const r = await this.#client.send(
-            new UploadPartCommand({
-              Bucket,
-              Key,
-              UploadId,
-              PartNumber: n,
-              Body: body,
-              ContentLength: body.length,
-              ContentMD5: md5.toString("base64"),
-            }),
-          );
-          if (quoteless(r.ETag) !== md5.toString("hex")) {
-            throw Object.assign(new Error(`part ETag ${r.ETag} does not match its MD5`), {
-              name: "InternalError",
-            });
-          }
-          return r;
-        });
-        parts[n - 1] = { PartNumber: n, ETag: res.ETag! };
+        const etag = await this.#sendPart(rel, uploadId, n, () => body, body.length, md5);
+        parts[n - 1] = { PartNumber: n, ETag: etag };
       }
     };
     const guarded = () =>
@@ -293,41 +265,16 @@ export class S3Store implements ObjectStore {
     } finally {
       file.close();
     }
-    await this.#retry("complete the multipart upload of", rel, async () => {
-      try {
-        await this.#client.send(
-          new CompleteMultipartUploadCommand({
-            Bucket,
-            Key,
-            UploadId,
-            MultipartUpload: { Parts: parts },
-          }),
-        );
-      } catch (error) {
-        // A completion whose answer was lost: servers differ in what a second
-        // one says (200, NoSuchUpload, 500). The object decides: our size and sha256.
-        const info = await this.head(rel).catch(() => null);
-        if (info?.size === size && info.sha256 === options.sha256) return;
-        throw error;
-      }
-      const info = await this.head(rel);
-      if (info?.size !== size) {
-        throw new CdcError(
-          "storage",
-          `Cannot upload ${this.#where(rel)}: the object has ${
-            info?.size ?? "no"
-          } bytes after the multipart upload, expected ${size}`,
-        );
-      }
-    });
+    await this.#complete(rel, uploadId, parts, size, options.sha256);
   }
 
   /**
-   * Begins a multipart upload of `rel` whose parts are sent as they are
-   * produced ({@linkcode putPart}); the file's sha256 is not known yet, so
-   * the object carries none (the registry has it; `verify --deep` checks it).
+   * Begins a multipart upload of `rel`, recording `sha256` with the object
+   * when it is known. An export's parts are sent as they are produced
+   * ({@linkcode putPart}) before its sha256 is known, so that object carries
+   * none (the registry has it; `verify --deep` checks it).
    */
-  async startMultipart(rel: string): Promise<string> {
+  async startMultipart(rel: string, sha256?: string): Promise<string> {
     const created = await this.#retry(
       "start the multipart upload of",
       rel,
@@ -336,6 +283,7 @@ export class S3Store implements ObjectStore {
           new CreateMultipartUploadCommand({
             Bucket: this.#opts.location.bucket,
             Key: this.#key(rel),
+            ...(sha256 === undefined ? {} : { Metadata: { sha256 } }),
           }),
         ),
     );
@@ -355,6 +303,18 @@ export class S3Store implements ObjectStore {
     size: number,
     md5: Uint8Array,
   ): Promise<string> {
+    return await this.#sendPart(rel, uploadId, n, () => fileStream(localPath), size, md5);
+  }
+
+  /** Sends part `n` (`body()` is called for each attempt) and checks its ETag against `md5`. */
+  async #sendPart(
+    rel: string,
+    uploadId: string,
+    n: number,
+    body: () => Uint8Array | Readable,
+    size: number,
+    md5: Uint8Array,
+  ): Promise<string> {
     const b64 = Buffer.from(md5).toString("base64");
     const hex = Buffer.from(md5).toString("hex");
     return await this.#retry(`upload part ${n} of`, rel, async () => {
@@ -364,7 +324,7 @@ export class S3Store implements ObjectStore {
           Key: this.#key(rel),
           UploadId: uploadId,
           PartNumber: n,
-          Body: fileStream(localPath),
+          Body: body(),
           ContentLength: size,
           ContentMD5: b64,
         }),
@@ -390,6 +350,21 @@ export class S3Store implements ObjectStore {
     size: number,
   ): Promise<void> {
     const started = performance.now();
+    await this.#complete(rel, uploadId, parts, size, null);
+    this.#opts.onUploaded?.(size, (performance.now() - started) / 1000);
+  }
+
+  /**
+   * Completes an upload; the object must then have `size` bytes (and
+   * `sha256`, when the object records one).
+   */
+  async #complete(
+    rel: string,
+    uploadId: string,
+    parts: { PartNumber: number; ETag: string }[],
+    size: number,
+    sha256: string | null,
+  ): Promise<void> {
     await this.#retry("complete the multipart upload of", rel, async () => {
       try {
         await this.#client.send(
@@ -401,8 +376,10 @@ export class S3Store implements ObjectStore {
           }),
         );
       } catch (error) {
+        // A completion whose answer was lost: servers differ in what a second
+        // one says (200, NoSuchUpload, 500). The object decides: its size (and sha256).
         const info = await this.head(rel).catch(() => null);
-        if (info?.size === size) return;
+        if (info?.size === size && (sha256 === null || info.sha256 === sha256)) return;
         throw error;
       }
     });
@@ -415,7 +392,6 @@ export class S3Store implements ObjectStore {
         } bytes after the multipart upload, expected ${size}`,
       );
     }
-    this.#opts.onUploaded?.(size, (performance.now() - started) / 1000);
   }
 
   /**
