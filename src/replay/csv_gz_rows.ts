@@ -11,27 +11,8 @@ import { type ChangeLine, ChangeLineParser, CsvChunkParser, type CsvField } from
  * Yields the rows of `path` (header first) in batches of about `batchRows`.
  * Concatenated gzip members read as one file.
  */
-export async function* csvGzRows(
-  path: string,
-  batchRows = 10_000,
-): AsyncGenerator<CsvField[][]> {
-  const parser = new CsvChunkParser();
-  const decoder = new TextDecoder("utf-8", { fatal: true });
-  let batch: CsvField[][] = [];
-  const source = createReadStream(path, { highWaterMark: 1 << 20 }).pipe(
-    createGunzip({ chunkSize: 1 << 16 }),
-  );
-  for await (const chunk of source as AsyncIterable<Uint8Array>) {
-    const rows = parser.push(decoder.decode(chunk, { stream: true }));
-    for (const r of rows) batch.push(r);
-    if (batch.length >= batchRows) {
-      yield batch;
-      batch = [];
-    }
-  }
-  for (const r of parser.push(decoder.decode())) batch.push(r);
-  for (const r of parser.end()) batch.push(r);
-  if (batch.length > 0) yield batch;
+export function csvGzRows(path: string, batchRows = 10_000): AsyncGenerator<CsvField[][]> {
+  return gzBatches(path, new CsvChunkParser(), batchRows);
 }
 
 /**
@@ -39,14 +20,27 @@ export async function* csvGzRows(
  * as {@linkcode ChangeLine}s: `meta` metadata columns decoded, the table's
  * values left as CSV text.
  */
-export async function* csvGzChangeLines(
+export function csvGzChangeLines(
   path: string,
   meta: number,
   batchRows = 10_000,
 ): AsyncGenerator<ChangeLine[]> {
-  const parser = new ChangeLineParser(meta);
+  return gzBatches(path, new ChangeLineParser(meta), batchRows);
+}
+
+/** What both readers parse text with: pieces in, complete rows out. */
+interface ChunkParser<T> {
+  push(text: string): T[];
+  end(): T[];
+}
+
+async function* gzBatches<T>(
+  path: string,
+  parser: ChunkParser<T>,
+  batchRows: number,
+): AsyncGenerator<T[]> {
   const decoder = new TextDecoder("utf-8", { fatal: true });
-  let batch: ChangeLine[] = [];
+  let batch: T[] = [];
   const source = createReadStream(path, { highWaterMark: 1 << 20 }).pipe(
     createGunzip({ chunkSize: 1 << 16 }),
   );
