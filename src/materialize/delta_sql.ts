@@ -12,7 +12,7 @@
  */
 
 import type { CsvField } from "../replay/csv_reader.ts";
-import type { Delta } from "../replay/change_folder.ts";
+import type { Delta, DeltaRow } from "../replay/change_folder.ts";
 import type { TableShape } from "../replay/folder_schema.ts";
 import { CsvRowEncoder } from "../write/csv_row_encoder.ts";
 
@@ -44,6 +44,70 @@ export function stageColumns(shape: TableShape): string[] {
 }
 
 /**
+ * Writes staging rows into a {@linkcode CsvRowEncoder}, numbering them
+ * (`_n`) in the order written.
+ */
+export class StageRowWriter {
+  readonly #keyCols: number[];
+  readonly #nKeys: number;
+  readonly #n: number;
+  /** The `_n` of the next row. */
+  seq: number;
+
+  constructor(shape: TableShape, firstSeq = 0) {
+    this.#keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    this.#nKeys = shape.keyed ? this.#keyCols.length : 0;
+    this.#n = shape.columns.length;
+    this.seq = firstSeq;
+  }
+
+  #head(csv: CsvRowEncoder, kind: string, cnt: number | null, from: string | null): void {
+    csv.fieldText(kind);
+    if (cnt === null) csv.fieldText(null);
+    else csv.fieldInteger(cnt);
+    csv.fieldInteger(this.seq++);
+    csv.fieldText(from);
+  }
+
+  /** A key (key columns in column order) whose row goes: `K`. */
+  key(csv: CsvRowEncoder, key: CsvField[]): void {
+    this.#head(csv, "K", null, null);
+    for (let k = 0; k < this.#nKeys; k++) csv.fieldText(null);
+    let at = 0;
+    for (let i = 0; i < this.#n; i++) {
+      csv.fieldText(at < this.#keyCols.length && this.#keyCols[at] === i ? key[at++] : null);
+    }
+    csv.endRow();
+  }
+
+  /** A multiset row to remove `count` times: `X`. */
+  removal(csv: CsvRowEncoder, row: CsvField[], count: number): void {
+    this.#head(csv, "X", count, null);
+    for (let i = 0; i < this.#n; i++) csv.fieldText(row[i] ?? null);
+    csv.endRow();
+  }
+
+  /** A row to insert: `U` (replaces its key's row), `R`, or `B` (keeps values of a target row). */
+  row(csv: CsvRowEncoder, r: DeltaRow): void {
+    if (r.base) {
+      this.#head(csv, "B", null, r.base.fromBase.map((b) => (b ? "1" : "0")).join(""));
+      for (let k = 0; k < this.#nKeys; k++) csv.fieldText(r.base.key[k]);
+    } else {
+      this.#head(csv, r.replace ? "U" : "R", null, null);
+      for (let k = 0; k < this.#nKeys; k++) csv.fieldText(null);
+      // Values as the file had them: passed on as their CSV text.
+      if (r.csv !== undefined) {
+        csv.encodedFields(r.csv);
+        csv.endRow();
+        return;
+      }
+    }
+    for (let i = 0; i < this.#n; i++) csv.fieldText(r.values[i] ?? null);
+    csv.endRow();
+  }
+}
+
+/**
  * Encodes a delta's staging rows as CSV (no header), calling `sink` with
  * 1 MiB chunks. Rows are numbered (`_n`) from `firstSeq`; returns the next number.
  */
@@ -53,53 +117,25 @@ export async function encodeStage(
   sink: (chunk: Uint8Array) => Promise<void> | void,
   firstSeq = 0,
 ): Promise<number> {
-  const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
-  const nKeys = shape.keyed ? keyCols.length : 0;
-  const n = shape.columns.length;
-  // Small at first: a rebuild encodes many small deltas (it grows for large ones).
+  const w = new StageRowWriter(shape, firstSeq);
   const csv = new CsvRowEncoder({ initialCapacity: 1 << 14 });
-  let seq = firstSeq;
-  const put = async (
-    kind: string,
-    cnt: number | null,
-    from: string | null,
-    baseKey: CsvField[] | null,
-    values: (i: number) => CsvField,
-  ) => {
-    csv.fieldText(kind);
-    csv.fieldText(cnt === null ? null : String(cnt));
-    csv.fieldText(String(seq++));
-    csv.fieldText(from);
-    for (let k = 0; k < nKeys; k++) csv.fieldText(baseKey ? baseKey[k] : null);
-    for (let i = 0; i < n; i++) csv.fieldText(values(i));
-    csv.endRow();
+  const spill = async () => {
     if (csv.byteLength >= 1 << 20) await sink(csv.takeChunk());
   };
   for (const key of delta.deleteKeys) {
-    await put("K", null, null, null, (i) => {
-      const at = keyCols.indexOf(i);
-      return at >= 0 ? key[at] : null;
-    });
+    w.key(csv, key);
+    await spill();
   }
-  for (const r of delta.removals) await put("X", r.count, null, null, (i) => r.row[i]);
+  for (const r of delta.removals) {
+    w.removal(csv, r.row, r.count);
+    await spill();
+  }
   for (const r of delta.rows) {
-    if (r.csv !== undefined && !r.base) {
-      // Values as the file had them: passed on as their CSV text.
-      csv.fieldText(r.replace ? "U" : "R");
-      csv.fieldText(null);
-      csv.fieldText(String(seq++));
-      csv.fieldText(null);
-      for (let k = 0; k < nKeys; k++) csv.fieldText(null);
-      csv.encodedFields(r.csv);
-      csv.endRow();
-      if (csv.byteLength >= 1 << 20) await sink(csv.takeChunk());
-    } else if (r.base) {
-      const from = r.base.fromBase.map((b) => (b ? "1" : "0")).join("");
-      await put("B", null, from, r.base.key, (i) => r.values[i]);
-    } else await put(r.replace ? "U" : "R", null, null, null, (i) => r.values[i]);
+    w.row(csv, r);
+    await spill();
   }
   if (csv.byteLength > 0) await sink(csv.takeChunk());
-  return seq;
+  return w.seq;
 }
 
 /** Statements that apply the staged delta in `stage` to `table`. */

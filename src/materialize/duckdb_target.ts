@@ -25,7 +25,7 @@ import { CdcError } from "../errors.ts";
 import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
-import { TOUCHED_KEYS_BYTES, TouchedKeys } from "./touched_keys.ts";
+import { StageParts, type StagedPart, stagePartPath } from "./stage_parts.ts";
 import { STAGE_PARTS } from "./target_spec.ts";
 import {
   buildPrefix,
@@ -64,7 +64,7 @@ function literal(text: string): string {
  * that needed it ({@linkcode LONG_LINE}).
  */
 function csvOptions(names: string[], header: boolean, longLines = false): string {
-  const line = longLines ? 16 << 20 : 4 << 20;
+  const line = longLines ? 16 << 20 : 1 << 20;
   const columns = names.map((n) => `${literal(n)}: 'VARCHAR'`).join(", ");
   return `header = ${header}, delim = ',', quote = '"', escape = '"', new_line = '\\n',
     allow_quoted_nulls = false, auto_detect = false, max_line_size = ${line}, buffer_size = ${
@@ -86,8 +86,12 @@ const LONG_LINE_MEMORY_LIMIT = "128MB";
  * and committed: the statements need little, and DuckDB keeps what it may.
  */
 const REBUILD_MEMORY_LIMIT = "32MB";
-/** Staged rows applied by one statement at most (its keys are hashed). */
-const FLUSH_ROWS = 300_000;
+/**
+ * Bytes of staged rows that a rebuild keeps on disk before its full_reload
+ * is loaded; past them the full_reload is loaded and later staged rows are
+ * applied whenever they reach twice `runChars`.
+ */
+const STAGE_BEFORE_LOAD_BYTES = 256 << 20;
 
 const WIDEN = /cdc-egress: widen column (\d+)/;
 /**
@@ -95,20 +99,6 @@ const WIDEN = /cdc-egress: widen column (\d+)/;
  * parallel reader reports that it cannot read the file).
  */
 const LONG_LINE = /Maximum line size|Parallel CSV Reader currently does not support a full read/i;
-
-function stagePart(stagePath: string, part: number): string {
-  return `${stagePath}.${part}`;
-}
-
-/** The part of a key tuple (a hash of its text). */
-function keyPart(key: CsvField[]): number {
-  let h = 0;
-  for (const v of key) {
-    if (v === null) continue;
-    for (let i = 0; i < v.length; i++) h = (Math.imul(h, 31) + v.charCodeAt(i)) | 0;
-  }
-  return (h >>> 0) % STAGE_PARTS;
-}
 
 /** What the DuckDB database behind a target is for. */
 export type DuckdbRole = "duckdb" | "csv" | "parquet";
@@ -275,7 +265,7 @@ export class DuckdbTarget implements MaterializeTarget {
   async close(): Promise<void> {
     await Deno.remove(this.#stagePath).catch(() => {});
     for (let part = 0; part < STAGE_PARTS; part++) {
-      await Deno.remove(stagePart(this.#stagePath, part)).catch(() => {});
+      await Deno.remove(stagePartPath(this.#stagePath, part)).catch(() => {});
     }
     this.#conn.closeSync();
     this.#instance.closeSync();
@@ -316,30 +306,20 @@ class DuckdbTableSink implements TableSink {
   #shape: TableShape | null;
   #extra: Record<string, unknown>;
   /**
-   * A rebuild of a keyed table stages its deltas: DuckDB loads the
-   * full_reload (on its own thread) while the changes are read and folded
-   * here, and the folded deltas are appended to a staging file. Staged rows
-   * are applied in one set step once the load is done ({@linkcode #flush}):
-   * the rows of their keys go, and each key's last staged row comes in.
+   * A rebuild of a keyed table defers its full_reload: the changes are read
+   * and folded first, and their deltas appended to staging files (keys to
+   * delete, rows that replace their key's row). Then one step loads the
+   * full_reload without the rows of staged keys and inserts each key's last
+   * staged row ({@linkcode #settle}). DuckDB never deletes rows it has just
+   * loaded (its commit would write those row groups again), and the fold
+   * and the load do not hold their memory at the same time.
    */
   #staging = false;
-  /** The full_reload being loaded (the connection is busy until it settles). */
-  #loading: Promise<number> | null = null;
+  /** The full_reload that the next settle loads. */
+  #deferred: string | null = null;
   #loadedRows = 0;
-  /**
-   * The staging files that staged deltas append to, one per part of the
-   * keys ({@linkcode STAGE_PARTS}): each part is applied on its own, so
-   * DuckDB holds the keys of one part at a time.
-   */
-  #pending = new Map<number, Deno.FsFile>();
-  /** Rows in each part's file. */
-  #partRows: number[] = [];
-  #pendingBytes = 0;
-  /** Staged rows so far: their order in the file (`_n`), across deltas. */
-  #pendingRows = 0;
-  /** Keys in the staging file, to notice a key staged twice (then only its last row counts). */
-  #stagedKeys: TouchedKeys | null = null;
-  #repeated = false;
+  /** The staging files that staged deltas append to (see stage_parts.ts). */
+  #staged: StageParts | null = null;
 
   constructor(
     target: DuckdbTarget,
@@ -421,9 +401,9 @@ class DuckdbTableSink implements TableSink {
   /** Cast from the staged text, failing with a widen marker where the value would not fit. */
   #cast(x: string, i: number): string {
     const t = this.#types[i];
-    if (!t.check) return t.cast(x);
-    return `CASE WHEN ${x} IS NULL OR ${t.check(x)} THEN ${t.cast(x)}
-            ELSE error('cdc-egress: widen column ${i}') END`;
+    if (!t.exact) return t.cast(x);
+    return `CASE WHEN ${x} IS NULL THEN NULL
+            ELSE coalesce(${t.exact(x)}, error('cdc-egress: widen column ${i}')) END`;
   }
 
   #dialect(shape: TableShape): DeltaDialect {
@@ -465,56 +445,66 @@ class DuckdbTableSink implements TableSink {
     const cols = shape.columns.map((c, i) => `${ident(c.name)} ${this.#types[i].type}`);
     await this.#run(`CREATE TABLE ${this.#qualified} (${cols.join(", ")})`);
     this.#staging = shape.keyed;
-    this.#loading = null;
+    this.#deferred = null;
     this.#loadedRows = 0;
-    this.#stagedKeys = shape.keyed ? new TouchedKeys(shape) : null;
-    this.#repeated = false;
   }
 
   async loadFullReload(path: string, shape: TableShape): Promise<number> {
-    if (!this.#staging) return await this.#loadBase(path, shape);
-    // DuckDB reads it while the changes are folded; nothing else may use the
-    // connection until it is done (#settle).
-    this.#loading = this.#loadBase(path, shape, true);
-    // A failure surfaces at #settle (or abort); keep it from going unhandled meanwhile.
-    this.#loading.catch(() => {});
+    if (!this.#staging) return await this.#loadBase(path, shape, false);
+    this.#deferred = path;
     return 0;
   }
 
-  async #loadBase(path: string, shape: TableShape, concurrent = false): Promise<number> {
+  /**
+   * Inserts the full_reload's rows; with `skipStaged`, the rows of keys in
+   * `temp._cdc_keys` are left out.
+   */
+  async #loadBase(path: string, shape: TableShape, skipStaged: boolean): Promise<number> {
     await this.#begin();
     const names = shape.columns.map((_c, i) => `c${i}`);
-    // Beside the fold (whose heap peaks meanwhile) the load gets less memory.
-    const limit = concurrent && !this.#longLines;
-    if (limit) await this.#conn.run(`SET memory_limit = '${REBUILD_MEMORY_LIMIT}'`);
-    try {
-      const r = await this.#reading(true, () =>
-        this.#run(
-          `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
-           SELECT ${names.map((n, i) => this.#cast(n, i)).join(", ")}
-           FROM read_csv(${literal(path)}, compression = 'gzip', ${
-            csvOptions(names, true, this.#longLines)
-          })`,
-        ));
-      return Number(r[0]?.[0] ?? 0);
-    } finally {
-      // After a failed read its transaction rejects this; #begin sets it again.
-      if (limit) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`).catch(() => {});
-    }
+    const read = `read_csv(${literal(path)}, compression = 'gzip', ${
+      csvOptions(names, true, this.#longLines)
+    })`;
+    const values = names.map((n, i) => `${this.#cast(n, i)} AS ${n}`).join(", ");
+    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
+    const skip = skipStaged
+      ? ` WHERE NOT EXISTS (SELECT 1 FROM temp._cdc_keys k WHERE ${
+        keyCols.map((c, k) => `k.k${k} = b.c${c}`).join(" AND ")
+      })`
+      : "";
+    const r = await this.#reading(true, () =>
+      this.#run(
+        `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
+         SELECT ${names.join(", ")} FROM (SELECT ${values} FROM ${read}) b${skip}`,
+      ));
+    return Number(r[0]?.[0] ?? 0);
   }
 
-  /** Waits for the full_reload's load, if one runs. */
-  async #loaded(): Promise<void> {
-    const loading = this.#loading;
-    if (!loading) return;
-    this.#loadedRows += await loading;
-    this.#loading = null;
-  }
-
-  /** Brings the build table up to date: the full_reload loaded and staged rows applied. */
+  /**
+   * Brings the build table up to date: the deferred full_reload loaded and
+   * staged rows applied.
+   */
   async #settle(): Promise<void> {
-    await this.#loaded();
-    if (this.#shape) await this.#flush(this.#shape);
+    const shape = this.#shape;
+    if (!shape) return;
+    const base = this.#deferred;
+    this.#deferred = null;
+    const stage = this.#staged;
+    this.#staged = null;
+    if (!stage) {
+      if (base) this.#loadedRows += await this.#loadBase(base, shape, false);
+      return;
+    }
+    let parts: StagedPart[] = [];
+    try {
+      parts = stage.close();
+      // The fold's garbage goes before DuckDB takes its memory for the load
+      // (V8 keeps freed pages otherwise); the flag is in a materialize build.
+      if (base) (globalThis as { gc?: () => void }).gc?.();
+      await this.#applyStaged(shape, parts, base);
+    } finally {
+      for (const p of parts) await Deno.remove(p.path).catch(() => {});
+    }
   }
 
   async settle(): Promise<number> {
@@ -592,125 +582,60 @@ class DuckdbTableSink implements TableSink {
 
   /**
    * Appends a keyed delta (keys to delete, rows that replace their key's
-   * row) to the staging file; applied by {@linkcode #flush}.
+   * row) to the staging files; applied by {@linkcode #settle}.
    */
   async #stageDelta(delta: Delta, shape: TableShape): Promise<void> {
-    const keys = this.#stagedKeys!;
-    const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
-    const note = (key: CsvField[]) => {
-      if (this.#repeated) return;
-      // Past its memory budget the set stops; the flush then takes each key's last row.
-      if (keys.has(key) || keys.bytes >= TOUCHED_KEYS_BYTES) this.#repeated = true;
-      else keys.add(key);
-    };
-    for (const k of delta.deleteKeys) note(k);
-    for (const r of delta.rows) note(r.key ?? keyCols.map((i) => r.values[i] ?? null));
-    const parts = new Map<number, Delta>();
-    const part = (key: CsvField[]) => {
-      const p = keyPart(key);
-      let d = parts.get(p);
-      if (!d) {
-        d = { truncate: false, deleteKeys: [], removals: [], rows: [], changes: 0 };
-        parts.set(p, d);
-      }
-      return d;
-    };
-    for (const k of delta.deleteKeys) part(k).deleteKeys.push(k);
-    for (const r of delta.rows) part(r.key ?? keyCols.map((i) => r.values[i] ?? null)).rows.push(r);
-    // Rows are numbered across parts and deltas, in the order of the changes.
-    let next = this.#pendingRows;
-    for (const [p, d] of parts) {
-      let file = this.#pending.get(p);
-      if (!file) {
-        file = await Deno.open(stagePart(this.#stagePath, p), {
-          write: true,
-          create: true,
-          truncate: true,
-          mode: 0o600,
-        });
-        this.#pending.set(p, file);
-        this.#partRows[p] = 0;
-      }
-      const f = file;
-      this.#partRows[p] += d.deleteKeys.length + d.rows.length;
-      next = await encodeStage(d, shape, async (c) => {
-        let off = 0;
-        while (off < c.length) off += await f.write(c.subarray(off));
-        this.#pendingBytes += c.length;
-      }, next);
-    }
-    this.#pendingRows = next;
-    // Once the full_reload is in, the staging files are applied whenever they grow large.
-    if (!this.#loading && this.#pendingBytes >= 2 * this.runChars) await this.#flush(shape);
+    this.#staged ??= new StageParts(this.#stagePath, shape);
+    this.#staged.add(delta);
+    // Staged rows are applied whenever they grow large; before the
+    // full_reload is in, only past a larger bound (the disk they take).
+    const bound = this.#deferred ? STAGE_BEFORE_LOAD_BYTES : 2 * this.runChars;
+    if (this.#staged.bytes >= bound) await this.#settle();
   }
 
   /**
-   * Applies the staging files: deletes the rows of every staged key, then
-   * inserts the last staged row of each key that ends with a row; a group
-   * of parts at a time, each group about {@linkcode FLUSH_ROWS} rows.
+   * Applies staged rows: the rows of every staged key go (or, with the
+   * deferred full_reload `base`, are left out of its load), then the last
+   * staged row of each key that ends with a row comes in.
    */
-  async #flush(shape: TableShape): Promise<void> {
-    const files = this.#pending;
-    if (files.size === 0) return;
-    this.#pending = new Map();
-    this.#pendingBytes = 0;
-    this.#pendingRows = 0;
-    for (const f of files.values()) f.close();
-    const repeated = this.#repeated;
-    this.#repeated = false;
-    this.#stagedKeys?.clear();
-    const groups: { parts: number[]; rows: number }[] = [];
-    for (const p of [...files.keys()].sort((a, b) => a - b)) {
-      const g = groups.at(-1);
-      if (g && g.rows + this.#partRows[p] <= FLUSH_ROWS) {
-        g.parts.push(p);
-        g.rows += this.#partRows[p];
-      } else groups.push({ parts: [p], rows: this.#partRows[p] });
-    }
+  async #applyStaged(shape: TableShape, parts: StagedPart[], base: string | null): Promise<void> {
     await this.#begin();
     const keyCols = shape.columns.flatMap((c, i) => c.isKey ? [i] : []);
     const cols = shape.columns.map((c) => ident(c.name));
-    try {
-      for (const g of groups) {
-        // A group larger than planned (one part of a huge run) gets the usual pool.
-        const limit = g.rows <= FLUSH_ROWS && !this.#longLines ? REBUILD_MEMORY_LIMIT : null;
-        if (limit) await this.#conn.run(`SET memory_limit = '${limit}'`);
-        // The files are read where they are used (twice), not copied into a
-        // table: DuckDB keeps only the columns used. Parts hold disjoint keys.
-        const staged = `read_csv([${
-          g.parts.map((p) => literal(stagePart(this.#stagePath, p))).join(", ")
-        }], ${csvOptions(stageColumns(shape), false, this.#longLines)})`;
-        // The keys go into a table first: DuckDB then knows they are fewer than
-        // the table's rows and hashes them, not the table.
-        await this.#reading(true, () =>
-          this.#run(
-            `CREATE TEMP TABLE _cdc_keys AS SELECT ${
-              keyCols.map((c, k) => `${this.#cast(`c${c}`, c)} AS k${k}`).join(", ")
-            } FROM ${staged}`,
-          ));
-        const on = keyCols.map((c, k) => `t.${cols[c]} = k.k${k}`).join(" AND ");
-        await this.#run(
-          `DELETE FROM ${this.#qualified} t WHERE EXISTS (SELECT 1 FROM temp._cdc_keys k WHERE ${on})`,
-        );
-        await this.#run("DROP TABLE temp._cdc_keys");
-        const last = repeated
-          ? `(SELECT * FROM ${staged} QUALIFY row_number() OVER (PARTITION BY ${
-            keyCols.map((c) => `c${c}`).join(", ")
-          } ORDER BY CAST(_n AS BIGINT) DESC) = 1)`
-          : staged;
-        await this.#reading(true, () =>
-          this.#run(
-            `INSERT INTO ${this.#qualified} (${cols.join(", ")})
-             SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
-             FROM ${last} WHERE _kind = 'U'`,
-          ));
-        if (limit) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
-      }
-    } finally {
-      for (const p of files.keys()) {
-        await Deno.remove(stagePart(this.#stagePath, p)).catch(() => {});
-      }
+    const rows = parts.reduce((n, p) => n + p.rows, 0);
+    if (!this.#longLines) await this.#conn.run(`SET memory_limit = '${REBUILD_MEMORY_LIMIT}'`);
+    // The files are read where they are used (twice), not copied into a
+    // table: DuckDB keeps only the columns used.
+    const staged = `read_csv([${parts.map((p) => literal(p.path)).join(", ")}], ${
+      csvOptions(stageColumns(shape), false, this.#longLines)
+    })`;
+    // The keys go into a table first: DuckDB then knows they are fewer than
+    // the table's rows and hashes them, not the table. Each key keeps the
+    // number of its last staged row: fewer keys than rows means a key was
+    // staged more than once, and only its last row counts.
+    await this.#reading(true, () =>
+      this.#run(
+        `CREATE TEMP TABLE _cdc_keys AS SELECT ${
+          keyCols.map((c, k) => `${this.#cast(`c${c}`, c)} AS k${k}`).join(", ")
+        }, max(CAST(_n AS BIGINT)) AS _n FROM ${staged} GROUP BY ALL`,
+      ));
+    const keys = Number((await this.#run("SELECT count(*) FROM temp._cdc_keys"))[0][0]);
+    if (base) this.#loadedRows += await this.#loadBase(base, shape, true);
+    else {
+      const on = keyCols.map((c, k) => `t.${cols[c]} = k.k${k}`).join(" AND ");
+      await this.#run(
+        `DELETE FROM ${this.#qualified} t WHERE EXISTS (SELECT 1 FROM temp._cdc_keys k WHERE ${on})`,
+      );
     }
+    const last = keys < rows ? " AND CAST(_n AS BIGINT) IN (SELECT _n FROM temp._cdc_keys)" : "";
+    await this.#reading(true, () =>
+      this.#run(
+        `INSERT INTO ${this.#qualified} (${cols.join(", ")})
+         SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
+         FROM ${staged} WHERE _kind = 'U'${last}`,
+      ));
+    await this.#run("DROP TABLE temp._cdc_keys");
+    if (!this.#longLines) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
   }
 
   /** Reads the staging file into `temp._cdc_stage`. */
@@ -795,11 +720,10 @@ class DuckdbTableSink implements TableSink {
     if (file.fileType === "full_reload") this.#fullReloadPath = file.path;
     this.#position = position;
     this.#shape = shape;
-    // The full_reload's load holds the connection and its transaction until it is done.
-    if (!this.#inTx || this.#loading) return;
+    if (!this.#inTx) return;
     // A rebuild commits file by file into its build table (bounded transactions);
-    // its progress is written only when the table is swapped in. Rows still
-    // in the staging file are applied by a later transaction of the rebuild.
+    // its progress is written only when the table is swapped in. A deferred
+    // full_reload and staged rows are applied by a later transaction of the rebuild.
     if (!this.#rebuild) await this.#saveProgress();
     await this.#conn.run("COMMIT");
     this.#inTx = false;
@@ -829,11 +753,9 @@ class DuckdbTableSink implements TableSink {
   }
 
   async abort(): Promise<void> {
-    for (const f of this.#pending.values()) f.close();
-    this.#pending.clear();
-    // A running load holds the connection: let it end before rolling it back.
-    await this.#loading?.catch(() => {});
-    this.#loading = null;
+    this.#staged?.abort();
+    this.#staged = null;
+    this.#deferred = null;
     if (this.#inTx) {
       this.#inTx = false;
       await this.#conn.run("ROLLBACK").catch(() => {});

@@ -235,6 +235,18 @@ export class CsvRowEncoder {
     }
   }
 
+  /** Appends a non-negative integer field (a safe integer), written as its digits. */
+  fieldInteger(n: number): void {
+    if (this.#len + 18 > this.#buf.length) this.#grow(18);
+    const buf = this.#buf;
+    let p = this.#len;
+    if (this.#fieldsInRow++ > 0) buf[p++] = COMMA;
+    let digits = 1;
+    for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;
+    for (let i = digits - 1, x = n; i >= 0; i--, x = Math.floor(x / 10)) buf[p + i] = 48 + (x % 10);
+    this.#len = p + digits;
+  }
+
   /**
    * Appends fields that are already CSV text in this dialect (one or more,
    * comma-separated, no line break), as read from a file: copied unchanged.
