@@ -109,10 +109,13 @@ export function duckdbAddonDir(env: (k: string) => string | undefined): string {
  * short-lived garbage, and V8's defaults (large young generation, old
  * generation grown in big steps) let the heap reach 110-150 MB around 20 MB
  * of live objects, on top of the target's own memory: a young generation of
- * 8 MB and an old one grown by 10% keep it near 40 MB, for about 10% more
- * CPU in the fold (measured with `deno task bench --only materialize`).
+ * 2 MB and an old one grown by 10% keep it near 30 MB (measured with
+ * `deno task bench --only materialize`). `--expose-gc` lets a DuckDB rebuild
+ * collect the fold's garbage before DuckDB loads the full_reload: V8 keeps
+ * the pages of a heap it no longer needs until a collection returns them.
  */
-export const MATERIALIZE_V8_FLAGS = "--v8-flags=--max-semi-space-size=8,--heap-growing-percent=10";
+export const MATERIALIZE_V8_FLAGS =
+  "--v8-flags=--max-semi-space-size=2,--heap-growing-percent=10,--expose-gc";
 
 /** Flags for a resolved configuration (and a `materialize --to` target, if any). */
 export function permissionFlags(

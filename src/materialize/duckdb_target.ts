@@ -25,7 +25,7 @@ import { CdcError } from "../errors.ts";
 import { CsvRowEncoder, encodeCsvHeader } from "../write/csv_row_encoder.ts";
 import { type DeltaDialect, deltaStatements, encodeStage, stageColumns } from "./delta_sql.ts";
 import { DUCKDB_VARCHAR, type DuckdbColumnType, duckdbColumnType } from "./duckdb_types.ts";
-import { StageParts, type StagedPart, stagePartPath } from "./stage_parts.ts";
+import { type StagedPart, stagePartPath, StageParts } from "./stage_parts.ts";
 import { STAGE_PARTS } from "./target_spec.ts";
 import {
   buildPrefix,
@@ -472,11 +472,12 @@ class DuckdbTableSink implements TableSink {
         keyCols.map((c, k) => `k.k${k} = b.c${c}`).join(" AND ")
       })`
       : "";
-    const r = await this.#reading(true, () =>
+    const r = await this.#reading(() =>
       this.#run(
         `INSERT INTO ${this.#qualified} (${shape.columns.map((c) => ident(c.name)).join(", ")})
          SELECT ${names.join(", ")} FROM (SELECT ${values} FROM ${read}) b${skip}`,
-      ));
+      )
+    );
     return Number(r[0]?.[0] ?? 0);
   }
 
@@ -613,12 +614,13 @@ class DuckdbTableSink implements TableSink {
     // the table's rows and hashes them, not the table. Each key keeps the
     // number of its last staged row: fewer keys than rows means a key was
     // staged more than once, and only its last row counts.
-    await this.#reading(true, () =>
+    await this.#reading(() =>
       this.#run(
         `CREATE TEMP TABLE _cdc_keys AS SELECT ${
           keyCols.map((c, k) => `${this.#cast(`c${c}`, c)} AS k${k}`).join(", ")
         }, max(CAST(_n AS BIGINT)) AS _n FROM ${staged} GROUP BY ALL`,
-      ));
+      )
+    );
     const keys = Number((await this.#run("SELECT count(*) FROM temp._cdc_keys"))[0][0]);
     if (base) this.#loadedRows += await this.#loadBase(base, shape, true);
     else {
@@ -628,12 +630,13 @@ class DuckdbTableSink implements TableSink {
       );
     }
     const last = keys < rows ? " AND CAST(_n AS BIGINT) IN (SELECT _n FROM temp._cdc_keys)" : "";
-    await this.#reading(true, () =>
+    await this.#reading(() =>
       this.#run(
         `INSERT INTO ${this.#qualified} (${cols.join(", ")})
          SELECT ${shape.columns.map((_c, i) => this.#cast(`c${i}`, i)).join(", ")}
          FROM ${staged} WHERE _kind = 'U'${last}`,
-      ));
+      )
+    );
     await this.#run("DROP TABLE temp._cdc_keys");
     if (!this.#longLines) await this.#conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
   }
@@ -641,24 +644,22 @@ class DuckdbTableSink implements TableSink {
   /** Reads the staging file into `temp._cdc_stage`. */
   async #stage(shape: TableShape): Promise<void> {
     await this.#run("DROP TABLE IF EXISTS temp._cdc_stage");
-    await this.#reading(false, () =>
+    await this.#reading(() =>
       this.#run(
         `CREATE TEMP TABLE _cdc_stage AS SELECT * FROM read_csv(${literal(this.#stagePath)}, ${
           csvOptions(stageColumns(shape), false, this.#longLines)
         })`,
-      ));
+      )
+    );
   }
 
   /**
-   * Runs a read_csv statement. A full_reload (`bulk`) is read on one thread:
-   * its gzip stream is decompressed serially anyway, and each more thread
-   * holds buffers and a partial table of its own (about 70 MB more at its
-   * peak for 2M rows, for no gain in time). A table with long rows is read
-   * on one thread, as two readers' 32 MiB buffers would not fit its memory
-   * limit.
+   * Runs a read_csv statement: a table with long rows is read on one
+   * thread, as two readers' 32 MiB buffers would not fit its memory limit.
+   * (A rebuild's reads run while Deno waits for them, on every thread.)
    */
-  async #reading<T>(bulk: boolean, read: () => Promise<T>): Promise<T> {
-    if (!this.#longLines && !bulk) return await read();
+  async #reading<T>(read: () => Promise<T>): Promise<T> {
+    if (!this.#longLines) return await read();
     await this.#conn.run("SET threads = 1");
     try {
       return await read();

@@ -56,15 +56,16 @@ function decimal(p: number, s: number): DuckdbColumnType {
 
 /**
  * timestamptz: exact when PostgreSQL printed it in UTC (`+00`) with a
- * four-digit year and at most microseconds (not BC, not infinity). Checked
- * on the text: printing a TIMESTAMPTZ back goes through ICU's calendar,
- * which cost more than the load itself.
+ * four-digit year and at most microseconds (not BC), or as `infinity` or
+ * `-infinity`. Checked on the text: printing a TIMESTAMPTZ back goes
+ * through ICU's calendar, which cost more than the load itself.
  */
 const TIMESTAMPTZ: DuckdbColumnType = {
   type: "TIMESTAMPTZ",
   cast: (x) => `CAST(${x} AS TIMESTAMPTZ)`,
   exact: (x) =>
-    `CASE WHEN ${x} LIKE '____-__-__ __:__:__%+00' AND length(${x}) <= 29 THEN TRY_CAST(${x} AS TIMESTAMPTZ) END`,
+    `CASE WHEN (${x} LIKE '____-__-__ __:__:__%+00' AND length(${x}) <= 29)
+       OR ${x} IN ('infinity', '-infinity') THEN TRY_CAST(${x} AS TIMESTAMPTZ) END`,
 };
 
 /**

@@ -34,29 +34,34 @@ export interface DeltaRow {
   /** Keyed rows: the key tuple (key columns in column order), when the folder knows it. */
   readonly key?: CsvField[];
   /**
-   * The values as CSV text (COPY dialect, no line break) when they are the
-   * file's unchanged: a target may pass this on instead of encoding `values`.
+   * The values as CSV bytes (COPY dialect, no line break) when they are the
+   * file's unchanged: a target may pass these on instead of encoding `values`.
    */
-  readonly csv?: string;
+  readonly csv?: Uint8Array;
 }
 
-/** A keyed row whose values stay CSV text until something reads them. */
+/** A keyed row whose values stay CSV bytes until something reads them. */
 class LineRow implements DeltaRow {
   readonly replace = true;
   readonly base = null;
   readonly key: CsvField[];
-  readonly csv: string;
+  readonly #line: ChangeLine;
   readonly #count: number;
   #values: CsvField[] | null = null;
 
-  constructor(csv: string, count: number, key: CsvField[]) {
-    this.csv = csv;
+  constructor(line: ChangeLine, count: number, key: CsvField[]) {
+    this.#line = line;
     this.#count = count;
     this.key = key;
   }
 
+  get csv(): Uint8Array {
+    const line = this.#line;
+    return line.bytes.subarray(line.valuesStart, line.valuesEnd);
+  }
+
   get values(): CsvField[] {
-    return this.#values ??= csvFields(this.csv, this.#count);
+    return this.#values ??= csvFields(this.#line.text(), this.#count);
   }
 }
 
@@ -152,21 +157,20 @@ export class ChangeFolder {
    * any other change is folded as {@linkcode add} folds it.
    */
   addLine(line: ChangeLine): void {
-    const meta = line.meta;
-    const op = meta[0];
+    const op = line.op;
     const n = this.#names.length;
     if (
-      !this.#shape.keyed || meta.length !== META_COLUMNS ||
-      (op !== "I" && op !== "U" && op !== "D") || (op === "U" && meta[5])
+      !this.#shape.keyed || line.metaCount !== META_COLUMNS ||
+      (op !== "I" && op !== "U" && op !== "D") || (op === "U" && line.unchanged)
     ) {
-      this.add([...meta, ...csvFields(line.values, n)]);
+      this.add([...line.meta(), ...csvFields(line.text(), n)]);
       return;
     }
     this.#changes++;
     const cols = this.#keyCols;
-    const fields = csvFields(line.values, this.#keyEnd);
+    const fields = line.fields(this.#keyEnd);
     const key = cols.length === 1 ? [fields[cols[0]]] : cols.map((i) => fields[i]);
-    this.#addKeyed(op, new LineRow(line.values, n, key), meta[6], NONE);
+    this.#addKeyed(op, new LineRow(line, n, key), line.oldKey, NONE);
   }
 
   /** Folds one streaming row (metadata columns first). */

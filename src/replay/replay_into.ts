@@ -6,7 +6,7 @@
  */
 
 import { asLayout, type LayoutFiles } from "../storage/layout_files.ts";
-import { type Lsn, parseLsn } from "../lsn.ts";
+import type { Lsn } from "../lsn.ts";
 import { ChangeFolder, type Delta, META_COLUMNS } from "./change_folder.ts";
 import { csvGzChangeLines } from "./csv_gz_rows.ts";
 import { readFolderSchema, sameShape, type TableShape } from "./folder_schema.ts";
@@ -119,37 +119,30 @@ async function replayHeld(
       // Keep a failure from going unhandled until it is awaited.
       applying.catch(() => {});
     };
-    // Rows of one transaction share their _cdc_lsn text: parse it once.
-    let lsnText = "";
-    let lsn = 0n;
     let chars = 0;
-    let header = true;
+    // The position as of the last row folded (an object only per file).
+    let lsn = position.lsn;
+    let seq = position.seq;
     const local = await layout.path(file.path);
     for await (const batch of csvGzChangeLines(local, META_COLUMNS, 2_000)) {
       for (const line of batch) {
-        if (header) {
-          header = false;
-          continue;
-        }
-        const meta = line.meta;
-        if (meta[1] !== lsnText) {
-          lsnText = meta[1] as string;
-          lsn = parseLsn(lsnText);
-        }
-        const seq = Number(meta[2]);
-        if (lsn < base || !after(lsn, seq, position)) continue;
-        if (options.asOf !== undefined && lsn > options.asOf) continue;
+        const l = line.lsn;
+        const s = line.seq;
+        if (l < base || !(l > lsn || (l === lsn && s > seq))) continue;
+        if (options.asOf !== undefined && l > options.asOf) continue;
         folder.addLine(line);
-        position = { lsn, seq };
+        lsn = l;
+        seq = s;
         rows++;
-        chars += line.values.length + 64;
-        for (const v of meta) if (v !== null) chars += v.length;
+        // The values and about as much again for the metadata.
+        chars += line.byteLength + 128;
         if (folder.size >= runSize || chars >= runChars) {
           await apply(folder.take());
           chars = 0;
         }
       }
     }
+    position = { lsn, seq };
     await layout.release(file.path);
     if (folder.size > 0) await apply(folder.take());
     await applying;

@@ -249,10 +249,18 @@ export class CsvRowEncoder {
 
   /**
    * Appends fields that are already CSV text in this dialect (one or more,
-   * comma-separated, no line break), as read from a file: copied unchanged.
+   * comma-separated, no line break; a string or its UTF-8 bytes), as read
+   * from a file: copied unchanged.
    * Empty text is one NULL field.
    */
-  encodedFields(text: string): void {
+  encodedFields(text: string | Uint8Array): void {
+    if (typeof text !== "string") {
+      if (this.#len + text.length + 1 > this.#buf.length) this.#grow(text.length + 1);
+      if (this.#fieldsInRow++ > 0) this.#buf[this.#len++] = COMMA;
+      this.#buf.set(text, this.#len);
+      this.#len += text.length;
+      return;
+    }
     // UTF-8 takes at most three bytes per UTF-16 unit.
     if (this.#len + 3 * text.length + 1 > this.#buf.length) this.#grow(3 * text.length + 1);
     if (this.#fieldsInRow++ > 0) this.#buf[this.#len++] = COMMA;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ChangeFolder } from "../../src/replay/change_folder.ts";
-import type { ChangeLine, CsvField } from "../../src/replay/csv_reader.ts";
+import { type ChangeLine, ChangeLineParser, type CsvField } from "../../src/replay/csv_reader.ts";
 import { CsvRowEncoder } from "../../src/write/csv_row_encoder.ts";
 import type { TableShape } from "../../src/replay/folder_schema.ts";
 import { TableReplay } from "../../src/replay/table_replay.ts";
@@ -37,13 +37,17 @@ function change(op: string, values: CsvField[], opts: { unchanged?: string[]; ol
   ];
 }
 
-/** A change as the replay reads it from a file: metadata, then the values' CSV text. */
+/** A change as the replay reads it from a file: metadata, then the values' CSV bytes. */
 function line(row: CsvField[]): ChangeLine {
   const csv = new CsvRowEncoder();
-  for (const v of row.slice(7)) csv.fieldText(v);
+  csv.fieldText("header");
   csv.endRow();
-  const text = new TextDecoder().decode(csv.takeChunk());
-  return { meta: row.slice(0, 7), values: text.slice(0, -1) };
+  for (const v of row) csv.fieldText(v);
+  csv.endRow();
+  const p = new ChangeLineParser(7);
+  const lines = [...p.push(csv.takeChunk()), ...p.end()];
+  assert.equal(lines.length, 1);
+  return lines[0];
 }
 
 /**
@@ -144,14 +148,14 @@ Deno.test("ChangeFolder.addLine() passes keyed rows on as their CSV text, with t
   assert.equal(d.rows.length, 1);
   const row = d.rows[0];
   assert.deepEqual(row.key, ["k,1", "7"]);
-  assert.equal(row.csv, 'z,"k,1",7');
+  assert.equal(new TextDecoder().decode(row.csv), 'z,"k,1",7');
   assert.deepEqual(row.values, ["z", "k,1", "7"]);
   assert.equal(row.replace, true);
   // Integer text that is not canonical stays apart from the number.
   const g = new ChangeFolder({ ...shape, columns: [{ ...shape.columns[2], isKey: true }] });
-  g.addLine({ meta: ["I", "0/1", "0", "t", "1", null, null], values: "7" });
-  g.addLine({ meta: ["I", "0/1", "1", "t", "1", null, null], values: "07" });
-  g.addLine({ meta: ["D", "0/1", "2", "t", "1", null, null], values: "7" });
+  g.addLine(line(["I", "0/1", "0", "t", "1", null, null, "7"]));
+  g.addLine(line(["I", "0/1", "1", "t", "1", null, null, "07"]));
+  g.addLine(line(["D", "0/1", "2", "t", "1", null, null, "7"]));
   const e = g.take();
   assert.deepEqual(e.deleteKeys, [["7"]]);
   assert.deepEqual(e.rows.map((r) => r.values), [["07"]]);
