@@ -17,7 +17,6 @@ import { createGzip } from "node:zlib";
 import { once } from "node:events";
 import { formatLsn, type Lsn, parseLsn } from "../lsn.ts";
 import type { Delta } from "../replay/change_folder.ts";
-import type { CsvField } from "../replay/csv_reader.ts";
 import { columnMapping, type TableShape } from "../replay/folder_schema.ts";
 import type { PlanFile } from "../replay/replay_plan.ts";
 import type { ReplayPosition } from "../replay/replay_sink.ts";

@@ -90,14 +90,12 @@ function changeFile(
     const text = new TextDecoder().decode(bytes);
     const whole = parseCsv(text);
     let out = "";
-    let at = 0;
     for (const row of whole) {
       const enc = new CsvRowEncoder();
       for (const v of row) enc.fieldText(v);
       enc.endRow();
       const one = new TextDecoder().decode(enc.takeChunk());
       out += one.slice(0, -1) + "\r\n";
-      at += one.length;
     }
     bytes = new TextEncoder().encode(out);
   }
