@@ -161,6 +161,9 @@ export class DuckdbTarget implements MaterializeTarget {
     await conn.run(`SET memory_limit = '${MEMORY_LIMIT}'`);
     await conn.run("SET allocator_flush_threshold = '8MB'");
     await conn.run("SET preserve_insertion_order = false");
+    // A bulk insert buffers this many row groups (122,880 rows each) before
+    // it writes them: one, not five, holds less.
+    await conn.run("SET write_buffer_row_group_count = 1");
     await conn.run("CREATE SCHEMA IF NOT EXISTS cdc_egress");
     await conn.run(PROGRESS_DDL);
     return new DuckdbTarget(instance, conn, slot, role, `${dbPath}.cdc-stage.csv`, outDir);

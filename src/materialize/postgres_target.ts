@@ -395,7 +395,8 @@ class PostgresTableSink implements TableSink {
     const keyOf = (values: CsvField[]) => keyCols.map((i) => values[i] ?? null);
     const again = delta.deleteKeys.filter((k) => touched.has(k));
     for (const r of delta.rows) {
-      const k = keyOf(r.values);
+      // The folder's key, when it has it: reading `values` would decode the whole row.
+      const k = r.key ?? keyOf(r.values);
       if (touched.has(k)) again.push(k);
     }
     if (again.length > 0) {

@@ -9,6 +9,7 @@
 
 import type { CsvField } from "../replay/csv_reader.ts";
 import type { TableShape } from "../replay/folder_schema.ts";
+import { safeInteger } from "../replay/change_folder.ts";
 
 /**
  * Memory for the keys a rebuild's changes touch before its full_reload is
@@ -17,8 +18,6 @@ import type { TableShape } from "../replay/folder_schema.ts";
 export const TOUCHED_KEYS_BYTES = 64 << 20;
 
 const INTEGER_TYPES = new Set(["smallint", "integer", "bigint"]);
-/** Integers PostgreSQL prints canonically and a double holds exactly. */
-const SAFE_INTEGER = /^-?[1-9][0-9]{0,14}$|^0$/;
 
 /**
  * A set of numbers in 8 bytes each: a sorted array, and a small Set of
@@ -87,7 +86,7 @@ export class TouchedKeys {
 
   /** The set's id of a key tuple (key columns in column order, as PostgreSQL's text). */
   id(key: CsvField[]): number | string {
-    if (this.#integer && key.length === 1 && key[0] !== null && SAFE_INTEGER.test(key[0])) {
+    if (this.#integer && key.length === 1 && key[0] !== null && safeInteger(key[0])) {
       return Number(key[0]);
     }
     return JSON.stringify(key);

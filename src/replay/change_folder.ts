@@ -90,7 +90,7 @@ const GONE = null;
  * Whether `k` is integer text that Number() maps back to the same text: `0`,
  * or up to 15 digits without a leading zero, optionally negative.
  */
-function safeInteger(k: string): boolean {
+export function safeInteger(k: string): boolean {
   const n = k.length;
   let i = k.charCodeAt(0) === 45 ? 1 : 0;
   if (n - i < 1 || n - i > 15) return false;
