@@ -59,8 +59,8 @@ function literal(text: string): string {
 /**
  * DuckDB's CSV options for PostgreSQL's COPY dialect, every column VARCHAR.
  * DuckDB's reader needs a whole row in one buffer, and its buffers make most
- * of its memory: rows up to 4 MiB by default, up to 16 MiB for a table
- * that needed it ({@linkcode LONG_LINE}).
+ * of its memory: rows up to 1 MiB by default (2 MiB buffers), up to 16 MiB
+ * for a table that needed it ({@linkcode LONG_LINE}).
  */
 function csvOptions(names: string[], header: boolean, longLines = false): string {
   const line = longLines ? 16 << 20 : 1 << 20;
@@ -74,15 +74,15 @@ function csvOptions(names: string[], header: boolean, longLines = false): string
 
 /**
  * DuckDB's buffer pool (it spills beyond it). A table with rows longer than
- * 4 MiB gets {@linkcode LONG_LINE_MEMORY_LIMIT}, for its 32 MiB CSV buffers
+ * 1 MiB gets {@linkcode LONG_LINE_MEMORY_LIMIT}, for its 32 MiB CSV buffers
  * and its vectors of long values.
  */
 const MEMORY_LIMIT = "64MB";
 const LONG_LINE_MEMORY_LIMIT = "128MB";
 /**
- * A rebuild's buffer pool while its full_reload loads beside the fold of the
- * changes (whose heap peaks meanwhile), and while staged rows are applied
- * and committed: the statements need little, and DuckDB keeps what it may.
+ * A rebuild's buffer pool while it loads its full_reload and applies and
+ * commits staged rows: the statements need little, and DuckDB keeps what
+ * it may.
  */
 const REBUILD_MEMORY_LIMIT = "32MB";
 /**
@@ -286,7 +286,7 @@ async function exists(path: string): Promise<boolean> {
 class DuckdbTableSink implements TableSink {
   /**
    * DuckDB joins a delta by scanning the table: fewer, larger deltas. A
-   * rebuild appends its deltas to a staging file applied in one step, so
+   * rebuild appends its deltas to staging files applied in one step, so
    * small ones cost nothing there and die young in V8's heap.
    */
   get runSize(): number {
