@@ -160,6 +160,24 @@ async function reloadBigUntilCopying(w: StreamEnv, p: CliProcess): Promise<void>
   }, 60_000);
 }
 
+/**
+ * Requests a reload of `big` and waits until it is exporting: from its
+ * snapshot until it is registered, a longer window than its COPY (which
+ * can end between two looks at pg_stat_activity).
+ */
+async function reloadBigExporting(w: StreamEnv, p: CliProcess): Promise<void> {
+  const r = await runCli(["reload", "public.big"], w.env);
+  assert.equal(r.code, 0, r.stderr);
+  await waitFor("the reload of big to export", async () => {
+    await assertRunning(p);
+    const res = await w.db.query(
+      `SELECT count(*)::int AS n FROM cdc_registry.reload_operations
+       WHERE table_name = 'big' AND state = 'exporting'`,
+    );
+    return res.rows[0].n > 0;
+  }, 60_000);
+}
+
 /** Waits until every reload of `big` is done (the initial export's and the requested one). */
 async function reloadDone(w: StreamEnv, p: CliProcess, timeoutMs = 120_000): Promise<void> {
   await waitFor("the reload to finish", async () => {
@@ -323,7 +341,7 @@ for (const version of testMajors()) {
     const p = await startStream(w);
     await w.caughtUp();
     const writer = new ResilientWriter(w, 0xec + version);
-    await reloadBigUntilCopying(w, p);
+    await reloadBigExporting(w, p);
     // Holding the operation's row makes finishReload wait at its last statement.
     await new Faults(w).ambiguousRegistryCommit(
       `SELECT 1 FROM cdc_registry.reload_operations
